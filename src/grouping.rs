@@ -1,0 +1,1 @@
+//! Pushgateway grouping-key parsing (to be written).
