@@ -1,7 +1,22 @@
 //! `dynamic-sharding`: a consistent-hash sharding gateway in front of N Prometheus Pushgateways.
 //!
 //! # Layout
+//! - [`config`]: the YAML file (the Go original's keys plus ours) and its validation.
 //! - [`grouping`]: Pushgateway grouping-key parsing and canonical form. Pure, no I/O.
 //! - [`ring`]: consistent-hash algorithms (rendezvous table, Go-compatible ring). Pure, no I/O.
+//! - [`membership`]: where the node set comes from (static probes); publishes snapshots on a watch channel.
+//! - [`routing`]: turns membership snapshots into immutable ring snapshots, read lock-free by handlers.
+//! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`).
+//! - [`upstream`]: the pooled HTTP client towards Pushgateways.
+//! - [`telemetry`]: the gateway's own metrics and logging set-up.
+//! - [`app`]: wiring, reload and graceful shutdown.
+pub mod app;
+pub mod config;
+pub mod gateway;
 pub mod grouping;
+pub mod membership;
 pub mod ring;
+pub mod routing;
+pub mod shutdown;
+pub mod telemetry;
+pub mod upstream;

@@ -1,1 +1,60 @@
-fn main() {}
+//! `dynamic-sharding`: flags -> logging -> run the gateway until a signal. Nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use dynamic_sharding::app::{self, Options};
+use dynamic_sharding::telemetry::{self, LogFormat, LogLevel};
+
+/// Consistent-hash sharding gateway in front of N Prometheus Pushgateways.
+#[derive(Parser, Debug)]
+#[command(name = "dynamic-sharding", version, about)]
+struct Flags {
+    /// Configuration file path.
+    #[arg(
+        long = "config.file",
+        value_name = "FILE",
+        default_value = "dynamic-sharding.yml"
+    )]
+    config_file: PathBuf,
+    /// Address to listen on; overrides http_listen_addr from the config file (e.g. ":9292").
+    #[arg(long = "web.listen-address", value_name = "ADDR")]
+    web_listen_address: Option<String>,
+    /// Enable POST /-/reload.
+    #[arg(long = "web.enable-lifecycle")]
+    web_enable_lifecycle: bool,
+    /// Only log messages with the given severity or above.
+    #[arg(long = "log.level", value_enum, default_value = "info")]
+    log_level: LogLevel,
+    /// Output format of log messages.
+    #[arg(long = "log.format", value_enum, default_value = "logfmt")]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    telemetry::init_logging(flags.log_level, flags.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = Options {
+        config_file: flags.config_file,
+        listen_address: flags.web_listen_address,
+        enable_lifecycle: flags.web_enable_lifecycle,
+    };
+    match runtime.block_on(app::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %anyhow::Error::from(error), "dynamic-sharding failed");
+            ExitCode::FAILURE
+        }
+    }
+}

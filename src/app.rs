@@ -1,0 +1,186 @@
+//! Wiring: start every component for a validated config, serve HTTP, reload on request, stop gracefully.
+//!
+//! Data flows one way: config channel -> membership source -> membership channel -> ring builder ->
+//! `ArcSwap<RoutingTable>` -> request handlers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{normalize_listen_addr, Config, ConfigError};
+use crate::gateway::{self, AppState, ReloadRequest};
+use crate::membership::static_probe;
+use crate::shutdown;
+use crate::telemetry::Metrics;
+use crate::upstream;
+
+/// Start-up options that come from flags rather than the config file.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config_file: PathBuf,
+    /// `--web.listen-address`: overrides `http_listen_addr`.
+    pub listen_address: Option<String>,
+    pub enable_lifecycle: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("invalid listen address: {0}")]
+    ListenAddress(String),
+    #[error("cannot listen on {addr}: {source} (is another process using the port?)")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the gateway until SIGTERM/SIGINT.
+pub async fn run(options: Options) -> Result<(), AppError> {
+    let config = Config::load(&options.config_file)?;
+    let listen_addr = options
+        .listen_address
+        .clone()
+        .unwrap_or_else(|| config.listen_addr.clone());
+    let bind_addr = normalize_listen_addr(&listen_addr).map_err(AppError::ListenAddress)?;
+    let listener = TcpListener::bind(&bind_addr)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: bind_addr.clone(),
+            source,
+        })?;
+
+    let metrics = Metrics::new();
+    metrics.config_reload_success.set(1);
+    metrics.config_reload_timestamp.set(unix_now());
+    let (shutdown_trigger, shutdown) = shutdown::channel();
+    let client = upstream::new_client(config.proxy.connect_timeout);
+    if config.consul.is_some() {
+        tracing::warn!("consul_server is configured but Consul membership is not available in this build; probing pushgateway.servers directly");
+    }
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+    let (membership_rx, suspects) = static_probe::spawn(
+        config_rx.clone(),
+        client.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let (ring, _ring_changes) = crate::routing::spawn(
+        membership_rx.clone(),
+        config_rx.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+
+    let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let state = AppState {
+        ring,
+        membership: membership_rx,
+        config: shared_config.clone(),
+        client,
+        metrics: metrics.clone(),
+        suspects,
+        reload: reload_tx,
+        lifecycle_enabled: options.enable_lifecycle,
+    };
+
+    let mut terminate = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
+
+    tracing::info!(
+        address = %bind_addr,
+        mode = ?config.mode,
+        algorithm = ?config.ring_algorithm,
+        servers = %config.servers.join(","),
+        version = env!("CARGO_PKG_VERSION"),
+        "dynamic-sharding listening"
+    );
+    let (stop_serving_tx, stop_serving_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, gateway::router(state)).with_graceful_shutdown(async {
+        let _ = stop_serving_rx.await;
+    });
+    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+
+    let reload = |answer: Option<ReloadRequest>| {
+        let result = reload_config(&options, &listen_addr, &config_tx, &shared_config, &metrics);
+        if let Some(answer) = answer {
+            let _ = answer.send(result);
+        }
+    };
+    loop {
+        tokio::select! {
+            result = &mut server => return result.map_err(AppError::Serve),
+            _ = terminate.recv() => { tracing::info!("received SIGTERM, shutting down gracefully"); break }
+            _ = interrupt.recv() => { tracing::info!("received SIGINT, shutting down gracefully"); break }
+            _ = hangup.recv() => { tracing::info!("received SIGHUP, reloading configuration"); reload(None) }
+            Some(answer) = reload_rx.recv() => reload(Some(answer)),
+        }
+    }
+
+    shutdown_trigger.trigger();
+    let _ = stop_serving_tx.send(());
+    let grace = shared_config.load().proxy.shutdown_timeout;
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result.map_err(AppError::Serve)?,
+        Err(_) => tracing::warn!(
+            ?grace,
+            "in-flight requests did not finish in time; exiting anyway"
+        ),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn reload_config(
+    options: &Options,
+    listen_addr: &str,
+    config_tx: &watch::Sender<Arc<Config>>,
+    shared_config: &ArcSwap<Config>,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    match Config::load(&options.config_file) {
+        Ok(new_config) => {
+            if options.listen_address.is_none() && new_config.listen_addr != listen_addr {
+                tracing::warn!(
+                    old = %listen_addr,
+                    new = %new_config.listen_addr,
+                    "http_listen_addr changed; the new address takes effect after a restart"
+                );
+            }
+            metrics.config_reload_success.set(1);
+            metrics.config_reload_timestamp.set(unix_now());
+            tracing::info!(
+                file = %options.config_file.display(),
+                servers = %new_config.servers.join(","),
+                mode = ?new_config.mode,
+                "configuration reloaded"
+            );
+            shared_config.store(Arc::new(new_config.clone()));
+            config_tx.send_replace(Arc::new(new_config));
+            Ok(())
+        }
+        Err(error) => {
+            metrics.config_reload_success.set(0);
+            tracing::error!(%error, "configuration reload failed; keeping the previous configuration");
+            Err(error.to_string())
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

@@ -1,0 +1,625 @@
+//! The YAML configuration: the Go original's keys, unchanged, plus our optional ones.
+//!
+//! [`Config::load`] reads and validates a file; every error names the key and says what to fix. The raw
+//! serde structs mirror the file; [`Config`] is the validated form the rest of the program uses.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::ring::Algorithm;
+
+/// The default Pushgateway port applied to `pushgateway.servers` entries without one (the original's behaviour).
+pub const DEFAULT_PUSHGATEWAY_PORT: u16 = 9091;
+/// The original tool's listen address.
+pub const DEFAULT_LISTEN_ADDR: &str = ":9292";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path:?}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid YAML in config file {path:?}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+/// How a push reaches its owner.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Forward the request to the owner and relay its answer (works with every client library).
+    #[default]
+    Proxy,
+    /// Answer `307` with the owner's URL (the Go original's behaviour).
+    Redirect,
+}
+
+/// A duration in Prometheus notation (`500ms`, `2s`, `1m`, `1h30m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PromDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for PromDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text)
+            .map(PromDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a Prometheus-style duration: one or more `<integer><unit>` parts, units `ms s m h d w y`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("invalid duration {text:?}: use a number and a unit, e.g. \"500ms\", \"2s\", \"1m\", \"1h30m\"")
+    };
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let millis_per_unit: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        let millis = value.checked_mul(millis_per_unit).ok_or_else(bad)?;
+        total = total
+            .checked_add(Duration::from_millis(millis))
+            .ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+/// A byte size: an integer number of bytes or a string such as `512KiB`, `16MiB`, `1MB`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => parse_byte_size(&text)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let bad = || {
+        format!("invalid size {text:?}: use bytes or a unit, e.g. \"512KiB\", \"16MiB\", \"1MB\"")
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let value: u64 = trimmed[..split].parse().map_err(|_| bad())?;
+    let multiplier: u64 = match trimmed[split..].trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    value.checked_mul(multiplier).ok_or_else(bad)
+}
+
+// ---- The file as written ------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    consul_server: Option<RawConsulServer>,
+    http_listen_addr: Option<String>,
+    pushgateway: Option<RawPushgateway>,
+    mode: Option<Mode>,
+    health_check: Option<RawHealthCheck>,
+    ring: Option<RawRing>,
+    proxy: Option<RawProxy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsulServer {
+    addr: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    register_service_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPushgateway {
+    port: Option<u16>,
+    #[serde(default)]
+    servers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    interval: Option<PromDuration>,
+    timeout: Option<PromDuration>,
+    unhealthy_threshold: Option<u32>,
+    healthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRing {
+    algorithm: Option<Algorithm>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    max_body_size: Option<ByteSize>,
+    connect_timeout: Option<PromDuration>,
+    upstream_timeout: Option<PromDuration>,
+    client_body_timeout: Option<PromDuration>,
+    retry: Option<bool>,
+    shutdown_timeout: Option<PromDuration>,
+}
+
+// ---- The validated configuration ----------------------------------------------------------------------------
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub listen_addr: String,
+    pub mode: Mode,
+    /// Configured Pushgateways as `host:port`, deduplicated, in file order.
+    pub servers: Vec<String>,
+    pub consul: Option<ConsulConfig>,
+    pub health_check: HealthCheckConfig,
+    pub ring_algorithm: Algorithm,
+    pub proxy: ProxyConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsulConfig {
+    pub addr: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub service_name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Larger request bodies get `413`.
+    pub max_body_size: u64,
+    pub connect_timeout: Duration,
+    /// How long the owner may take to answer before the push is retried on the next node.
+    pub upstream_timeout: Duration,
+    /// How long a client may take to send its body.
+    pub client_body_timeout: Duration,
+    /// Retry once on the next node when the owner cannot be reached.
+    pub retry: bool,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            max_body_size: 16 << 20,
+            connect_timeout: Duration::from_secs(2),
+            upstream_timeout: Duration::from_secs(10),
+            client_body_timeout: Duration::from_secs(30),
+            retry: true,
+            shutdown_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        // An empty file is a valid (empty) config; serde_yaml_ng would call it a missing document.
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|err| ConfigError::Parse {
+                path: String::new(),
+                message: err.to_string(),
+            })?
+        };
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen_addr = match raw.http_listen_addr.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_LISTEN_ADDR.to_string(),
+            Some(addr) => addr.to_string(),
+        };
+        normalize_listen_addr(&listen_addr)
+            .map_err(|e| invalid(format!("http_listen_addr: {e}")))?;
+
+        let pushgateway = raw.pushgateway.unwrap_or_default();
+        let default_port = match pushgateway.port {
+            Some(0) => {
+                return Err(invalid(
+                    "pushgateway.port: 0 is not a valid port; use e.g. 9091",
+                ))
+            }
+            Some(port) => port,
+            None => DEFAULT_PUSHGATEWAY_PORT,
+        };
+        let mut servers: Vec<String> = Vec::new();
+        for (index, entry) in pushgateway.servers.unwrap_or_default().iter().enumerate() {
+            let node = node_address(entry, default_port)
+                .map_err(|e| invalid(format!("pushgateway.servers[{index}]: {e}")))?;
+            if !servers.contains(&node) {
+                servers.push(node);
+            }
+        }
+
+        let consul = match raw.consul_server {
+            None => None,
+            Some(consul) => {
+                let addr = consul
+                    .addr
+                    .map(|a| a.trim().to_string())
+                    .unwrap_or_default();
+                if addr.is_empty() {
+                    return Err(invalid(
+                        "consul_server.addr: missing; set it to the Consul agent's host:port, e.g. localhost:8500",
+                    ));
+                }
+                Some(ConsulConfig {
+                    addr,
+                    username: consul.username.filter(|u| !u.is_empty()),
+                    password: consul.password.filter(|p| !p.is_empty()),
+                    service_name: consul
+                        .register_service_name
+                        .filter(|n| !n.trim().is_empty())
+                        .unwrap_or_else(|| "pushgateway".to_string()),
+                })
+            }
+        };
+        if consul.is_none() && servers.is_empty() {
+            return Err(invalid(
+                "pushgateway.servers: empty; list the Pushgateways to shard over (e.g. [\"10.0.0.1\", \"10.0.0.2:9091\"]) \
+                 or configure consul_server",
+            ));
+        }
+
+        let defaults = HealthCheckConfig::default();
+        let raw_hc = raw.health_check.unwrap_or_default();
+        let health_check = HealthCheckConfig {
+            interval: raw_hc.interval.map_or(defaults.interval, |d| d.0),
+            timeout: raw_hc.timeout.map_or(defaults.timeout, |d| d.0),
+            unhealthy_threshold: raw_hc
+                .unhealthy_threshold
+                .unwrap_or(defaults.unhealthy_threshold),
+            healthy_threshold: raw_hc
+                .healthy_threshold
+                .unwrap_or(defaults.healthy_threshold),
+        };
+        if health_check.interval.is_zero() {
+            return Err(invalid(
+                "health_check.interval: must be greater than 0, e.g. 2s",
+            ));
+        }
+        if health_check.timeout.is_zero() || health_check.timeout > health_check.interval {
+            return Err(invalid(format!(
+                "health_check.timeout: must be greater than 0 and at most health_check.interval ({})",
+                humantime::format_duration(health_check.interval)
+            )));
+        }
+        if health_check.unhealthy_threshold == 0 || health_check.healthy_threshold == 0 {
+            return Err(invalid(
+                "health_check.unhealthy_threshold and healthy_threshold: must be at least 1",
+            ));
+        }
+
+        let proxy_defaults = ProxyConfig::default();
+        let raw_proxy = raw.proxy.unwrap_or_default();
+        let proxy = ProxyConfig {
+            max_body_size: raw_proxy
+                .max_body_size
+                .map_or(proxy_defaults.max_body_size, |s| s.0),
+            connect_timeout: raw_proxy
+                .connect_timeout
+                .map_or(proxy_defaults.connect_timeout, |d| d.0),
+            upstream_timeout: raw_proxy
+                .upstream_timeout
+                .map_or(proxy_defaults.upstream_timeout, |d| d.0),
+            client_body_timeout: raw_proxy
+                .client_body_timeout
+                .map_or(proxy_defaults.client_body_timeout, |d| d.0),
+            retry: raw_proxy.retry.unwrap_or(proxy_defaults.retry),
+            shutdown_timeout: raw_proxy
+                .shutdown_timeout
+                .map_or(proxy_defaults.shutdown_timeout, |d| d.0),
+        };
+        if proxy.max_body_size == 0 {
+            return Err(invalid(
+                "proxy.max_body_size: must be greater than 0, e.g. 16MiB",
+            ));
+        }
+        for (key, value) in [
+            ("proxy.connect_timeout", proxy.connect_timeout),
+            ("proxy.upstream_timeout", proxy.upstream_timeout),
+            ("proxy.client_body_timeout", proxy.client_body_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(format!("{key}: must be greater than 0")));
+            }
+        }
+
+        Ok(Config {
+            listen_addr,
+            mode: raw.mode.unwrap_or_default(),
+            servers,
+            consul,
+            health_check,
+            ring_algorithm: raw.ring.and_then(|r| r.algorithm).unwrap_or_default(),
+            proxy,
+        })
+    }
+}
+
+/// Turns a Go-style listen address (`:9292`, `host:port`) into one `tokio::net::TcpListener::bind` accepts.
+pub fn normalize_listen_addr(addr: &str) -> Result<String, String> {
+    let (host, port) = split_host_port(addr).ok_or_else(|| {
+        format!("{addr:?} is not host:port; use e.g. \":9292\" or \"127.0.0.1:9292\"")
+    })?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{addr:?} has an invalid port; use a number from 0 to 65535"))?;
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    Ok(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+/// Splits `host:port` / `[v6]:port`; the host may be empty (`:9292`).
+fn split_host_port(addr: &str) -> Option<(&str, &str)> {
+    if let Some(rest) = addr.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = after.strip_prefix(':')?;
+        return Some((host, port));
+    }
+    let (host, port) = addr.rsplit_once(':')?;
+    if host.contains(':') {
+        return None;
+    }
+    Some((host, port))
+}
+
+/// A `pushgateway.servers` entry as the node id `host:port`: a bare host gets `default_port`.
+pub fn node_address(entry: &str, default_port: u16) -> Result<String, String> {
+    let entry = entry.trim();
+    let entry = entry
+        .strip_prefix("http://")
+        .unwrap_or(entry)
+        .trim_end_matches('/');
+    if entry.is_empty() {
+        return Err("empty entry; give a host or host:port".to_string());
+    }
+    if entry.contains('/') || entry.contains(char::is_whitespace) {
+        return Err(format!("{entry:?} is not a host or host:port"));
+    }
+    let bracketed_v6 = entry.starts_with('[');
+    let bare_v6 = !bracketed_v6 && entry.matches(':').count() > 1;
+    if bare_v6 {
+        return Ok(format!("[{entry}]:{default_port}"));
+    }
+    if bracketed_v6 && entry.ends_with(']') {
+        return Ok(format!("{entry}:{default_port}"));
+    }
+    match split_host_port(entry) {
+        Some((host, port)) => {
+            if host.is_empty() {
+                return Err(format!("{entry:?} has no host"));
+            }
+            match port.parse::<u16>() {
+                Ok(p) if p != 0 => Ok(entry.to_string()),
+                _ => Err(format!(
+                    "{entry:?} has an invalid port; use a number from 1 to 65535"
+                )),
+            }
+        }
+        None => Ok(format!("{entry}:{default_port}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_go_originals_file_unchanged() {
+        let text = "consul_server:\n  addr: localhost:8500\n  username:\n  password:\n  register_service_name: pushgateway\n\
+                    http_listen_addr: :9292\npushgateway:\n  port: 9091\n  servers:\n    - 1.1.1.1\n    - 1.1.1.2\n";
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.servers, vec!["1.1.1.1:9091", "1.1.1.2:9091"]);
+        assert_eq!(config.listen_addr, ":9292");
+        let consul = config.consul.unwrap();
+        assert_eq!(consul.addr, "localhost:8500");
+        assert_eq!(consul.username, None);
+        assert_eq!(consul.service_name, "pushgateway");
+        assert_eq!(config.mode, Mode::Proxy);
+    }
+
+    #[test]
+    fn server_entries_with_a_port_keep_it() {
+        let config =
+            Config::parse("pushgateway: {port: 9191, servers: [a, 'b:9300', '[::1]:9400', '::2']}")
+                .unwrap();
+        assert_eq!(
+            config.servers,
+            vec!["a:9191", "b:9300", "[::1]:9400", "[::2]:9191"]
+        );
+    }
+
+    #[test]
+    fn duplicate_servers_are_listed_once() {
+        let config = Config::parse("pushgateway: {servers: [a, 'a:9091', b]}").unwrap();
+        assert_eq!(config.servers, vec!["a:9091", "b:9091"]);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err =
+            Config::parse("pushgateway: {servers: [a]}\nhealth_chek: {interval: 1s}").unwrap_err();
+        assert!(err.to_string().contains("health_chek"), "{err}");
+        let err = Config::parse("pushgateway: {servers: [a], prot: 1}").unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn no_servers_and_no_consul_is_an_error() {
+        let err = Config::parse("mode: proxy").unwrap_err();
+        assert!(err.to_string().contains("pushgateway.servers"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_say_what_to_fix() {
+        let cases = [
+            ("pushgateway: {servers: [a]}\nmode: bounce", "mode"),
+            (
+                "pushgateway: {servers: ['a:99999']}",
+                "pushgateway.servers[0]",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nhealth_check: {interval: 2x}",
+                "invalid duration \"2x\"",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nhealth_check: {interval: 1s, timeout: 2s}",
+                "health_check.timeout",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nhealth_check: {unhealthy_threshold: 0}",
+                "unhealthy_threshold",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nhttp_listen_addr: nonsense",
+                "http_listen_addr",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nring: {algorithm: maglev}",
+                "algorithm",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nproxy: {max_body_size: 12 parsecs}",
+                "invalid size",
+            ),
+            ("consul_server: {username: x}", "consul_server.addr"),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "config {text:?}: error {err:?} should mention {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn optional_sections_parse() {
+        let config = Config::parse(
+            "mode: redirect\npushgateway: {servers: [a]}\nhealth_check: {interval: 500ms, timeout: 200ms, \
+             unhealthy_threshold: 3, healthy_threshold: 1}\nring: {algorithm: go-compatible}\n\
+             proxy: {max_body_size: 1MiB, upstream_timeout: 1m30s, retry: false}",
+        )
+        .unwrap();
+        assert_eq!(config.mode, Mode::Redirect);
+        assert_eq!(config.health_check.interval, Duration::from_millis(500));
+        assert_eq!(config.health_check.unhealthy_threshold, 3);
+        assert_eq!(config.ring_algorithm, Algorithm::GoCompatible);
+        assert_eq!(config.proxy.max_body_size, 1 << 20);
+        assert_eq!(config.proxy.upstream_timeout, Duration::from_secs(90));
+        assert!(!config.proxy.retry);
+    }
+
+    #[test]
+    fn prometheus_durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        for bad in ["", "5", "s", "1.5s", "-1s", "1 s", "1sec"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(normalize_listen_addr(":9292").unwrap(), "0.0.0.0:9292");
+        assert_eq!(normalize_listen_addr("127.0.0.1:1").unwrap(), "127.0.0.1:1");
+        assert_eq!(normalize_listen_addr("[::1]:1").unwrap(), "[::1]:1");
+        assert!(normalize_listen_addr("9292").is_err());
+    }
+}

@@ -1,0 +1,76 @@
+//! HTTP: the router and its handlers. Pushgateway API paths are routed to their owner node; everything the
+//! gateway owns lives under `/-/` so it never collides with the Pushgateway API.
+//!
+//! - [`push`]: `/metrics/job/...`: proxy, redirect, or owner lookup.
+//! - [`admin`]: `/-/healthy`, `/-/ready`, `/-/reload`, `/-/metrics`, `/-/ring`, `/test/v1`.
+
+pub mod admin;
+pub mod push;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::routing::{any, get};
+use http::{header, StatusCode};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::Config;
+use crate::membership::static_probe::SuspectReporter;
+use crate::membership::Membership;
+use crate::routing::RingHandle;
+use crate::telemetry::Metrics;
+use crate::upstream::HttpClient;
+
+/// A request to re-read the config file; the answer says whether the new config was applied.
+pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub ring: RingHandle,
+    pub membership: watch::Receiver<Arc<Membership>>,
+    /// The config in force; swapped on reload.
+    pub config: Arc<ArcSwap<Config>>,
+    pub client: HttpClient,
+    pub metrics: Metrics,
+    pub suspects: SuspectReporter,
+    pub reload: mpsc::Sender<ReloadRequest>,
+    pub lifecycle_enabled: bool,
+}
+
+pub fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/-/healthy", get(admin::healthy).head(admin::healthy))
+        .route("/-/ready", get(admin::ready).head(admin::ready))
+        .route("/-/reload", any(admin::reload))
+        .route("/-/metrics", get(admin::metrics))
+        .route("/-/ring", get(admin::ring))
+        .route("/test/v1", get(admin::test_v1))
+        // Push paths are matched by hand: the Pushgateway's grammar (base64 job segment, path cleaning) does not
+        // fit a route pattern, and the raw path is needed undecoded.
+        .fallback(push::dispatch)
+        .with_state(state)
+}
+
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> http::Response<Body> {
+    let mut body = body.into();
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    http::Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from(body))
+        .unwrap_or_default()
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> http::Response<Body> {
+    http::Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(value.to_string()))
+        .unwrap_or_default()
+}

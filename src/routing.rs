@@ -1,0 +1,107 @@
+//! The current ring snapshot: built from membership snapshots, read lock-free by request handlers.
+//!
+//! One task owns the rebuild: it watches the membership channel (and the config, for the algorithm) and builds
+//! a new immutable [`RoutingTable`] only when the healthy node set or the algorithm actually changed. Handlers
+//! `load()` the current table from an `ArcSwap`; the rebalancer subscribes to the same changes on a watch channel.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::membership::Membership;
+use crate::ring::{Algorithm, Ring};
+use crate::shutdown::Shutdown;
+use crate::telemetry::Metrics;
+
+/// An immutable ring plus what it was built from.
+pub struct RoutingTable {
+    pub ring: Ring,
+    /// Incremented on every rebuild.
+    pub generation: u64,
+    pub built_at: SystemTime,
+}
+
+impl RoutingTable {
+    fn new(algorithm: Algorithm, nodes: &[String], generation: u64) -> RoutingTable {
+        RoutingTable {
+            ring: Ring::build(algorithm, nodes),
+            generation,
+            built_at: SystemTime::now(),
+        }
+    }
+}
+
+/// Lock-free access to the current table for request handlers.
+#[derive(Clone)]
+pub struct RingHandle(Arc<ArcSwap<RoutingTable>>);
+
+impl RingHandle {
+    pub fn load(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
+        self.0.load()
+    }
+
+    pub fn load_full(&self) -> Arc<RoutingTable> {
+        self.0.load_full()
+    }
+}
+
+/// Starts the ring builder. The returned watch receiver sees every new table (for the rebalancer).
+pub fn spawn(
+    mut membership: watch::Receiver<Arc<Membership>>,
+    mut config: watch::Receiver<Arc<Config>>,
+    metrics: Metrics,
+    mut shutdown: Shutdown,
+) -> (RingHandle, watch::Receiver<Arc<RoutingTable>>) {
+    let algorithm = config.borrow_and_update().ring_algorithm;
+    let initial = Arc::new(RoutingTable::new(
+        algorithm,
+        &membership.borrow_and_update().healthy_nodes(),
+        0,
+    ));
+    let handle = RingHandle(Arc::new(ArcSwap::new(initial.clone())));
+    let (table_tx, table_rx) = watch::channel(initial);
+    let task_handle = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = membership.changed() => if changed.is_err() { return },
+                changed = config.changed() => if changed.is_err() { return },
+                _ = shutdown.recv() => return,
+            }
+            let algorithm = config.borrow_and_update().ring_algorithm;
+            let healthy = membership.borrow_and_update().healthy_nodes();
+            let current = task_handle.load_full();
+            if current.ring.algorithm() == algorithm && current.ring.nodes() == healthy.as_slice() {
+                continue;
+            }
+            let started = Instant::now();
+            let table = Arc::new(RoutingTable::new(
+                algorithm,
+                &healthy,
+                current.generation + 1,
+            ));
+            let elapsed = started.elapsed();
+            if current.ring.algorithm() != algorithm {
+                tracing::info!(from = ?current.ring.algorithm(), to = ?algorithm, "ring algorithm changed");
+            }
+            if current.ring.nodes() != healthy.as_slice() {
+                metrics.membership_changes.inc();
+                tracing::info!(
+                    old = %current.ring.nodes().join(","),
+                    new = %healthy.join(","),
+                    generation = table.generation,
+                    rebuild_us = elapsed.as_micros() as u64,
+                    "healthy node set changed, ring rebuilt"
+                );
+            }
+            metrics.ring_nodes.set(healthy.len() as i64);
+            metrics.ring_rebuild_seconds.set(elapsed.as_secs_f64());
+            task_handle.0.store(table.clone());
+            table_tx.send_replace(table);
+        }
+    });
+    (handle, table_rx)
+}

@@ -1,0 +1,248 @@
+//! The gateway's own metrics (served on `/-/metrics`) and logging set-up (`--log.level`, `--log.format`).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Log output format, as in Prometheus' own `--log.format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+/// Log level, as in Prometheus' own `--log.level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Installs the global tracing subscriber. Call once, from `main`.
+pub fn init_logging(level: LogLevel, format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let level = match level {
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Error => tracing::Level::ERROR,
+    };
+    // Only our own crate logs at debug; dependencies (hyper, reqwest) stay at warn so debug logs stay readable.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::WARN.min(level))
+        .with_target("dynamic_sharding", level)
+        .with_target("dynamic_sharding_bin", level);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Logfmt => registry.with(tracing_logfmt::layer()).init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum MethodLabel {
+    GET,
+    PUT,
+    POST,
+    DELETE,
+    OTHER,
+}
+
+impl From<&http::Method> for MethodLabel {
+    fn from(method: &http::Method) -> Self {
+        match *method {
+            http::Method::GET => MethodLabel::GET,
+            http::Method::PUT => MethodLabel::PUT,
+            http::Method::POST => MethodLabel::POST,
+            http::Method::DELETE => MethodLabel::DELETE,
+            _ => MethodLabel::OTHER,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: MethodLabel,
+    pub code: u16,
+    /// The node that served the request; empty when none did (rejected input, no healthy node, redirect).
+    pub node: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub node: Arc<str>,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub node: Arc<str>,
+    pub kind: &'static str,
+}
+
+/// Every metric the gateway exports about itself. Cheap to clone (all handles are shared).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upstream_duration: Family<NodeLabels, Histogram>,
+    pub upstream_errors: Family<ErrorLabels, Counter>,
+    pub retries: Family<NodeLabels, Counter>,
+    pub ring_nodes: Gauge,
+    pub known_nodes: Gauge,
+    pub node_up: Family<NodeLabels, Gauge>,
+    pub membership_changes: Counter,
+    pub ring_rebuild_seconds: Gauge<f64, AtomicU64>,
+    pub health_probes: Family<ProbeLabels, Counter>,
+    pub config_reload_success: Gauge,
+    pub config_reload_timestamp: Gauge<f64, AtomicU64>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("dynamic_sharding");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Push API requests handled, by method, status code and the node that served them",
+            requests.clone(),
+        );
+        let upstream_duration = Family::<NodeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ])
+        });
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Time from sending a request to a Pushgateway until its full response arrived",
+            upstream_duration.clone(),
+        );
+        let upstream_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Requests to a Pushgateway that got no response, by kind (connect, timeout, reset)",
+            upstream_errors.clone(),
+        );
+        let retries = Family::<NodeLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Pushes retried on the next node because the owner (the label) could not be reached",
+            retries.clone(),
+        );
+        let ring_nodes = Gauge::default();
+        registry.register(
+            "ring_nodes",
+            "Healthy nodes in the current ring",
+            ring_nodes.clone(),
+        );
+        let known_nodes = Gauge::default();
+        registry.register(
+            "known_nodes",
+            "Nodes known to the membership source, healthy or not",
+            known_nodes.clone(),
+        );
+        let node_up = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "node_up",
+            "1 when the node is healthy and in the ring, else 0",
+            node_up.clone(),
+        );
+        let membership_changes = Counter::default();
+        registry.register(
+            "membership_changes",
+            "Times the healthy node set changed and the ring was rebuilt",
+            membership_changes.clone(),
+        );
+        let ring_rebuild_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "ring_rebuild_duration_seconds",
+            "How long the last ring rebuild took",
+            ring_rebuild_seconds.clone(),
+        );
+        let health_probes = Family::<ProbeLabels, Counter>::default();
+        registry.register(
+            "health_probes",
+            "Active health probes of Pushgateways, by node and result (success, failure)",
+            health_probes.clone(),
+        );
+        let config_reload_success = Gauge::default();
+        registry.register(
+            "config_last_reload_successful",
+            "Whether the last configuration reload attempt was successful",
+            config_reload_success.clone(),
+        );
+        let config_reload_timestamp = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Timestamp of the last successful configuration reload",
+            config_reload_timestamp.clone(),
+        );
+        let build_info = Family::<Vec<(String, String)>, Gauge>::default();
+        build_info
+            .get_or_create(&vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )])
+            .set(1);
+        registry.register(
+            "build_info",
+            "Build information; the value is always 1",
+            build_info,
+        );
+
+        Metrics {
+            registry: Arc::new(registry),
+            requests,
+            upstream_duration,
+            upstream_errors,
+            retries,
+            ring_nodes,
+            known_nodes,
+            node_up,
+            membership_changes,
+            ring_rebuild_seconds,
+            health_probes,
+            config_reload_success,
+            config_reload_timestamp,
+        }
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail for these metric types.
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
