@@ -113,7 +113,8 @@ EOF
         -o APT::Sandbox::User=root
     )
     log "fetching consul from Debian bullseye ($mirror)"
-    apt-get "${apt_options[@]}" update -q
+    # --error-on=any: a bad signature or missing index must stop here, not surface later as "no consul".
+    apt-get "${apt_options[@]}" update -q --error-on=any
     (cd "$work/download" && apt-get "${apt_options[@]}" download consul)
     local deb
     deb="$(find "$work/download" -maxdepth 1 -name 'consul_*.deb' | head -n1)"

@@ -10,7 +10,7 @@
 //! # API
 //! - [`free_port`]: a free TCP (and UDP) port on 127.0.0.1, never the same one twice in one test process.
 //! - [`ChildGuard`]: owns a spawned process; output goes to a log file in the guard's own temp dir;
-//!   [`ChildGuard::kill`] (SIGKILL + reap) runs on drop; on a panicking drop the log tail is printed.
+//!   [`ChildGuard::kill`] (SIGKILL + reap) runs on drop; if the test panicked, the log is kept and its tail printed.
 //! - [`wait_until`]`(timeout, poll_interval, || async { bool })`: polls until true, or
 //!   `Err(`[`TimedOut`]`)`; use `.expect("what we waited for")`.
 //! - [`http_client`] (no proxy, no redirect following, so a 307 is visible) and [`send`] -> [`Reply`].
@@ -95,8 +95,8 @@ pub struct ChildGuard {
     child: Child,
     exit_status: Option<ExitStatus>,
     log_path: PathBuf,
-    // Dropped after `child` is killed (see Drop), so the process never writes into a removed dir.
-    _log_dir: TempDir,
+    // Removed after `child` is killed (see Drop), so the process never writes into a removed dir.
+    log_dir: TempDir,
 }
 
 impl ChildGuard {
@@ -124,7 +124,7 @@ impl ChildGuard {
             child,
             exit_status: None,
             log_path,
-            _log_dir: log_dir,
+            log_dir,
         }
     }
 
@@ -198,15 +198,18 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        self.kill();
         if std::thread::panicking() {
+            // Keep the whole log for a post-mortem; a passing run leaves nothing behind.
+            self.log_dir.disable_cleanup(true);
             eprintln!(
-                "harness: a test panicked while {} (pid {}) ran; last {LOG_TAIL_LINES} log lines:\n{}",
+                "harness: test panicked; {} (pid {}) kept its log at {}; last {LOG_TAIL_LINES} lines:\n{}",
                 self.name,
                 self.pid(),
+                self.log_path.display(),
                 self.log_tail(LOG_TAIL_LINES)
             );
         }
-        self.kill();
     }
 }
 
