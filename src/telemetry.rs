@@ -43,7 +43,13 @@ pub fn init_logging(level: LogLevel, format: LogFormat) {
         .with_target("dynamic_sharding_bin", level);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Logfmt => registry.with(tracing_logfmt::layer()).init(),
+        LogFormat::Logfmt => registry
+            .with(
+                tracing_logfmt::builder()
+                    .layer()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
