@@ -529,22 +529,24 @@ proptest! {
     #[test]
     fn rendezvous_successor_is_owner_without_the_owner(nodes in node_set(50), keys in keys()) {
         let ring = Ring::build(Algorithm::Rendezvous, &nodes);
-        let mut without_owner: HashMap<String, Ring> = HashMap::new();
         for key in &keys {
             let owner = ring.owner(key);
             prop_assert!(owner.is_some());
-            let owner = owner.unwrap_or_default().to_string();
-            let successor = ring.successor(key);
             if nodes.len() < 2 {
-                prop_assert_eq!(successor, None);
-                continue;
+                prop_assert_eq!(ring.successor(key), None);
+            } else {
+                prop_assert!(ring.successor(key).is_some() && ring.successor(key) != owner);
             }
-            prop_assert_ne!(successor, Some(owner.as_str()));
-            let reduced = without_owner.entry(owner.clone()).or_insert_with(|| {
-                let remaining: Vec<String> = nodes.iter().filter(|node| **node != owner).cloned().collect();
-                Ring::build(Algorithm::Rendezvous, &remaining)
-            });
-            prop_assert_eq!(reduced.owner(key), successor);
+        }
+        // One rebuild per case keeps this affordable in a debug build: drop the first key's owner and check
+        // every key it owned (the removal property above covers randomly chosen nodes).
+        if nodes.len() >= 2 {
+            let dropped = ring.owner(&keys[0]).unwrap_or_default();
+            let remaining: Vec<String> = nodes.iter().filter(|node| *node != dropped).cloned().collect();
+            let reduced = Ring::build(Algorithm::Rendezvous, &remaining);
+            for key in keys.iter().filter(|key| ring.owner(key) == Some(dropped)) {
+                prop_assert_eq!(reduced.owner(key), ring.successor(key));
+            }
         }
     }
 
