@@ -42,7 +42,9 @@ pub enum Conflict {
     #[error("node {node}: exposition skipped: {error}")]
     InvalidExposition { node: String, error: ParseError },
     #[error(
-        "metric family {family}: node {node} has HELP {help:?}, kept {kept_help:?} from node {kept_node}"
+        "metric family {family}: node {node} has HELP {}, kept {} from node {kept_node}",
+        show_help(help.as_deref()),
+        show_help(kept_help.as_deref())
     )]
     HelpMismatch {
         family: String,
@@ -83,6 +85,11 @@ pub enum Conflict {
         kept_node: String,
         dropped_samples: usize,
     },
+}
+
+/// A HELP text for messages: quoted, or `(none)` without a HELP line.
+fn show_help(help: Option<&str>) -> String {
+    help.map_or_else(|| "(none)".to_owned(), |help| format!("{help:?}"))
 }
 
 /// One family being merged: the winning header and the kept samples.

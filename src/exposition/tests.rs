@@ -177,7 +177,8 @@ fn suffixed_names_join_only_a_declared_histogram_or_summary() {
 
 #[test]
 fn rejects_malformed_lines_with_line_number_and_reason() {
-    let cases: [(&str, usize, fn(&ParseErrorKind) -> bool); 10] = [
+    type Case = (&'static str, usize, fn(&ParseErrorKind) -> bool);
+    let cases: [Case; 10] = [
         (
             "x{a=\"\\t\"} 1\n",
             1,

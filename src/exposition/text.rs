@@ -209,6 +209,8 @@ pub fn parse_text(text: &str) -> Result<Vec<MetricFamily<'_>>, ParseError> {
         families: Vec::new(),
         index: HashMap::new(),
         family_flags: Vec::new(),
+        last_family: None,
+        label_names: Vec::new(),
     };
     for (line_index, line) in text.split('\n').enumerate() {
         parser.line(line).map_err(|kind| ParseError {
@@ -240,6 +242,11 @@ struct Parser<'a> {
     families: Vec<MetricFamily<'a>>,
     index: HashMap<&'a str, usize>,
     family_flags: Vec<FamilyFlags>,
+    /// The family of the previous sample: consecutive samples almost always share it, which
+    /// saves a hash lookup per line.
+    last_family: Option<usize>,
+    /// Reused buffer for the duplicate-label check, to avoid an allocation per sample.
+    label_names: Vec<&'a str>,
 }
 
 const BLANKS: [char; 2] = [' ', '\t'];
@@ -312,6 +319,18 @@ impl<'a> Parser<'a> {
 
     /// The family a sample name belongs to, the way `expfmt.TextParser` decides it.
     fn family_for_sample(&mut self, name: &'a str) -> usize {
+        if let Some(last) = self.last_family {
+            let family = &self.families[last];
+            if family.name == name
+                || (matches!(
+                    family.metric_type,
+                    MetricType::Histogram | MetricType::Summary
+                ) && self.index.get(name).is_none_or(|&exact| exact == last)
+                    && is_series_of(family, name))
+            {
+                return last;
+            }
+        }
         if let Some(&index) = self.index.get(name) {
             return index;
         }
@@ -332,9 +351,7 @@ impl<'a> Parser<'a> {
     }
 
     fn sample(&mut self, line: &'a str) -> Result<(), ParseErrorKind> {
-        let name_end = line
-            .find(|c: char| c == '{' || c == ' ' || c == '\t')
-            .unwrap_or(line.len());
+        let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
         let name = &line[..name_end];
         if !is_valid_metric_name(name) {
             return Err(ParseErrorKind::InvalidMetricName(name.to_owned()));
@@ -342,7 +359,7 @@ impl<'a> Parser<'a> {
         let mut rest = line[name_end..].trim_start_matches(BLANKS);
         let mut labels_text = "";
         if let Some(after_brace) = rest.strip_prefix('{') {
-            let labels_len = scan_labels(after_brace)?;
+            let labels_len = scan_labels(after_brace, &mut self.label_names)?;
             labels_text = &after_brace[..labels_len];
             rest = &after_brace[labels_len + 1..];
         }
@@ -373,10 +390,23 @@ impl<'a> Parser<'a> {
             timestamp,
         };
         let index = self.family_for_sample(name);
+        self.last_family = Some(index);
         let family = &mut self.families[index];
         check_bucket_label(family, &sample)?;
         family.samples.push(sample);
         Ok(())
+    }
+}
+
+/// Whether `name` is one of the suffixed series of a histogram or summary `family`.
+fn is_series_of(family: &MetricFamily<'_>, name: &str) -> bool {
+    let Some(suffix) = name.strip_prefix(family.name) else {
+        return false;
+    };
+    match family.metric_type {
+        MetricType::Histogram => matches!(suffix, "_bucket" | "_sum" | "_count"),
+        MetricType::Summary => matches!(suffix, "_sum" | "_count"),
+        _ => false,
     }
 }
 
@@ -412,9 +442,9 @@ fn check_bucket_label(
 }
 
 /// Validates the label set after `{`; returns the offset of the closing `}`.
-fn scan_labels(text: &str) -> Result<usize, ParseErrorKind> {
+fn scan_labels<'a>(text: &'a str, names: &mut Vec<&'a str>) -> Result<usize, ParseErrorKind> {
     let bytes = text.as_bytes();
-    let mut names: Vec<&str> = Vec::new();
+    names.clear();
     let mut i = 0;
     let skip_blanks = |i: &mut usize| {
         while *i < bytes.len() && (bytes[*i] == b' ' || bytes[*i] == b'\t') {
