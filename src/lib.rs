@@ -4,6 +4,7 @@
 //! - [`config`]: the YAML file (the Go original's keys plus ours) and its validation.
 //! - [`grouping`]: Pushgateway grouping-key parsing and canonical form. Pure, no I/O.
 //! - [`ring`]: consistent-hash algorithms (rendezvous table, Go-compatible ring). Pure, no I/O.
+//! - [`exposition`]: Prometheus text format: parse, merge across nodes, rebuild from Pushgateway JSON. Pure.
 //! - [`membership`]: where the node set comes from (static probes); publishes snapshots on a watch channel.
 //! - [`routing`]: turns membership snapshots into immutable ring snapshots, read lock-free by handlers.
 //! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`).
@@ -12,6 +13,7 @@
 //! - [`app`]: wiring, reload and graceful shutdown.
 pub mod app;
 pub mod config;
+pub mod exposition;
 pub mod gateway;
 pub mod grouping;
 pub mod membership;
