@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use http::{HeaderValue, Method, StatusCode};
 
 use ds_loadgen::body::{exposition_body, BodySpec, TEXT_CONTENT_TYPE};
+use ds_loadgen::cpu::process_cpu_time;
 use ds_loadgen::load::{group_paths, run, Limit, LoadPlan};
 use ds_loadgen::stats::{Report, RunDescription};
 use ds_loadgen::target::LoopbackEndpoint;
@@ -146,9 +147,13 @@ fn main() -> anyhow::Result<()> {
             .build()
     }
     .context("could not start the async runtime")?;
+    let cpu_before = process_cpu_time();
     let (stats, elapsed) = runtime.block_on(run(plan));
+    let cpu_used = process_cpu_time()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
 
-    let report = Report::new(
+    let mut report = Report::new(
         RunDescription {
             label: args.label,
             target: args.target,
@@ -161,6 +166,7 @@ fn main() -> anyhow::Result<()> {
         &stats,
         elapsed,
     );
+    report.client_cpu_s = cpu_used;
     print!("{}", report.table());
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;

@@ -153,6 +153,8 @@ pub struct Report {
     pub redirects_followed: u64,
     /// Successful pushes per second of wall time.
     pub ok_per_s: f64,
+    /// CPU time (user + system) the load generator itself used, when the OS told us.
+    pub client_cpu_s: Option<f64>,
     pub latency_us: LatencySummary,
 }
 
@@ -205,6 +207,7 @@ impl Report {
                 0.0
             },
             latency_us,
+            client_cpu_s: None,
         }
     }
 
@@ -257,6 +260,18 @@ impl Report {
                     self.latency_us.max,
                     self.latency_us.mean
                 ),
+            ),
+            (
+                "client cpu",
+                match self.client_cpu_s {
+                    Some(cpu) if self.elapsed_s > 0.0 => {
+                        format!(
+                            "{cpu:.2} s ({:.0}% of one core)",
+                            100.0 * cpu / self.elapsed_s
+                        )
+                    }
+                    _ => "unknown".to_string(),
+                },
             ),
             ("errors", errors),
         ];
