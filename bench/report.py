@@ -124,6 +124,13 @@ def main():
             + "Do not compare these numbers with a full run without checking the parameters below.",
             "",
         ]
+    if float(meta["load_before"]) > float(meta["nproc"]):
+        out += [
+            f"> **Busy machine.** The 1-minute load average was {meta['load_before']} on {meta['nproc']} CPUs when "
+            "the run started: other work competed with every process here, so absolute numbers are low and noisy. "
+            "Rounds alternate cases, so ratios within one table are the figures to read.",
+            "",
+        ]
     out += [
         f"- Date: {meta['date']}; revision {meta['revision']}",
         f"- Machine: {meta['nproc']} CPUs, {meta['cpu']}, Linux {meta['kernel']}; {meta['pinned']}; "

@@ -551,6 +551,7 @@ jq -n \
   --arg cpu "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
   --arg kernel "$(uname -r)" \
   --arg loadavg "$LOAD_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after" \
+  --arg load_before "${LOAD_BEFORE%% *}" \
   --arg nginx "$(nginx -v 2>&1)" \
   --arg haproxy "$(haproxy -v 2>&1 | head -n 1)" \
   --arg pushgateway "$(prometheus-pushgateway --version 2>&1 | head -n 1)" \
