@@ -77,8 +77,18 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    // One line naming the problem, not a backtrace, whatever RUST_BACKTRACE says.
+    match run_from_args(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ds-loadgen: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_from_args(args: Args) -> anyhow::Result<()> {
     let target = LoopbackEndpoint::parse(&args.target)?;
     if args.concurrency == 0 || args.groups == 0 || args.threads == 0 {
         bail!("--concurrency, --groups and --threads must each be at least 1");
