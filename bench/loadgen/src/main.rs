@@ -1,0 +1,190 @@
+//! Command line: flags -> load plan -> run -> table on stdout and optional JSON file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use http::{HeaderValue, Method, StatusCode};
+
+use ds_loadgen::body::{exposition_body, BodySpec, TEXT_CONTENT_TYPE};
+use ds_loadgen::cpu::process_cpu_time;
+use ds_loadgen::load::{group_paths, run, Limit, LoadPlan};
+use ds_loadgen::stats::{Report, RunDescription};
+use ds_loadgen::target::LoopbackEndpoint;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PushMethod {
+    Put,
+    Post,
+}
+
+/// Push exposition bodies to a loopback Pushgateway-compatible endpoint and report throughput and latency.
+#[derive(Debug, Parser)]
+#[command(name = "ds-loadgen", version)]
+struct Args {
+    /// Base URL to push to; must be loopback (127.0.0.0/8, localhost or [::1]).
+    #[arg(long)]
+    target: String,
+    /// Concurrent keep-alive connections (one worker each).
+    #[arg(short = 'c', long, default_value_t = 16)]
+    concurrency: usize,
+    /// Run for this many seconds (default 10 when --requests is not given either).
+    #[arg(short = 'd', long)]
+    duration: Option<f64>,
+    /// Stop after this many requests in total.
+    #[arg(short = 'n', long)]
+    requests: Option<u64>,
+    /// Number of distinct groups (grouping keys) pushed to, round-robin.
+    #[arg(short = 'k', long, default_value_t = 1000)]
+    groups: usize,
+    /// Every N-th group gets an extra `zone` label (0: never).
+    #[arg(long, default_value_t = 4)]
+    extra_label_every: usize,
+    /// Job name in the grouping key.
+    #[arg(long, default_value = "bench")]
+    job: String,
+    #[arg(long, value_enum, default_value_t = PushMethod::Put)]
+    method: PushMethod,
+    /// Follow 307/308 redirects by re-sending the body to the Location (loopback only).
+    #[arg(long)]
+    follow_redirects: bool,
+    /// Redirects followed at most per push.
+    #[arg(long, default_value_t = 3)]
+    max_redirects: u32,
+    /// Count only this status as success (e.g. 307 to measure a redirector without following); default any 2xx.
+    #[arg(long)]
+    expect_status: Option<u16>,
+    /// Per-push timeout in milliseconds, redirects included.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Gauge and counter samples per body.
+    #[arg(long, default_value_t = 20)]
+    samples: usize,
+    /// Leave the histogram out of the body.
+    #[arg(long)]
+    no_histogram: bool,
+    /// Runtime worker threads; 1 uses a single-threaded runtime (the lightest client).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Name of this run in the report.
+    #[arg(long, default_value = "run")]
+    label: String,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    // One line naming the problem, not a backtrace, whatever RUST_BACKTRACE says.
+    match run_from_args(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ds-loadgen: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_from_args(args: Args) -> anyhow::Result<()> {
+    let target = LoopbackEndpoint::parse(&args.target)?;
+    if args.concurrency == 0 || args.groups == 0 || args.threads == 0 {
+        bail!("--concurrency, --groups and --threads must each be at least 1");
+    }
+    let duration = match (args.duration, args.requests) {
+        (None, None) => Some(Duration::from_secs(10)),
+        (Some(seconds), _) => Some(
+            Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| {
+                    format!("--duration {seconds} must be a positive number of seconds")
+                })?,
+        ),
+        (None, Some(_)) => None,
+    };
+    let expected_status = args
+        .expect_status
+        .map(StatusCode::from_u16)
+        .transpose()
+        .with_context(|| {
+            format!(
+                "--expect-status {:?} is not an HTTP status code",
+                args.expect_status
+            )
+        })?;
+    let body = exposition_body(BodySpec {
+        samples: args.samples,
+        histogram: !args.no_histogram,
+    });
+    let body_bytes = body.len();
+    let method = match args.method {
+        PushMethod::Put => Method::PUT,
+        PushMethod::Post => Method::POST,
+    };
+    let plan = Arc::new(LoadPlan {
+        paths: group_paths(
+            &target.path_prefix,
+            &args.job,
+            args.groups,
+            args.extra_label_every,
+        ),
+        target,
+        method: method.clone(),
+        body: Bytes::from(body),
+        content_type: HeaderValue::from_static(TEXT_CONTENT_TYPE),
+        concurrency: args.concurrency,
+        limit: Limit {
+            duration,
+            requests: args.requests,
+        },
+        follow_redirects: args.follow_redirects,
+        max_redirects: args.max_redirects,
+        request_timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        expected_status,
+    });
+
+    let runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    }
+    .context("could not start the async runtime")?;
+    let cpu_before = process_cpu_time();
+    let (stats, elapsed) = runtime.block_on(run(plan));
+    let cpu_used = process_cpu_time()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
+
+    let mut report = Report::new(
+        RunDescription {
+            label: args.label,
+            target: args.target,
+            method: method.to_string(),
+            concurrency: args.concurrency,
+            groups: args.groups,
+            body_bytes,
+            follow_redirects: args.follow_redirects,
+        },
+        &stats,
+        elapsed,
+    );
+    report.client_cpu_s = cpu_used;
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("could not write the JSON report to {}", path.display()))?;
+    }
+    if report.ok == 0 {
+        bail!("no push succeeded; check that the target is up and that --expect-status matches");
+    }
+    Ok(())
+}

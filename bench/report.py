@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Turns the per-run JSON files written by bench/run.sh into bench/RESULTS.md (printed on stdout).
+
+Usage: report.py META.json RUN.json...
+
+Each RUN.json is a ds-loadgen report plus the fields run.sh adds (scenario, case, round, proxy_cpu_s,
+upstream_cpu_s, proxy_peak_rss_kb, churn_kills). Rounds of one case are combined: throughput and latency
+percentiles as the median over rounds (with the throughput range), CPU per request as total CPU over total
+successful requests, errors summed.
+"""
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+SCENARIO_TITLES = {
+    "overhead": "1. Gateway overhead, trivial upstreams",
+    "latency": "1b. Added latency at concurrency 1, trivial upstreams",
+    "redirect": "2. Redirect mode",
+    "pushgateway": "3. Real Pushgateways",
+    "churn": "4. Churn: one Pushgateway SIGKILLed and restarted every few seconds",
+}
+
+
+CASE_ORDER = ["direct", "dynamic-sharding", "dynamic-sharding-followed", "nginx", "haproxy"]
+
+
+def case_rank(case):
+    return CASE_ORDER.index(case) if case in CASE_ORDER else len(CASE_ORDER)
+
+
+def combine(runs):
+    ok = sum(r["ok"] for r in runs)
+    elapsed = sum(r["elapsed_s"] for r in runs)
+    errors = defaultdict(int)
+    for r in runs:
+        for kind, count in r["errors"].items():
+            errors[kind] += count
+    rates = [r["ok_per_s"] for r in runs]
+
+    def median_latency(key):
+        return statistics.median(r["latency_us"][key] for r in runs)
+
+    def per_request(key):
+        total = sum(r.get(key) or 0.0 for r in runs)
+        return total / ok * 1e6 if ok else None
+
+    client_cpu = [r.get("client_cpu_s") for r in runs]
+    return {
+        "case": runs[0]["case"],
+        "proxy": runs[0].get("proxy", ""),
+        "rounds": len(runs),
+        "concurrency": runs[0]["concurrency"],
+        "groups": runs[0]["groups"],
+        "rate": statistics.median(rates),
+        "rate_min": min(rates),
+        "rate_max": max(rates),
+        "p50": median_latency("p50"),
+        "p90": median_latency("p90"),
+        "p99": median_latency("p99"),
+        "max": max(r["latency_us"]["max"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+        "ok": ok,
+        "errors": dict(errors),
+        "errors_total": sum(errors.values()),
+        "proxy_cpu_us": per_request("proxy_cpu_s") if runs[0].get("proxy") else None,
+        "upstream_cpu_us": per_request("upstream_cpu_s"),
+        "client_cpu_share": (sum(client_cpu) / elapsed) if elapsed and None not in client_cpu else None,
+        "peak_rss_kb": max(r.get("proxy_peak_rss_kb") or 0 for r in runs),
+        "kills": sum(r.get("churn_kills") or 0 for r in runs),
+    }
+
+
+def fmt_rate(row):
+    return f"{row['rate']:,.0f} ({row['rate_min']:,.0f}–{row['rate_max']:,.0f})"
+
+
+def fmt_num(value, digits=0):
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(value, reference):
+    if value is None or not reference:
+        return "–"
+    return f"{value / reference:.2f}×"
+
+
+def fmt_errors(row):
+    if not row["errors_total"]:
+        return "0"
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(row["errors"].items()))
+    return f"{row['errors_total']} ({kinds})"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main():
+    with open(sys.argv[1]) as meta_file:
+        meta = json.load(meta_file)
+    grouped = defaultdict(list)
+    for path in sys.argv[2:]:
+        with open(path) as run_file:
+            run = json.load(run_file)
+        grouped[(run["scenario"], run["case"])].append(run)
+    rows = defaultdict(dict)
+    for (scenario, case), runs in sorted(grouped.items(), key=lambda item: (case_rank(item[0][1]), item[0][1])):
+        rows[scenario][case] = combine(sorted(runs, key=lambda r: r["round"]))
+
+    out = ["# Benchmark results: dynamic-sharding side by side", ""]
+    partial = meta["scenarios"].split() != meta["all_scenarios"].split() or meta["skipped"]
+    if partial:
+        missing = [s for s in meta["all_scenarios"].split() if s not in meta["scenarios"].split()]
+        out += [
+            "> **Partial run.** "
+            + (f"Scenarios not run: {', '.join(missing)}. " if missing else "")
+            + (f"Gateway instances skipped (binary missing or never ready): {meta['skipped']}. " if meta["skipped"] else "")
+            + "Do not compare these numbers with a full run without checking the parameters below.",
+            "",
+        ]
+    if float(meta["load_before"]) > float(meta["nproc"]):
+        out += [
+            f"> **Busy machine.** The 1-minute load average was {meta['load_before']} on {meta['nproc']} CPUs when "
+            "the run started: other work competed with every process here, so absolute numbers are low and noisy. "
+            "Rounds alternate cases, so ratios within one table are the figures to read.",
+            "",
+        ]
+    out += [
+        f"- Date: {meta['date']}; revision {meta['revision']}",
+        f"- Machine: {meta['nproc']} CPUs, {meta['cpu']}, Linux {meta['kernel']}; {meta['pinned']}; "
+        f"load average (1, 5, 15 min) {meta['loadavg']}",
+        f"- Tools: {meta['nginx']}; {meta['haproxy']}; {meta['pushgateway']}; {meta['rustc']}; "
+        f"gateway binary `{meta['gateway']}`",
+        f"- Command: `{meta['env']} {meta['command']}`",
+        f"- Load: ds-loadgen, PUT of a {meta['body_bytes']} B text-format body (20 gauge/counter samples and one "
+        "histogram) round-robin over distinct groups, one keep-alive connection per client worker; "
+        "each case ran once per round, rounds alternate all cases.",
+        "- Throughput is successful pushes per second, median over rounds (range in brackets); latency "
+        "percentiles are medians over rounds of each round's percentile, in µs; CPU per request is the "
+        "process's utime+stime from /proc (all nginx/HAProxy processes summed) over all rounds divided by "
+        "the successful requests.",
+        "",
+    ]
+
+    overhead = rows.get("overhead", {})
+    if overhead:
+        nginx = overhead.get("nginx")
+        out += [f"## {SCENARIO_TITLES['overhead']}", "",
+                f"Four nginx `return 200` upstreams; concurrency {next(iter(overhead.values()))['concurrency']}, "
+                f"{next(iter(overhead.values()))['groups']} groups. Ratios are to nginx "
+                "(`hash $request_uri consistent` + upstream keepalive).", ""]
+        out.append(table(
+            ["case", "ok/s", "ok/s vs nginx", "p50", "p90", "p99", "p99 vs nginx", "proxy CPU µs/req",
+             "CPU vs nginx", "client CPU", "errors"],
+            [[name, fmt_rate(r), ratio(r["rate"], nginx and nginx["rate"]), fmt_num(r["p50"]), fmt_num(r["p90"]),
+              fmt_num(r["p99"]), ratio(r["p99"], nginx and nginx["p99"]), fmt_num(r["proxy_cpu_us"], 1),
+              ratio(r["proxy_cpu_us"], nginx and nginx["proxy_cpu_us"]),
+              fmt_num(r["client_cpu_share"] and 100 * r["client_cpu_share"]) + "%", fmt_errors(r)]
+             for name, r in overhead.items()]))
+        out += ["", "`direct` has no proxy: the client talks to one upstream. A client CPU near 100% means the "
+                "client was the limit for that case.", ""]
+
+    latency = rows.get("latency", {})
+    if latency:
+        direct = latency.get("direct")
+        out += [f"## {SCENARIO_TITLES['latency']}", "", "One connection, one request at a time.", ""]
+        out.append(table(
+            ["case", "ok/s", "p50", "p90", "p99", "p50 added over direct", "proxy CPU µs/req", "errors"],
+            [[name, fmt_rate(r), fmt_num(r["p50"]), fmt_num(r["p90"]), fmt_num(r["p99"]),
+              fmt_num(r["p50"] - direct["p50"]) if direct else "–", fmt_num(r["proxy_cpu_us"], 1), fmt_errors(r)]
+             for name, r in latency.items()]))
+        out.append("")
+
+    redirect = rows.get("redirect", {})
+    if redirect:
+        nginx = redirect.get("nginx")
+        out += [f"## {SCENARIO_TITLES['redirect']}", "",
+                "`dynamic-sharding` in `mode: redirect` against nginx `return 307 http://127.0.0.1:<p>$request_uri`; "
+                "a 307 counts as success. `dynamic-sharding-followed` has the client follow the 307 to the trivial "
+                "upstream (two exchanges per push; proxy CPU is the gateway's only).", ""]
+        out.append(table(
+            ["case", "ok/s", "ok/s vs nginx", "p50", "p99", "proxy CPU µs/req", "CPU vs nginx", "errors"],
+            [[name, fmt_rate(r), ratio(r["rate"], nginx and nginx["rate"]), fmt_num(r["p50"]), fmt_num(r["p99"]),
+              fmt_num(r["proxy_cpu_us"], 1), ratio(r["proxy_cpu_us"], nginx and nginx["proxy_cpu_us"]),
+              fmt_errors(r)]
+             for name, r in redirect.items()]))
+        out.append("")
+
+    pushgateway = rows.get("pushgateway", {})
+    if pushgateway:
+        out += [f"## {SCENARIO_TITLES['pushgateway']}", "",
+                f"Four `prometheus-pushgateway` nodes (in memory) behind the gateway, against the same load straight "
+                f"at one Pushgateway; {next(iter(pushgateway.values()))['groups']} groups.", ""]
+        out.append(table(
+            ["case", "ok/s", "p50", "p90", "p99", "gateway CPU µs/req", "Pushgateway CPU µs/req",
+             "gateway CPU / Pushgateways CPU", "errors"],
+            [[name, fmt_rate(r), fmt_num(r["p50"]), fmt_num(r["p90"]), fmt_num(r["p99"]),
+              fmt_num(r["proxy_cpu_us"], 1), fmt_num(r["upstream_cpu_us"], 1),
+              (f"{100 * r['proxy_cpu_us'] / r['upstream_cpu_us']:.1f}%"
+               if r["proxy_cpu_us"] is not None and r["upstream_cpu_us"] else "–"),
+              fmt_errors(r)]
+             for name, r in pushgateway.items()]))
+        out.append("")
+
+    churn = rows.get("churn", {})
+    if churn:
+        calm = pushgateway.get("dynamic-sharding")
+        out += [f"## {SCENARIO_TITLES['churn']}", "",
+                "Same load as scenario 3 through the gateway while the script SIGKILLs one of the four Pushgateways "
+                "and restarts it on the same port, in turn.", ""]
+        out.append(table(
+            ["case", "ok/s", "p50", "p99", "p99 without churn (3)", "max", "kills", "error rate", "errors"],
+            [[name, fmt_rate(r), fmt_num(r["p50"]), fmt_num(r["p99"]), fmt_num(calm and calm["p99"]),
+              fmt_num(r["max"]), r["kills"],
+              f"{100 * r['errors_total'] / r['requests']:.2f}%" if r["requests"] else "–", fmt_errors(r)]
+             for name, r in churn.items()]))
+        out.append("")
+
+    memory = [(scenario, name, r["proxy"], r["peak_rss_kb"]) for scenario in rows for name, r in rows[scenario].items()
+              if r["proxy"] and r["peak_rss_kb"]]
+    if memory:
+        seen = {}
+        for scenario, name, proxy, kb in memory:
+            seen[proxy] = max(seen.get(proxy, 0), kb)
+        out += ["## Peak resident memory (VmHWM at the end of the run, all processes of the proxy)", ""]
+        out.append(table(["process", "peak RSS MiB"], [[proxy, f"{kb / 1024:.1f}"] for proxy, kb in sorted(seen.items())]))
+        out.append("")
+
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,569 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of dynamic-sharding against a direct push, nginx and HAProxy; writes bench/RESULTS.md.
+#
+# Run as root from anywhere: `bench/run.sh`. Everything listens on 127.0.0.1 ports picked at random, lives in a
+# temporary directory, and is stopped on exit. Scenarios run in rounds (every case once per round) so that slow
+# drift of the machine spreads over all cases instead of favouring one.
+#
+# Environment (defaults in brackets):
+#   SCENARIOS       which to run, any of: overhead latency redirect pushgateway churn  [all]
+#   DURATION        seconds per measured run                                          [10]
+#   LOW_C_DURATION  seconds per run of the C=1 latency scenario                       [5]
+#   WARMUP          seconds of unmeasured load per case before the rounds             [2]
+#   ROUNDS          rounds over all cases                                             [3]
+#   CONCURRENCY     client connections                                                [32]
+#   PUSH_GROUPS     distinct groups for the trivial-upstream scenarios                [1000]
+#   PGW_GROUPS      distinct groups for the real-Pushgateway scenarios                [100]
+#   CHURN_INTERVAL  seconds between SIGKILLs of a Pushgateway in the churn scenario  [3]
+#   CHURN_DOWNTIME  seconds a killed Pushgateway stays down                           [1]
+#   SKIP_INSTALL=1  do not apt-get anything; SKIP_BUILD=1  use the binaries as they are
+#   GATEWAY         gateway binary                          [$CARGO_TARGET_DIR/release/dynamic-sharding]
+#   KEEP_WORKDIR=1  keep the temporary directory (configs, logs, per-run JSON) for inspection
+#   RESULTS         output file                                                       [bench/RESULTS.md]
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+COMMAND_LINE="$0${*:+ $*}"
+SCENARIOS=${SCENARIOS:-"overhead latency redirect pushgateway churn"}
+DURATION=${DURATION:-10}
+LOW_C_DURATION=${LOW_C_DURATION:-5}
+WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-3}
+CONCURRENCY=${CONCURRENCY:-32}
+PUSH_GROUPS=${PUSH_GROUPS:-1000}
+PGW_GROUPS=${PGW_GROUPS:-100}
+CHURN_INTERVAL=${CHURN_INTERVAL:-3}
+CHURN_DOWNTIME=${CHURN_DOWNTIME:-1}
+SKIP_INSTALL=${SKIP_INSTALL:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+RESULTS=${RESULTS:-$REPO/bench/RESULTS.md}
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+LOADGEN=$TARGET_DIR/release/ds-loadgen
+GATEWAY=${GATEWAY:-$TARGET_DIR/release/dynamic-sharding}
+# Our own errors should print as one line, not a backtrace.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
+for scenario in $SCENARIOS; do
+  case $scenario in overhead | latency | redirect | pushgateway | churn) ;;
+    *) die "unknown scenario '$scenario' in SCENARIOS; use: overhead latency redirect pushgateway churn" ;;
+  esac
+done
+[[ $(id -u) == 0 || $SKIP_INSTALL == 1 ]] || die "run as root (it installs packages), or set SKIP_INSTALL=1"
+
+# ---------------------------------------------------------------- install and build
+install_dependencies() {
+  local installer=$REPO/scripts/install-test-deps.sh
+  if [[ -x $installer || -f $installer ]]; then
+    log "running $installer"
+    bash "$installer"
+  fi
+  local missing=()
+  command -v nginx >/dev/null || missing+=(nginx-light)
+  command -v haproxy >/dev/null || missing+=(haproxy)
+  command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v jq >/dev/null || missing+=(jq)
+  command -v python3 >/dev/null || missing+=(python3)
+  command -v taskset >/dev/null || missing+=(util-linux)
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+[[ $SKIP_INSTALL == 1 ]] || install_dependencies
+
+if [[ $SKIP_BUILD != 1 ]]; then
+  log "building release binaries (cargo build --release --workspace)"
+  if ! (cd "$REPO" && cargo build --release --workspace); then
+    log "the workspace did not build; building the load generator alone, gateway cases will be skipped"
+    (cd "$REPO" && cargo build --release -p ds-loadgen)
+    GATEWAY=/nonexistent/dynamic-sharding
+  fi
+fi
+[[ -x $LOADGEN ]] || die "$LOADGEN is missing; build it with cargo build --release -p ds-loadgen"
+
+# ---------------------------------------------------------------- process bookkeeping
+WORK=$(mktemp -d /tmp/ds-bench.XXXXXX)
+mkdir -p "$WORK"/{pids,logs,results,conf}
+CLK_TCK=$(getconf CLK_TCK)
+NPROC=$(nproc)
+if ((NPROC >= 2)); then
+  PIN_PROXY=(taskset -c 0) PIN_CLIENT=(taskset -c 1) PIN_UPSTREAM=(taskset -c 0-$((NPROC - 1)))
+else
+  PIN_PROXY=() PIN_CLIENT=() PIN_UPSTREAM=()
+fi
+
+# Field 22 of /proc/<pid>/stat: start time, so a recycled pid is never mistaken for ours.
+proc_field() { # pid field-number (1-based, as in proc(5))
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  local rest=${stat##*) } fields
+  read -ra fields <<<"$rest"
+  echo "${fields[$(($2 - 3))]}"
+}
+
+# start NAME CMD...: runs CMD in the background, logs to logs/NAME.log, remembers pid and start time.
+start() {
+  local name=$1
+  shift
+  "$@" >"$WORK/logs/$name.log" 2>&1 &
+  local pid=$!
+  # Not a shell job any more: no "Killed" notices when the churn loop kills it, and cleanup() is what stops it.
+  disown "$pid" 2>/dev/null || true
+  echo "$pid $(proc_field "$pid" 22 || echo 0)" >"$WORK/pids/$name.pid"
+}
+
+pid_of() { # NAME -> pid if still ours and alive
+  local file=$WORK/pids/$1.pid pid started
+  [[ -f $file ]] || return 1
+  read -r pid started <"$file"
+  [[ $(proc_field "$pid" 22 2>/dev/null) == "$started" ]] || return 1
+  echo "$pid"
+}
+
+stop() { # NAME: TERM, then KILL after 3 s
+  local pid
+  pid=$(pid_of "$1") || { rm -f "$WORK/pids/$1.pid"; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 30); do
+    [[ -d /proc/$pid ]] || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$WORK/pids/$1.pid"
+}
+
+cleanup() {
+  local status=$?
+  touch "$WORK/churn.stop"
+  local file
+  for file in "$WORK"/pids/*.pid; do
+    [[ -e $file ]] && stop "$(basename "$file" .pid)"
+  done
+  if [[ ${KEEP_WORKDIR:-0} == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# All processes of a started program: the one we started and its children (nginx workers).
+pids_with_children() { # NAME...
+  local name pid
+  for name in "$@"; do
+    pid=$(pid_of "$name") || continue
+    echo "$pid"
+    ps -o pid= --ppid "$pid" 2>/dev/null || true
+  done
+}
+
+cpu_ticks() { # PID... -> summed utime+stime in clock ticks
+  local total=0 pid utime stime
+  for pid in "$@"; do
+    utime=$(proc_field "$pid" 14) || continue
+    stime=$(proc_field "$pid" 15) || continue
+    total=$((total + utime + stime))
+  done
+  echo "$total"
+}
+
+peak_rss_kb() { # PID... -> summed VmHWM
+  local total=0 pid kb
+  for pid in "$@"; do
+    kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
+    total=$((total + ${kb:-0}))
+  done
+  echo "$total"
+}
+
+declare -A USED_PORTS=()
+# alloc_port VAR: stores a free loopback port in VAR. Not a $(...) function, so that USED_PORTS survives.
+alloc_port() {
+  local candidate # not named like any caller's variable: printf -v must reach the caller's
+  while :; do
+    candidate=$((20000 + RANDOM % 12000)) # below the usual ephemeral range (32768+)
+    [[ -z ${USED_PORTS[$candidate]:-} ]] || continue
+    [[ -z $(ss -Htln "sport = :$candidate") ]] || continue
+    USED_PORTS[$candidate]=1
+    printf -v "$1" '%s' "$candidate"
+    return
+  done
+}
+
+wait_http() { # URL [seconds [NAME]]: until it answers 200; gives up early once process NAME has exited
+  local deadline=$((SECONDS + ${2:-20}))
+  while ((SECONDS < deadline)); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' -m 1 "$1" || true) == 200 ]] && return 0
+    if [[ -n ${3:-} ]] && ! pid_of "$3" >/dev/null; then return 1; fi
+    sleep 0.2
+  done
+  return 1
+}
+
+wait_listening() { # PORT [seconds]
+  local deadline=$((SECONDS + ${2:-20}))
+  while ((SECONDS < deadline)); do
+    [[ -n $(ss -Htln "sport = :$1") ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- components
+UPSTREAM_PORTS=() NGINX_HASH_PORT= NGINX_REDIRECT_PORT= HAPROXY_PORT=
+declare -A GATEWAY_PORT=() GATEWAY_OK=()
+PGW_SOLO_PORT= PGW_A_PORTS=() PGW_B_PORTS=()
+
+nginx_common() { # NAME: the parts every nginx config here shares
+  cat <<EOF
+# Workers run as root so that they can use the temp paths in this private directory.
+user root;
+worker_processes 1;
+daemon off;
+pid $WORK/conf/$1.pid;
+error_log $WORK/logs/$1.error.log warn;
+events { worker_connections 16384; }
+EOF
+}
+
+nginx_http_common() { # NAME
+  cat <<EOF
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    client_body_buffer_size 64k;
+    client_body_temp_path $WORK/conf/$1.body;
+    proxy_temp_path $WORK/conf/$1.proxy;
+    fastcgi_temp_path $WORK/conf/$1.fastcgi;
+    uwsgi_temp_path $WORK/conf/$1.uwsgi;
+    scgi_temp_path $WORK/conf/$1.scgi;
+EOF
+}
+
+start_upstreams() {
+  local port listens=""
+  for _ in 1 2 3 4; do
+    alloc_port port
+    UPSTREAM_PORTS+=("$port")
+    listens+="        listen 127.0.0.1:$port;"$'\n'
+  done
+  cat >"$WORK/conf/upstreams.conf" <<EOF
+$(nginx_common upstreams)
+http {
+$(nginx_http_common upstreams)
+    server {
+$listens
+        location / { return 200; }
+    }
+}
+EOF
+  start upstreams "${PIN_UPSTREAM[@]}" nginx -e "$WORK/logs/upstreams.error.log" -p "$WORK/conf" -c "$WORK/conf/upstreams.conf"
+  for port in "${UPSTREAM_PORTS[@]}"; do
+    wait_http "http://127.0.0.1:$port/-/healthy" || die "nginx upstream on $port did not start; see $WORK/logs/upstreams*.log"
+  done
+}
+
+start_nginx_proxy() {
+  alloc_port NGINX_HASH_PORT
+  alloc_port NGINX_REDIRECT_PORT
+  local servers="" port
+  for port in "${UPSTREAM_PORTS[@]}"; do servers+="        server 127.0.0.1:$port;"$'\n'; done
+  cat >"$WORK/conf/nginx-proxy.conf" <<EOF
+$(nginx_common nginx-proxy)
+http {
+$(nginx_http_common nginx-proxy)
+    upstream pushgateways {
+        hash \$request_uri consistent;
+$servers
+        keepalive 128;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_HASH_PORT;
+        location / {
+            proxy_pass http://pushgateways;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+    server {
+        listen 127.0.0.1:$NGINX_REDIRECT_PORT;
+        location / { return 307 http://127.0.0.1:${UPSTREAM_PORTS[0]}\$request_uri; }
+    }
+}
+EOF
+  start nginx-proxy "${PIN_PROXY[@]}" nginx -e "$WORK/logs/nginx-proxy.error.log" -p "$WORK/conf" -c "$WORK/conf/nginx-proxy.conf"
+  wait_http "http://127.0.0.1:$NGINX_HASH_PORT/-/healthy" || die "nginx proxy did not start; see $WORK/logs/nginx-proxy*.log"
+}
+
+start_haproxy() {
+  alloc_port HAPROXY_PORT
+  local servers="" port index=0
+  for port in "${UPSTREAM_PORTS[@]}"; do
+    index=$((index + 1))
+    servers+="    server up$index 127.0.0.1:$port"$'\n'
+  done
+  cat >"$WORK/conf/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend push
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend pushgateways
+backend pushgateways
+    balance uri
+    hash-type consistent
+    http-reuse always
+$servers
+EOF
+  start haproxy "${PIN_PROXY[@]}" haproxy -db -f "$WORK/conf/haproxy.cfg"
+  wait_http "http://127.0.0.1:$HAPROXY_PORT/-/healthy" || die "haproxy did not start; see $WORK/logs/haproxy.log"
+}
+
+start_pushgateway() { # NAME PORT
+  start "$1" "${PIN_UPSTREAM[@]}" prometheus-pushgateway --persistence.file= --web.listen-address="127.0.0.1:$2"
+}
+
+start_pushgateways() {
+  local index port
+  alloc_port PGW_SOLO_PORT
+  start_pushgateway pgw-solo "$PGW_SOLO_PORT"
+  for index in 1 2 3 4; do
+    if wants pushgateway; then
+      alloc_port port
+      PGW_A_PORTS+=("$port")
+      start_pushgateway "pgw-a$index" "$port"
+    fi
+    if wants churn; then
+      alloc_port port
+      PGW_B_PORTS+=("$port")
+      start_pushgateway "pgw-b$index" "$port"
+    fi
+  done
+  for port in "$PGW_SOLO_PORT" "${PGW_A_PORTS[@]}" "${PGW_B_PORTS[@]}"; do
+    wait_http "http://127.0.0.1:$port/-/ready" || die "pushgateway on $port did not start; see $WORK/logs/pgw-*.log"
+  done
+}
+
+start_gateway() { # NAME MODE PORT...: a dynamic-sharding instance over the given nodes
+  local name=$1 mode=$2
+  shift 2
+  local servers port listen
+  servers=$(printf '"127.0.0.1:%s", ' "$@")
+  alloc_port listen
+  GATEWAY_PORT[$name]=$listen
+  GATEWAY_OK[$name]=0
+  cat >"$WORK/conf/$name.yaml" <<EOF
+mode: $mode
+pushgateway:
+  servers: [${servers%, }]
+health_check: {interval: 1s, timeout: 500ms, unhealthy_threshold: 2, healthy_threshold: 1}
+EOF
+  if [[ ! -x $GATEWAY ]]; then
+    log "skipping $name: $GATEWAY is missing"
+    return
+  fi
+  start "$name" "${PIN_PROXY[@]}" "$GATEWAY" --config.file="$WORK/conf/$name.yaml" \
+    --web.listen-address="127.0.0.1:$listen" --log.level=warn
+  if wait_http "http://127.0.0.1:$listen/-/healthy" 20 "$name" && wait_http "http://127.0.0.1:$listen/-/ready" 20 "$name"; then
+    GATEWAY_OK[$name]=1
+  else
+    log "skipping $name: it exited or was not healthy and ready within 20 s; see $WORK/logs/$name.log"
+    stop "$name"
+  fi
+}
+
+# ---------------------------------------------------------------- cases
+# A case: scenario|name|target-port|concurrency|duration|groups|proxy-process|upstream-processes|extra loadgen args
+CASES=()
+add_case() { CASES+=("$1|$2|$3|$4|$5|$6|$7|$8|${9:-}"); }
+
+plan_cases() {
+  local ups=upstreams
+  if wants overhead || wants latency; then
+    add_case_pair() { # scenario concurrency duration
+      add_case "$1" direct "${UPSTREAM_PORTS[0]}" "$2" "$3" "$PUSH_GROUPS" "" "$ups"
+      if [[ ${GATEWAY_OK[ds-proxy]:-0} == 1 ]]; then
+        add_case "$1" dynamic-sharding "${GATEWAY_PORT[ds-proxy]}" "$2" "$3" "$PUSH_GROUPS" ds-proxy "$ups"
+      fi
+      add_case "$1" nginx "$NGINX_HASH_PORT" "$2" "$3" "$PUSH_GROUPS" nginx-proxy "$ups"
+      add_case "$1" haproxy "$HAPROXY_PORT" "$2" "$3" "$PUSH_GROUPS" haproxy "$ups"
+    }
+    if wants overhead; then add_case_pair overhead "$CONCURRENCY" "$DURATION"; fi
+    if wants latency; then add_case_pair latency 1 "$LOW_C_DURATION"; fi
+  fi
+  if wants redirect; then
+    if [[ ${GATEWAY_OK[ds-redirect]:-0} == 1 ]]; then
+      add_case redirect dynamic-sharding "${GATEWAY_PORT[ds-redirect]}" "$CONCURRENCY" "$DURATION" \
+        "$PUSH_GROUPS" ds-redirect "$ups" "--expect-status 307"
+      add_case redirect dynamic-sharding-followed "${GATEWAY_PORT[ds-redirect]}" "$CONCURRENCY" "$DURATION" \
+        "$PUSH_GROUPS" ds-redirect "$ups" "--follow-redirects"
+    fi
+    add_case redirect nginx "$NGINX_REDIRECT_PORT" "$CONCURRENCY" "$DURATION" "$PUSH_GROUPS" nginx-proxy "$ups" \
+      "--expect-status 307"
+  fi
+  if wants pushgateway; then
+    add_case pushgateway direct "$PGW_SOLO_PORT" "$CONCURRENCY" "$DURATION" "$PGW_GROUPS" "" pgw-solo
+    if [[ ${GATEWAY_OK[ds-pgw]:-0} == 1 ]]; then
+      add_case pushgateway dynamic-sharding "${GATEWAY_PORT[ds-pgw]}" "$CONCURRENCY" "$DURATION" "$PGW_GROUPS" \
+        ds-pgw "pgw-a1 pgw-a2 pgw-a3 pgw-a4"
+    fi
+  fi
+  if wants churn && [[ ${GATEWAY_OK[ds-churn]:-0} == 1 ]]; then
+    add_case churn dynamic-sharding "${GATEWAY_PORT[ds-churn]}" "$CONCURRENCY" "$DURATION" "$PGW_GROUPS" \
+      ds-churn "pgw-b1 pgw-b2 pgw-b3 pgw-b4"
+  fi
+  return 0
+}
+
+# The churn loop: SIGKILL one of the B Pushgateways, keep it down a moment, start it again on the same port.
+churn_loop() {
+  local index=0 node port slept
+  while [[ ! -e $WORK/churn.stop ]]; do
+    for ((slept = 0; slept < CHURN_INTERVAL * 10; slept++)); do
+      [[ -e $WORK/churn.stop ]] && return 0
+      sleep 0.1
+    done
+    node=pgw-b$((index % 4 + 1))
+    port=${PGW_B_PORTS[$((index % 4))]}
+    local pid
+    if pid=$(pid_of "$node"); then
+      kill -KILL "$pid" 2>/dev/null || true
+      echo "$(date +%s.%N) kill $node" >>"$WORK/churn.events"
+    fi
+    sleep "$CHURN_DOWNTIME"
+    start_pushgateway "$node" "$port"
+    echo "$(date +%s.%N) start $node" >>"$WORK/churn.events"
+    index=$((index + 1))
+  done
+}
+
+restore_churned_nodes() {
+  local index
+  for index in 1 2 3 4; do
+    if ! pid_of "pgw-b$index" >/dev/null; then start_pushgateway "pgw-b$index" "${PGW_B_PORTS[$((index - 1))]}"; fi
+    wait_http "http://127.0.0.1:${PGW_B_PORTS[$((index - 1))]}/-/ready" || log "pgw-b$index did not come back"
+  done
+  # Let the gateway's health checks mark them healthy again (interval 1 s, healthy_threshold 1).
+  sleep 3
+}
+
+run_case() { # CASE-STRING ROUND (0 = warm-up)
+  local scenario name port concurrency duration groups proxy upstream extra
+  IFS='|' read -r scenario name port concurrency duration groups proxy upstream extra <<<"$1"
+  local round=$2 id="$scenario.$name"
+  local out=$WORK/results/$id.$round.json
+  ((round == 0)) && duration=$WARMUP && out=$WORK/results/warmup.json
+  local proxy_pids upstream_pids proxy_before upstream_before churn_pid=""
+  # shellcheck disable=SC2086
+  proxy_pids=$(pids_with_children $proxy)
+  # shellcheck disable=SC2086
+  upstream_pids=$(pids_with_children $upstream)
+  if [[ $scenario == churn ]] && ((round > 0)); then
+    rm -f "$WORK/churn.stop"
+    churn_loop &
+    churn_pid=$!
+  fi
+  # shellcheck disable=SC2086
+  proxy_before=$(cpu_ticks $proxy_pids)
+  # shellcheck disable=SC2086
+  upstream_before=$(cpu_ticks $upstream_pids)
+  local status=0
+  # shellcheck disable=SC2086
+  "${PIN_CLIENT[@]}" "$LOADGEN" --target "http://127.0.0.1:$port" -c "$concurrency" -d "$duration" -k "$groups" \
+    --timeout-ms 5000 --label "$id" --json "$out" $extra >"$WORK/logs/loadgen.$id.$round.log" 2>&1 || status=$?
+  local proxy_after upstream_after
+  # The pids read before the run: under churn a restarted Pushgateway is not counted, so the report leaves
+  # upstream CPU out for churn.
+  # shellcheck disable=SC2086
+  proxy_after=$(cpu_ticks $proxy_pids)
+  # shellcheck disable=SC2086
+  upstream_after=$(cpu_ticks $upstream_pids)
+  if [[ -n $churn_pid ]]; then
+    touch "$WORK/churn.stop"
+    wait "$churn_pid" || true
+    restore_churned_nodes
+  fi
+  ((round == 0)) && return 0
+  if [[ ! -s $out ]]; then
+    log "$id round $round produced no report (exit $status): $(tail -n 3 "$WORK/logs/loadgen.$id.$round.log")"
+    return 0
+  fi
+  local rss=0
+  # shellcheck disable=SC2086
+  [[ -n $proxy ]] && rss=$(peak_rss_kb $(pids_with_children $proxy))
+  local kills=0
+  [[ $scenario == churn ]] && kills=$(grep -c kill "$WORK/churn.events" 2>/dev/null || true) && rm -f "$WORK/churn.events"
+  jq --arg scenario "$scenario" --arg case "$name" --argjson round "$round" \
+    --argjson proxy_cpu "$(awk -v a="$proxy_before" -v b="$proxy_after" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')" \
+    --argjson upstream_cpu "$(awk -v a="$upstream_before" -v b="$upstream_after" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')" \
+    --argjson proxy_rss_kb "$rss" --argjson kills "${kills:-0}" --arg proxy "$proxy" \
+    '. + {scenario: $scenario, case: $case, round: $round, proxy: $proxy, proxy_cpu_s: $proxy_cpu,
+          upstream_cpu_s: $upstream_cpu, proxy_peak_rss_kb: $proxy_rss_kb, churn_kills: $kills}' \
+    "$out" >"$out.tmp" && mv "$out.tmp" "$out"
+  log "$id round $round: $(jq -r '"\(.ok_per_s | floor) ok/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, errors \(.errors_total)"' "$out")"
+}
+
+# ---------------------------------------------------------------- main
+log "work directory $WORK; scenarios: $SCENARIOS"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+if wants overhead || wants latency || wants redirect; then
+  start_upstreams
+  start_nginx_proxy
+  start_haproxy
+  if wants overhead || wants latency; then start_gateway ds-proxy proxy "${UPSTREAM_PORTS[@]}"; fi
+  if wants redirect; then start_gateway ds-redirect redirect "${UPSTREAM_PORTS[@]}"; fi
+fi
+if wants pushgateway || wants churn; then
+  start_pushgateways
+  if wants pushgateway; then start_gateway ds-pgw proxy "${PGW_A_PORTS[@]}"; fi
+  if wants churn; then start_gateway ds-churn proxy "${PGW_B_PORTS[@]}"; fi
+fi
+plan_cases
+((${#CASES[@]})) || die "no case to run"
+
+log "warming up ${#CASES[@]} cases for ${WARMUP}s each"
+for case_line in "${CASES[@]}"; do run_case "$case_line" 0; done
+for ((round = 1; round <= ROUNDS; round++)); do
+  log "round $round of $ROUNDS"
+  for case_line in "${CASES[@]}"; do run_case "$case_line" "$round"; done
+done
+
+# Facts about this machine and run for the report header.
+skipped=()
+for name in "${!GATEWAY_OK[@]}"; do [[ ${GATEWAY_OK[$name]} == 1 ]] || skipped+=("$name"); done
+jq -n \
+  --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+  --arg command "$COMMAND_LINE" \
+  --arg env "SCENARIOS='$SCENARIOS' DURATION=$DURATION LOW_C_DURATION=$LOW_C_DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY PUSH_GROUPS=$PUSH_GROUPS PGW_GROUPS=$PGW_GROUPS CHURN_INTERVAL=$CHURN_INTERVAL CHURN_DOWNTIME=$CHURN_DOWNTIME" \
+  --arg nproc "$NPROC" \
+  --arg cpu "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
+  --arg kernel "$(uname -r)" \
+  --arg loadavg "$LOAD_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after" \
+  --arg load_before "${LOAD_BEFORE%% *}" \
+  --arg nginx "$(nginx -v 2>&1)" \
+  --arg haproxy "$(haproxy -v 2>&1 | head -n 1)" \
+  --arg pushgateway "$(prometheus-pushgateway --version 2>&1 | head -n 1)" \
+  --arg rustc "$(rustc -V 2>/dev/null || echo unknown)" \
+  --arg gateway "$GATEWAY" \
+  --arg revision "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')" \
+  --arg pinned "$( ((NPROC >= 2)) && echo 'client on cpu 1, proxies on cpu 0, upstreams unpinned' || echo 'not pinned (1 cpu)')" \
+  --arg skipped "${skipped[*]:-}" \
+  --arg all_scenarios "overhead latency redirect pushgateway churn" \
+  --arg scenarios "$SCENARIOS" \
+  --argjson body_bytes "$(jq -s '.[0].body_bytes // 0' "$WORK"/results/*.json)" \
+  '$ARGS.named' >"$WORK/meta.json"
+rm -f "$WORK/results/warmup.json"
+python3 "$REPO/bench/report.py" "$WORK/meta.json" "$WORK"/results/*.json >"$RESULTS"
+log "wrote $RESULTS"
