@@ -11,7 +11,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
 bash scripts/install-test-deps.sh
-cargo test --locked --all-targets "$@"
+cargo test --locked --workspace --all-targets "$@"
 if [[ $# -eq 0 ]]; then
-    cargo test --locked --doc
+    cargo test --locked --workspace --doc
 fi
