@@ -423,13 +423,23 @@ fn merge_pushed_keeps_every_pushed_series_and_no_node_self_metrics() {
     }
     // Per-group push timestamps of both nodes are pushed series.
     let push_time = family(&families, "push_time_seconds");
-    assert_eq!(push_time.samples.len(), 6, "5 groups on node-a + nodeb (dup kept once)");
-    assert!(families.iter().any(|f| f.name == "push_failure_time_seconds"));
+    assert_eq!(
+        push_time.samples.len(),
+        6,
+        "5 groups on node-a + nodeb (dup kept once)"
+    );
+    assert!(families
+        .iter()
+        .any(|f| f.name == "push_failure_time_seconds"));
 
     // Every pushed sample of node-a (which wins every clash) survives, across all metric types.
     let pushed_a: BTreeSet<SampleView> = sample_views(&parse_text(NODE_A_METRICS).unwrap())
         .into_iter()
-        .filter(|(_, labels, _)| labels.iter().any(|(name, value)| name == "job" && !value.is_empty()))
+        .filter(|(_, labels, _)| {
+            labels
+                .iter()
+                .any(|(name, value)| name == "job" && !value.is_empty())
+        })
         .collect();
     let output = sample_views(&families);
     assert_eq!(

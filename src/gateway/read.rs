@@ -327,7 +327,10 @@ pub async fn api_metrics(State(state): State<AppState>) -> Response<Body> {
     if warnings.len() == answers.len() {
         return api_error(
             StatusCode::BAD_GATEWAY,
-            format!("no node answered GET /api/v1/metrics: {}", warnings.join("; ")),
+            format!(
+                "no node answered GET /api/v1/metrics: {}",
+                warnings.join("; ")
+            ),
         );
     }
     let mut body = json!({"status": "success", "data": groups});
@@ -393,16 +396,16 @@ pub async fn status(State(state): State<AppState>) -> Response<Body> {
                 None => {
                     entry["error"] = json!("not in the ring (unhealthy); not asked");
                 }
-                Some(NodeAnswer { result: Ok(body), .. }) => {
-                    match serde_json::from_slice::<Value>(body) {
-                        Ok(node_status) => {
-                            entry["data"] = node_status.get("data").cloned().unwrap_or(node_status)
-                        }
-                        Err(error) => {
-                            entry["error"] = json!(format!("/api/v1/status is not JSON: {error}"))
-                        }
+                Some(NodeAnswer {
+                    result: Ok(body), ..
+                }) => match serde_json::from_slice::<Value>(body) {
+                    Ok(node_status) => {
+                        entry["data"] = node_status.get("data").cloned().unwrap_or(node_status)
                     }
-                }
+                    Err(error) => {
+                        entry["error"] = json!(format!("/api/v1/status is not JSON: {error}"))
+                    }
+                },
                 Some(NodeAnswer {
                     result: Err(failure),
                     ..
@@ -547,7 +550,10 @@ mod tests {
         let no_data = annotated_groups("n", br#"{"status":"error"}"#).unwrap_err();
         assert!(no_data.to_string().contains("\"data\""), "{no_data}");
         let bad_group = annotated_groups("n", br#"{"data":[1]}"#).unwrap_err();
-        assert!(bad_group.to_string().contains("not an object"), "{bad_group}");
+        assert!(
+            bad_group.to_string().contains("not an object"),
+            "{bad_group}"
+        );
         assert_eq!(bad_group.kind(), "body");
     }
 
