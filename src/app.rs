@@ -26,6 +26,8 @@ pub struct Options {
     /// `--web.listen-address`: overrides `http_listen_addr`.
     pub listen_address: Option<String>,
     pub enable_lifecycle: bool,
+    /// `--web.enable-admin-api`: allows `PUT /api/v1/admin/wipe`.
+    pub enable_admin_api: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +95,8 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         suspects,
         reload: reload_tx,
         lifecycle_enabled: options.enable_lifecycle,
+        admin_api_enabled: options.enable_admin_api,
+        read_side: Default::default(),
     };
 
     let mut terminate = signal(SignalKind::terminate()).map_err(AppError::Signal)?;

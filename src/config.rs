@@ -150,6 +150,7 @@ struct RawConfig {
     health_check: Option<RawHealthCheck>,
     ring: Option<RawRing>,
     proxy: Option<RawProxy>,
+    read: Option<RawRead>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +196,12 @@ struct RawProxy {
     shutdown_timeout: Option<PromDuration>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRead {
+    timeout: Option<PromDuration>,
+}
+
 // ---- The validated configuration ----------------------------------------------------------------------------
 
 /// The validated configuration.
@@ -208,6 +215,22 @@ pub struct Config {
     pub health_check: HealthCheckConfig,
     pub ring_algorithm: Algorithm,
     pub proxy: ProxyConfig,
+    pub read: ReadConfig,
+}
+
+/// The read side (`GET /metrics`, `/api/v1/...`), fanned out to every healthy node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadConfig {
+    /// How long one node may take to answer a fanned-out read; a slower node is left out of the answer.
+    pub timeout: Duration,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        ReadConfig {
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -416,6 +439,16 @@ impl Config {
             }
         }
 
+        let read = ReadConfig {
+            timeout: raw
+                .read
+                .and_then(|r| r.timeout)
+                .map_or(ReadConfig::default().timeout, |d| d.0),
+        };
+        if read.timeout.is_zero() {
+            return Err(invalid("read.timeout: must be greater than 0, e.g. 5s"));
+        }
+
         Ok(Config {
             listen_addr,
             mode: raw.mode.unwrap_or_default(),
@@ -424,6 +457,7 @@ impl Config {
             health_check,
             ring_algorithm: raw.ring.and_then(|r| r.algorithm).unwrap_or_default(),
             proxy,
+            read,
         })
     }
 }
@@ -603,6 +637,16 @@ mod tests {
         assert_eq!(config.proxy.max_body_size, 1 << 20);
         assert_eq!(config.proxy.upstream_timeout, Duration::from_secs(90));
         assert!(!config.proxy.retry);
+    }
+
+    #[test]
+    fn read_timeout_defaults_to_5s_and_must_be_positive() {
+        let config = Config::parse("pushgateway: {servers: [a]}").unwrap();
+        assert_eq!(config.read.timeout, Duration::from_secs(5));
+        let config = Config::parse("pushgateway: {servers: [a]}\nread: {timeout: 750ms}").unwrap();
+        assert_eq!(config.read.timeout, Duration::from_millis(750));
+        let err = Config::parse("pushgateway: {servers: [a]}\nread: {timeout: 0s}").unwrap_err();
+        assert!(err.to_string().contains("read.timeout"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - [`exposition`]: Prometheus text format: parse, merge across nodes, rebuild from Pushgateway JSON. Pure.
 //! - [`membership`]: where the node set comes from (static probes); publishes snapshots on a watch channel.
 //! - [`routing`]: turns membership snapshots into immutable ring snapshots, read lock-free by handlers.
-//! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`).
+//! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`, HTTP SD, and the read
+//!   API fanned out to every node).
 //! - [`upstream`]: the pooled HTTP client towards Pushgateways.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
 //! - [`app`]: wiring, reload and graceful shutdown.

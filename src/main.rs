@@ -24,6 +24,9 @@ struct Flags {
     /// Enable POST /-/reload.
     #[arg(long = "web.enable-lifecycle")]
     web_enable_lifecycle: bool,
+    /// Enable PUT /api/v1/admin/wipe (forwarded to every node), as the Pushgateway's own flag does.
+    #[arg(long = "web.enable-admin-api")]
+    web_enable_admin_api: bool,
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", value_enum, default_value = "info")]
     log_level: LogLevel,
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         config_file: flags.config_file,
         listen_address: flags.web_listen_address,
         enable_lifecycle: flags.web_enable_lifecycle,
+        enable_admin_api: flags.web_enable_admin_api,
     };
     match runtime.block_on(app::run(options)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -108,6 +108,21 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadFailureLabels {
+    pub node: Arc<str>,
+    /// The Pushgateway API path that was fanned out, e.g. `/metrics`.
+    pub path: &'static str,
+    /// `connect`, `timeout`, `reset`, `status` (a non-2xx answer) or `body` (an unusable answer).
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MergeConflictLabels {
+    /// `help_mismatch`, `type_mismatch`, `duplicate_series`, `name_collision` or `invalid_exposition`.
+    pub kind: &'static str,
+}
+
 /// Every metric the gateway exports about itself. Cheap to clone (all handles are shared).
 #[derive(Clone)]
 pub struct Metrics {
@@ -124,6 +139,8 @@ pub struct Metrics {
     pub health_probes: Family<ProbeLabels, Counter>,
     pub config_reload_success: Gauge,
     pub config_reload_timestamp: Gauge<f64, AtomicU64>,
+    pub read_node_failures: Family<ReadFailureLabels, Counter>,
+    pub read_merge_conflicts: Family<MergeConflictLabels, Counter>,
 }
 
 impl Metrics {
@@ -206,6 +223,18 @@ impl Metrics {
             "Timestamp of the last successful configuration reload",
             config_reload_timestamp.clone(),
         );
+        let read_node_failures = Family::<ReadFailureLabels, Counter>::default();
+        registry.register(
+            "read_node_failures",
+            "Nodes left out of a fanned-out read (GET /metrics, /api/v1/...) because they failed to answer, by node, path and kind",
+            read_node_failures.clone(),
+        );
+        let read_merge_conflicts = Family::<MergeConflictLabels, Counter>::default();
+        registry.register(
+            "read_merge_conflicts",
+            "Clashes resolved while merging the nodes' expositions for GET /metrics, by kind",
+            read_merge_conflicts.clone(),
+        );
         let build_info = Family::<Vec<(String, String)>, Gauge>::default();
         build_info
             .get_or_create(&vec![(
@@ -233,6 +262,8 @@ impl Metrics {
             health_probes,
             config_reload_success,
             config_reload_timestamp,
+            read_node_failures,
+            read_merge_conflicts,
         }
     }
 

@@ -87,6 +87,19 @@ pub enum Conflict {
     },
 }
 
+impl Conflict {
+    /// A short, stable name of the conflict's kind, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Conflict::InvalidExposition { .. } => "invalid_exposition",
+            Conflict::HelpMismatch { .. } => "help_mismatch",
+            Conflict::TypeMismatch { .. } => "type_mismatch",
+            Conflict::DuplicateSeries { .. } => "duplicate_series",
+            Conflict::NameCollision { .. } => "name_collision",
+        }
+    }
+}
+
 /// A HELP text for messages: quoted, or `(none)` without a HELP line.
 fn show_help(help: Option<&str>) -> String {
     help.map_or_else(|| "(none)".to_owned(), |help| format!("{help:?}"))
@@ -107,6 +120,30 @@ struct MergedFamily<'a> {
 /// Merges `(node name, exposition text)` pairs. The order of `nodes` does not matter: they
 /// are ranked by node name (ties keep the given order).
 pub fn merge(nodes: &[(&str, &str)]) -> Merged {
+    merge_where(nodes, |_| true)
+}
+
+/// Like [`merge`], but keeps only what clients pushed: samples with a non-empty `job` label.
+///
+/// The Pushgateway adds the grouping labels, `job` always among them, to every pushed sample
+/// and to each group's `push_time_seconds` / `push_failure_time_seconds`, while its own
+/// metrics (`go_*`, `process_*`, `pushgateway_*`, `promhttp_*`) carry no `job`. Every node
+/// has those, so merged they would only collide; they describe one process and are scraped
+/// from that node itself. A family left without samples is dropped before any HELP/TYPE
+/// comparison, so a node's self-metrics never cause a conflict.
+pub fn merge_pushed(nodes: &[(&str, &str)]) -> Merged {
+    merge_where(nodes, is_pushed_sample)
+}
+
+/// Whether a Pushgateway exposes `sample` for a pushed group (it has a non-empty `job` label).
+pub fn is_pushed_sample(sample: &Sample<'_>) -> bool {
+    sample
+        .labels()
+        .any(|label| label.name == "job" && !label.escaped_value.is_empty())
+}
+
+/// The merge itself, over the samples `keep` accepts.
+fn merge_where(nodes: &[(&str, &str)], keep: impl Fn(&Sample<'_>) -> bool) -> Merged {
     let mut ranked: Vec<(&str, &str)> = nodes.to_vec();
     ranked.sort_by(|a, b| a.0.cmp(b.0));
 
@@ -128,6 +165,10 @@ pub fn merge(nodes: &[(&str, &str)]) -> Merged {
         let rank = *rank;
         let node = ranked[rank].0;
         for family in families {
+            let kept_count = family.samples.iter().filter(|s| keep(s)).count();
+            if kept_count == 0 && !family.samples.is_empty() {
+                continue;
+            }
             let entry = merged.entry(family.name).or_insert_with(|| MergedFamily {
                 name: family.name,
                 help: family.help,
@@ -143,7 +184,7 @@ pub fn merge(nodes: &[(&str, &str)]) -> Merged {
                     kept_type: entry.metric_type,
                     node: node.to_owned(),
                     node_type: family.metric_type,
-                    dropped_samples: family.samples.len(),
+                    dropped_samples: kept_count,
                 });
                 continue;
             }
@@ -157,7 +198,7 @@ pub fn merge(nodes: &[(&str, &str)]) -> Merged {
                 });
             }
             let mut reported: HashSet<u128> = HashSet::new();
-            for sample in &family.samples {
+            for sample in family.samples.iter().filter(|s| keep(s)) {
                 let key = series_key(family, sample, &mut label_buffer);
                 let owner = *entry.series_owner.entry(key).or_insert(rank);
                 if owner == rank {

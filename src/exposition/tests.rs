@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 
-use super::merge::{merge, Conflict};
+use super::merge::{is_pushed_sample, merge, merge_pushed, Conflict};
 use super::pushgateway_json::{parse_api_metrics, ApiMetricsError, Group};
 use super::text::{
     escape_help, escape_label_value, parse_text, render, unescape_help, MetricFamily, MetricType,
@@ -406,6 +406,91 @@ fn merge_skips_and_reports_a_node_whose_exposition_does_not_parse() {
         matches!(&merged.conflicts[..], [Conflict::InvalidExposition { node, error }]
         if node == "bad" && error.line == 1)
     );
+}
+
+#[test]
+fn merge_pushed_keeps_every_pushed_series_and_no_node_self_metrics() {
+    let merged = merge_pushed(&[("node-a", NODE_A_METRICS), ("node-b", NODE_B_METRICS)]);
+    let families = parse_text(&merged.text).unwrap();
+    for family in &families {
+        for prefix in ["go_", "process_", "pushgateway_", "promhttp_"] {
+            assert!(
+                !family.name.starts_with(prefix),
+                "self-metric family {} in the merged output",
+                family.name
+            );
+        }
+    }
+    // Per-group push timestamps of both nodes are pushed series.
+    let push_time = family(&families, "push_time_seconds");
+    assert_eq!(
+        push_time.samples.len(),
+        6,
+        "5 groups on node-a + nodeb (dup kept once)"
+    );
+    assert!(families
+        .iter()
+        .any(|f| f.name == "push_failure_time_seconds"));
+
+    // Every pushed sample of node-a (which wins every clash) survives, across all metric types.
+    let pushed_a: BTreeSet<SampleView> = sample_views(&parse_text(NODE_A_METRICS).unwrap())
+        .into_iter()
+        .filter(|(_, labels, _)| {
+            labels
+                .iter()
+                .any(|(name, value)| name == "job" && !value.is_empty())
+        })
+        .collect();
+    let output = sample_views(&families);
+    assert_eq!(
+        output.iter().filter(|v| pushed_a.contains(v)).count(),
+        pushed_a.len()
+    );
+    for metric_type in [
+        MetricType::Counter,
+        MetricType::Gauge,
+        MetricType::Histogram,
+        MetricType::Summary,
+        MetricType::Untyped,
+    ] {
+        assert!(
+            families.iter().any(|f| f.metric_type == metric_type),
+            "no {metric_type:?} family survived"
+        );
+    }
+
+    // Only clashes between pushed families are reported: none about go_*, process_*, ...
+    assert!(!merged.conflicts.is_empty());
+    for conflict in &merged.conflicts {
+        let text = conflict.to_string();
+        assert!(
+            !text.contains("go_") && !text.contains("process_") && !text.contains("pushgateway_"),
+            "self-metric conflict reported: {text}"
+        );
+    }
+    let kinds: BTreeSet<&str> = merged.conflicts.iter().map(Conflict::kind).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["duplicate_series", "help_mismatch", "type_mismatch"])
+    );
+}
+
+#[test]
+fn merge_pushed_drops_series_without_job_but_keeps_their_pushed_neighbours() {
+    // The node's own go_goroutines (no job) and a pushed family of the same name must not clash.
+    let a = "# HELP up_since Own metric.\n# TYPE up_since gauge\nup_since 5\n\
+             # HELP shared Pushed.\n# TYPE shared gauge\nshared{job=\"j\",path=\"a\\\\b\\\"c\"} 1\nshared 9\n";
+    let b = "# HELP up_since Other HELP on another node.\n# TYPE up_since counter\nup_since 7\n\
+             # HELP shared Pushed.\n# TYPE shared gauge\nshared{job=\"k\",instance=\"\"} 2\n";
+    let merged = merge_pushed(&[("a", a), ("b", b)]);
+    assert_eq!(
+        merged.text,
+        "# HELP shared Pushed.\n# TYPE shared gauge\nshared{job=\"j\",path=\"a\\\\b\\\"c\"} 1\nshared{job=\"k\",instance=\"\"} 2\n"
+    );
+    assert_eq!(merged.conflicts, Vec::new());
+    let families = parse_text(a).unwrap();
+    assert!(!is_pushed_sample(&families[0].samples[0]));
+    assert!(is_pushed_sample(&families[1].samples[0]));
 }
 
 // ---------------------------------------------------------------- /api/v1/metrics

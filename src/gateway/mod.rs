@@ -3,9 +3,14 @@
 //!
 //! - [`push`]: `/metrics/job/...`: proxy, redirect, or owner lookup.
 //! - [`admin`]: `/-/healthy`, `/-/ready`, `/-/reload`, `/-/metrics`, `/-/ring`, `/test/v1`.
+//! - [`read`]: the Pushgateway read API (`GET /metrics`, `/api/v1/metrics`, `/api/v1/status`,
+//!   `PUT /api/v1/admin/wipe`), fanned out to every healthy node and merged.
+//! - [`sd`]: `/-/sd`, Prometheus HTTP service discovery listing the healthy nodes.
 
 pub mod admin;
 pub mod push;
+pub mod read;
+pub mod sd;
 
 use std::sync::Arc;
 
@@ -37,6 +42,10 @@ pub struct AppState {
     pub suspects: SuspectReporter,
     pub reload: mpsc::Sender<ReloadRequest>,
     pub lifecycle_enabled: bool,
+    /// `--web.enable-admin-api`: `PUT /api/v1/admin/wipe` is forwarded to every node.
+    pub admin_api_enabled: bool,
+    /// State of the read-side fan-out (which merge conflicts were already logged).
+    pub read_side: read::ReadSide,
 }
 
 pub fn router(state: AppState) -> axum::Router {
@@ -47,6 +56,11 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/-/metrics", get(admin::metrics))
         .route("/-/ring", get(admin::ring))
         .route("/test/v1", get(admin::test_v1))
+        .route("/-/sd", get(sd::targets))
+        .route("/metrics", get(read::metrics))
+        .route("/api/v1/metrics", get(read::api_metrics))
+        .route("/api/v1/status", get(read::status))
+        .route("/api/v1/admin/wipe", any(read::wipe))
         // Push paths are matched by hand: the Pushgateway's grammar (base64 job segment, path cleaning) does not
         // fit a route pattern, and the raw path is needed undecoded.
         .fallback(push::dispatch)

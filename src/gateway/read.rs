@@ -1,0 +1,567 @@
+//! The Pushgateway read API, fanned out to every healthy node at once and combined, so the sharded
+//! Pushgateways read like one:
+//!
+//! - `GET /metrics`: the nodes' pushed groups merged into one text exposition (0.0.4). Each node's own process
+//!   metrics (`go_*`, `process_*`, `pushgateway_*`, `promhttp_*`) are left out: every node has them, they would
+//!   only collide, and they describe one process (see [`crate::exposition::merge_pushed`]). Clashes are resolved
+//!   the way a lone Pushgateway does, logged once, and counted.
+//! - `GET /api/v1/metrics`: the union of the nodes' groups, each annotated with its node under [`NODE_KEY`].
+//! - `GET /api/v1/status`: the gateway's own status and each node's.
+//! - `PUT /api/v1/admin/wipe`: forwarded to every known node, only with `--web.enable-admin-api`.
+//!
+//! Every node gets `read.timeout`; a node that fails is left out of the answer, logged, counted in
+//! `dynamic_sharding_read_node_failures_total`, and named in the answer (the `X-Dynamic-Sharding-Missing-Nodes`
+//! header, or `warnings` in JSON).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value};
+
+use super::{json, text, AppState};
+use crate::exposition::{self, Conflict};
+use crate::telemetry::{MergeConflictLabels, ReadFailureLabels};
+use crate::upstream::{self, UpstreamError};
+
+/// The key added to each group of `GET /api/v1/metrics` naming the node that holds it. Group objects use metric
+/// family names as keys, and a metric name cannot contain `@`, so this key never hides a family.
+pub const NODE_KEY: &str = "@node";
+/// Response header of `GET /metrics` listing the nodes left out because they failed (comma-separated).
+pub const MISSING_NODES_HEADER: &str = "x-dynamic-sharding-missing-nodes";
+/// The exposition format the gateway serves and asks the nodes for.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// How many distinct merge conflicts are remembered as already logged; beyond it the memory starts afresh,
+/// which at worst logs a known conflict once more.
+const LOGGED_CONFLICTS_LIMIT: usize = 4096;
+
+/// Read-side state shared by handlers: which merge conflicts were already logged at `warn`. A conflict between
+/// nodes persists until someone re-pushes, and Prometheus scrapes every few seconds; logging it on every scrape
+/// would bury everything else, so it is logged at `warn` once and at `debug` afterwards.
+#[derive(Clone, Default)]
+pub struct ReadSide {
+    logged_conflicts: Arc<Mutex<HashSet<u64>>>,
+}
+
+impl ReadSide {
+    /// Whether `conflict` is logged for the first time (and remembers it).
+    fn first_time(&self, conflict: &str) -> bool {
+        let fingerprint = xxhash_rust::xxh3::xxh3_64(conflict.as_bytes());
+        // A poisoned lock only means a handler panicked while holding it; the set is still usable.
+        let mut logged = self
+            .logged_conflicts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if logged.len() >= LOGGED_CONFLICTS_LIMIT {
+            logged.clear();
+        }
+        logged.insert(fingerprint)
+    }
+}
+
+/// Why a node's answer to a fanned-out request was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFailure {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("unusable answer: {0}")]
+    Body(String),
+}
+
+impl NodeFailure {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeFailure::Upstream(error) => error.kind(),
+            NodeFailure::Status { .. } => "status",
+            NodeFailure::Body(_) => "body",
+        }
+    }
+}
+
+/// One node's part of a fan-out.
+struct NodeAnswer {
+    node: String,
+    result: Result<Bytes, NodeFailure>,
+}
+
+/// Sends `method path` to every node in `nodes` concurrently, each within `timeout`. A 2xx answer's body is the
+/// node's result; anything else is a [`NodeFailure`], logged and counted here, so callers only combine.
+async fn fan_out(
+    state: &AppState,
+    nodes: &[String],
+    method: Method,
+    path: &'static str,
+    timeout: Duration,
+) -> Vec<NodeAnswer> {
+    let requests = nodes.iter().map(|node| {
+        let method = method.clone();
+        async move {
+            let result = request_node(state, node, method, path, timeout).await;
+            NodeAnswer {
+                node: node.clone(),
+                result,
+            }
+        }
+    });
+    let answers = join_all(requests).await;
+    for answer in &answers {
+        if let Err(failure) = &answer.result {
+            note_failure(state, &answer.node, path, failure);
+        }
+    }
+    answers
+}
+
+async fn request_node(
+    state: &AppState,
+    node: &str,
+    method: Method,
+    path: &str,
+    timeout: Duration,
+) -> Result<Bytes, NodeFailure> {
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{node}{path}"))
+        // Pushgateway 1.5.1 would answer protobuf to a client preferring it; the merge reads text only.
+        .header(header::ACCEPT, "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| UpstreamError::Request(e.to_string()))?;
+    let response = upstream::send(&state.client, request, timeout).await?;
+    if !response.status().is_success() {
+        let body = String::from_utf8_lossy(response.body());
+        return Err(NodeFailure::Status {
+            status: response.status(),
+            body: body.trim().chars().take(200).collect(),
+        });
+    }
+    Ok(response.into_body())
+}
+
+fn note_failure(state: &AppState, node: &str, path: &'static str, failure: &NodeFailure) {
+    tracing::warn!(%node, path, error = %failure, "node left out of a fanned-out read");
+    state
+        .metrics
+        .read_node_failures
+        .get_or_create(&ReadFailureLabels {
+            node: Arc::from(node),
+            path,
+            kind: failure.kind(),
+        })
+        .inc();
+    if let NodeFailure::Upstream(_) = failure {
+        // The same hint a failed push gives: probe the node now rather than at the next interval.
+        state.suspects.report(node);
+    }
+}
+
+/// `node: error` for every failed node, for messages and `warnings`.
+fn failure_list(answers: &[NodeAnswer]) -> Vec<String> {
+    answers
+        .iter()
+        .filter_map(|answer| match &answer.result {
+            Err(failure) => Some(format!("node {}: {failure}", answer.node)),
+            Ok(_) => None,
+        })
+        .collect()
+}
+
+fn healthy_nodes(state: &AppState) -> Vec<String> {
+    state.ring.load().ring.nodes().to_vec()
+}
+
+const NO_HEALTHY_NODE: &str =
+    "no healthy Pushgateway: every node is failing its health check (see /-/ring)";
+
+// ---- GET /metrics -------------------------------------------------------------------------------------------
+
+/// `GET /metrics`: every healthy node's pushed groups as one exposition.
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response<Body> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    if !accepts_text_format(accept) {
+        return text(
+            StatusCode::NOT_ACCEPTABLE,
+            format!(
+                "this endpoint serves only the text format ({TEXT_FORMAT}); the Accept header {:?} excludes it",
+                accept.unwrap_or_default()
+            ),
+        );
+    }
+    let nodes = healthy_nodes(&state);
+    if nodes.is_empty() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_NODE);
+    }
+    let timeout = state.config.load().read.timeout;
+    let mut answers = fan_out(&state, &nodes, Method::GET, "/metrics", timeout).await;
+    for answer in &mut answers {
+        if let Ok(body) = &answer.result {
+            if std::str::from_utf8(body).is_err() {
+                let failure = NodeFailure::Body("exposition is not valid UTF-8".to_owned());
+                note_failure(&state, &answer.node, "/metrics", &failure);
+                answer.result = Err(failure);
+            }
+        }
+    }
+    let expositions: Vec<(&str, &str)> = answers
+        .iter()
+        .filter_map(|answer| {
+            let body = answer.result.as_ref().ok()?;
+            Some((answer.node.as_str(), std::str::from_utf8(body).ok()?))
+        })
+        .collect();
+    if expositions.is_empty() {
+        return text(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "no node answered GET /metrics:\n{}",
+                failure_list(&answers).join("\n")
+            ),
+        );
+    }
+    let merged = exposition::merge_pushed(&expositions);
+    note_conflicts(&state, &merged.conflicts);
+
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, TEXT_FORMAT)
+        .body(Body::from(merged.text))
+        .unwrap_or_default();
+    let missing: Vec<&str> = answers
+        .iter()
+        .filter(|answer| answer.result.is_err())
+        .map(|answer| answer.node.as_str())
+        .collect();
+    if !missing.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&missing.join(",")) {
+            response.headers_mut().insert(MISSING_NODES_HEADER, value);
+        }
+    }
+    response
+}
+
+fn note_conflicts(state: &AppState, conflicts: &[Conflict]) {
+    for conflict in conflicts {
+        state
+            .metrics
+            .read_merge_conflicts
+            .get_or_create(&MergeConflictLabels {
+                kind: conflict.kind(),
+            })
+            .inc();
+        let message = conflict.to_string();
+        if state.read_side.first_time(&message) {
+            tracing::warn!(kind = conflict.kind(), conflict = %message, "nodes disagree; merged /metrics resolved it as a lone Pushgateway would (logged once)");
+        } else {
+            tracing::debug!(kind = conflict.kind(), conflict = %message, "merge conflict (seen before)");
+        }
+    }
+}
+
+/// Whether an `Accept` header admits the text format 0.0.4: absent, `*/*`, `text/*`, or `text/plain` without a
+/// version or with version 0.0.4, each with a non-zero `q`. Prometheus lists `text/plain;version=0.0.4` in every
+/// scrape's `Accept`, behind OpenMetrics, so scrapes of the gateway get the text format.
+pub fn accepts_text_format(accept: Option<&str>) -> bool {
+    let Some(accept) = accept.map(str::trim).filter(|a| !a.is_empty()) else {
+        return true;
+    };
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media_type = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let mut version = None;
+        let mut quality = 1.0_f64;
+        for parameter in parts {
+            let Some((name, value)) = parameter.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"');
+            match name.trim().to_ascii_lowercase().as_str() {
+                "q" => quality = value.parse().unwrap_or(0.0),
+                "version" => version = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+        if quality <= 0.0 {
+            return false;
+        }
+        match media_type.as_str() {
+            "*/*" | "text/*" => true,
+            "text/plain" => version.is_none_or(|v| v == "0.0.4"),
+            _ => false,
+        }
+    })
+}
+
+// ---- GET /api/v1/metrics ------------------------------------------------------------------------------------
+
+/// `GET /api/v1/metrics`: the union of every healthy node's groups, each with [`NODE_KEY`].
+pub async fn api_metrics(State(state): State<AppState>) -> Response<Body> {
+    let nodes = healthy_nodes(&state);
+    if nodes.is_empty() {
+        return api_error(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_NODE.to_owned());
+    }
+    let timeout = state.config.load().read.timeout;
+    let mut answers = fan_out(&state, &nodes, Method::GET, "/api/v1/metrics", timeout).await;
+    let mut groups = Vec::new();
+    for answer in &mut answers {
+        let Ok(body) = &answer.result else { continue };
+        match annotated_groups(&answer.node, body) {
+            Ok(node_groups) => groups.extend(node_groups),
+            Err(failure) => {
+                note_failure(&state, &answer.node, "/api/v1/metrics", &failure);
+                answer.result = Err(failure);
+            }
+        }
+    }
+    let warnings = failure_list(&answers);
+    if warnings.len() == answers.len() {
+        return api_error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "no node answered GET /api/v1/metrics: {}",
+                warnings.join("; ")
+            ),
+        );
+    }
+    let mut body = json!({"status": "success", "data": groups});
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    json(StatusCode::OK, &body)
+}
+
+/// The groups of one node's `/api/v1/metrics` answer, each with `"@node": node` added.
+pub fn annotated_groups(node: &str, body: &[u8]) -> Result<Vec<Value>, NodeFailure> {
+    let answer: Value = serde_json::from_slice(body)
+        .map_err(|e| NodeFailure::Body(format!("/api/v1/metrics is not JSON: {e}")))?;
+    let Some(Value::Array(groups)) = answer.get("data") else {
+        return Err(NodeFailure::Body(
+            "/api/v1/metrics has no \"data\" array".to_owned(),
+        ));
+    };
+    groups
+        .iter()
+        .map(|group| match group {
+            Value::Object(fields) => {
+                let mut fields = fields.clone();
+                fields.insert(NODE_KEY.to_owned(), Value::String(node.to_owned()));
+                Ok(Value::Object(fields))
+            }
+            other => Err(NodeFailure::Body(format!(
+                "/api/v1/metrics has a group that is not an object: {other}"
+            ))),
+        })
+        .collect()
+}
+
+/// An error in the Prometheus API shape the Pushgateway also uses.
+fn api_error(status: StatusCode, message: String) -> Response<Body> {
+    json(
+        status,
+        &json!({"status": "error", "errorType": "unavailable", "error": message}),
+    )
+}
+
+// ---- GET /api/v1/status -------------------------------------------------------------------------------------
+
+/// `GET /api/v1/status`: the gateway's status plus every known node's (its own `/api/v1/status` if healthy).
+pub async fn status(State(state): State<AppState>) -> Response<Body> {
+    let table = state.ring.load_full();
+    let membership = state.membership.borrow().clone();
+    let config = state.config.load_full();
+    let answers = fan_out(
+        &state,
+        table.ring.nodes(),
+        Method::GET,
+        "/api/v1/status",
+        config.read.timeout,
+    )
+    .await;
+    let nodes: Vec<Value> = membership
+        .nodes
+        .iter()
+        .map(|known| {
+            let mut entry = json!({"node": known.node, "healthy": known.healthy});
+            match answers.iter().find(|a| a.node == known.node) {
+                None => {
+                    entry["error"] = json!("not in the ring (unhealthy); not asked");
+                }
+                Some(NodeAnswer {
+                    result: Ok(body), ..
+                }) => match serde_json::from_slice::<Value>(body) {
+                    Ok(node_status) => {
+                        entry["data"] = node_status.get("data").cloned().unwrap_or(node_status)
+                    }
+                    Err(error) => {
+                        entry["error"] = json!(format!("/api/v1/status is not JSON: {error}"))
+                    }
+                },
+                Some(NodeAnswer {
+                    result: Err(failure),
+                    ..
+                }) => entry["error"] = json!(failure.to_string()),
+            }
+            entry
+        })
+        .collect();
+    let body = json!({
+        "status": "success",
+        "data": {
+            "gateway": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "mode": config.mode,
+                "algorithm": table.ring.algorithm(),
+                "membership_source": membership.source,
+                "ring_generation": table.generation,
+                "ring_nodes": table.ring.nodes(),
+                "read_timeout": humantime::format_duration(config.read.timeout).to_string(),
+                "admin_api_enabled": state.admin_api_enabled,
+                "lifecycle_enabled": state.lifecycle_enabled,
+            },
+            "nodes": nodes,
+        },
+    });
+    json(StatusCode::OK, &body)
+}
+
+// ---- PUT /api/v1/admin/wipe ---------------------------------------------------------------------------------
+
+/// `PUT /api/v1/admin/wipe`, only with `--web.enable-admin-api`: wipes every known node, healthy or not, since
+/// a node that is only briefly unhealthy would otherwise bring its groups back. `202` when every node wiped,
+/// `502` naming the nodes that did not.
+pub async fn wipe(State(state): State<AppState>, method: Method) -> Response<Body> {
+    if !state.admin_api_enabled {
+        return text(
+            StatusCode::FORBIDDEN,
+            "Admin API is not enabled; start the gateway with --web.enable-admin-api",
+        );
+    }
+    if method != Method::PUT {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use PUT to wipe every Pushgateway",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("PUT"));
+        return response;
+    }
+    let nodes: Vec<String> = state
+        .membership
+        .borrow()
+        .nodes
+        .iter()
+        .map(|n| n.node.clone())
+        .collect();
+    if nodes.is_empty() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "no Pushgateway is known");
+    }
+    let timeout = state.config.load().read.timeout;
+    let answers = fan_out(&state, &nodes, Method::PUT, "/api/v1/admin/wipe", timeout).await;
+    let wiped: Vec<&str> = answers
+        .iter()
+        .filter(|answer| answer.result.is_ok())
+        .map(|answer| answer.node.as_str())
+        .collect();
+    let failures = failure_list(&answers);
+    tracing::warn!(wiped = %wiped.join(","), failed = failures.len(), "wiped Pushgateways on request");
+    if failures.is_empty() {
+        text(
+            StatusCode::ACCEPTED,
+            format!("wiped {} node(s): {}", wiped.len(), wiped.join(", ")),
+        )
+    } else {
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "wiped {} of {} node(s) ({}); not wiped:\n{}",
+                wiped.len(),
+                answers.len(),
+                wiped.join(", "),
+                failures.join("\n")
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_headers_that_admit_the_text_format() {
+        for accept in [
+            None,
+            Some(""),
+            Some("*/*"),
+            Some("text/plain"),
+            Some("text/plain;version=0.0.4"),
+            Some("TEXT/PLAIN; Version=\"0.0.4\""),
+            Some("text/*;q=0.2"),
+            // Prometheus 2.42's scrape header.
+            Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+            // client_golang's protobuf-first header.
+            Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3"),
+        ] {
+            assert!(accepts_text_format(accept), "{accept:?} should be accepted");
+        }
+        for accept in [
+            "application/json",
+            "application/openmetrics-text; version=1.0.0",
+            "text/plain; version=1.0.0",
+            "text/plain;q=0, application/json",
+            "*/*;q=0",
+        ] {
+            assert!(
+                !accepts_text_format(Some(accept)),
+                "{accept:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn groups_are_annotated_with_their_node_without_touching_families() {
+        let body = br#"{"status":"success","data":[
+            {"labels":{"job":"a"},"last_push_successful":true,"node":{"type":"GAUGE","help":"","metrics":[]}},
+            {"labels":{"job":"b"},"last_push_successful":false}]}"#;
+        let groups = annotated_groups("127.0.0.1:9091", body).unwrap();
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0][NODE_KEY], "127.0.0.1:9091");
+        assert_eq!(groups[1][NODE_KEY], "127.0.0.1:9091");
+        assert_eq!(groups[0]["labels"]["job"], "a");
+        // A metric family that happens to be called "node" is left as it was.
+        assert_eq!(groups[0]["node"]["type"], "GAUGE");
+    }
+
+    #[test]
+    fn unusable_api_answers_say_what_is_wrong() {
+        let not_json = annotated_groups("n", b"<html>").unwrap_err();
+        assert!(not_json.to_string().contains("not JSON"), "{not_json}");
+        let no_data = annotated_groups("n", br#"{"status":"error"}"#).unwrap_err();
+        assert!(no_data.to_string().contains("\"data\""), "{no_data}");
+        let bad_group = annotated_groups("n", br#"{"data":[1]}"#).unwrap_err();
+        assert!(
+            bad_group.to_string().contains("not an object"),
+            "{bad_group}"
+        );
+        assert_eq!(bad_group.kind(), "body");
+    }
+
+    #[test]
+    fn a_conflict_is_first_logged_once() {
+        let read_side = ReadSide::default();
+        assert!(read_side.first_time("metric family x: ..."));
+        assert!(!read_side.first_time("metric family x: ..."));
+        assert!(read_side.first_time("metric family y: ..."));
+    }
+}
