@@ -108,6 +108,12 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsulOperationLabels {
+    /// `watch`, `register` or `deregister`.
+    pub operation: &'static str,
+}
+
 /// Every metric the gateway exports about itself. Cheap to clone (all handles are shared).
 #[derive(Clone)]
 pub struct Metrics {
@@ -124,6 +130,10 @@ pub struct Metrics {
     pub health_probes: Family<ProbeLabels, Counter>,
     pub config_reload_success: Gauge,
     pub config_reload_timestamp: Gauge<f64, AtomicU64>,
+    pub consul_up: Gauge,
+    pub consul_errors: Family<ConsulOperationLabels, Counter>,
+    pub consul_last_index: Gauge,
+    pub consul_registrations: Counter,
 }
 
 impl Metrics {
@@ -206,6 +216,30 @@ impl Metrics {
             "Timestamp of the last successful configuration reload",
             config_reload_timestamp.clone(),
         );
+        let consul_up = Gauge::default();
+        registry.register(
+            "consul_up",
+            "1 when the last Consul health query succeeded, 0 while Consul cannot be queried (the last ring stays in force)",
+            consul_up.clone(),
+        );
+        let consul_errors = Family::<ConsulOperationLabels, Counter>::default();
+        registry.register(
+            "consul_errors",
+            "Failed Consul requests, by operation (watch, register, deregister)",
+            consul_errors.clone(),
+        );
+        let consul_last_index = Gauge::default();
+        registry.register(
+            "consul_last_index",
+            "X-Consul-Index of the last answer to the membership watch",
+            consul_last_index.clone(),
+        );
+        let consul_registrations = Counter::default();
+        registry.register(
+            "consul_registrations",
+            "Pushgateway registrations sent to Consul (initial and re-asserted)",
+            consul_registrations.clone(),
+        );
         let build_info = Family::<Vec<(String, String)>, Gauge>::default();
         build_info
             .get_or_create(&vec![(
@@ -233,6 +267,10 @@ impl Metrics {
             health_probes,
             config_reload_success,
             config_reload_timestamp,
+            consul_up,
+            consul_errors,
+            consul_last_index,
+            consul_registrations,
         }
     }
 
