@@ -655,6 +655,83 @@ mod tests {
     }
 
     #[test]
+    fn consul_defaults_and_new_keys() {
+        let config = Config::parse("consul_server: {addr: 'localhost:8500'}").unwrap();
+        let consul = config.consul.unwrap();
+        assert!(
+            config.servers.is_empty(),
+            "servers may be empty with Consul"
+        );
+        assert_eq!(consul.scheme, ConsulScheme::Http);
+        assert!(consul.register);
+        assert_eq!(consul.check_interval, Duration::from_secs(5));
+        assert_eq!(consul.check_timeout, Duration::from_secs(2));
+        assert_eq!(consul.deregister_critical_after, None);
+
+        let config = Config::parse(
+            "consul_server:\n  addr: https://consul.example:8501\n  username: u\n  password: p\n  register: false\n  \
+             check_interval: 1s\n  check_timeout: 500ms\n  deregister_critical_after: 10m\n  datacenter: dc2\n  \
+             tag: shard\n  token: secret\n  tls: {ca_file: /ca.pem, cert_file: /c.pem, key_file: /k.pem, \
+             insecure_skip_verify: true}\n",
+        )
+        .unwrap();
+        let consul = config.consul.unwrap();
+        assert_eq!(consul.addr, "consul.example:8501");
+        assert_eq!(consul.scheme, ConsulScheme::Https);
+        assert_eq!(consul.username.as_deref(), Some("u"));
+        assert!(!consul.register);
+        assert_eq!(consul.check_timeout, Duration::from_millis(500));
+        assert_eq!(
+            consul.deregister_critical_after,
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(consul.datacenter.as_deref(), Some("dc2"));
+        assert_eq!(consul.tag.as_deref(), Some("shard"));
+        assert_eq!(consul.token.as_deref(), Some("secret"));
+        assert_eq!(consul.tls.ca_file.as_deref(), Some("/ca.pem"));
+        assert!(consul.tls.insecure_skip_verify);
+    }
+
+    #[test]
+    fn invalid_consul_settings_say_what_to_fix() {
+        let cases = [
+            (
+                "consul_server: {addr: a:1, check_interval: 500ms}",
+                "consul_server.check_interval",
+            ),
+            (
+                "consul_server: {addr: a:1, check_interval: 2s, check_timeout: 3s}",
+                "consul_server.check_timeout",
+            ),
+            (
+                "consul_server: {addr: a:1, deregister_critical_after: 5s}",
+                "consul_server.deregister_critical_after",
+            ),
+            ("consul_server: {addr: a:1, scheme: ftp}", "scheme"),
+            (
+                "consul_server: {addr: 'https://a:1', scheme: http}",
+                "consul_server.scheme",
+            ),
+            (
+                "consul_server: {addr: a:1, tls: {ca_file: /ca.pem}}",
+                "scheme: https",
+            ),
+            (
+                "consul_server: {addr: a:1, scheme: https, tls: {cert_file: /c.pem}}",
+                "key_file",
+            ),
+            ("consul_server: {addr: a:1, tsl: {}}", "tsl"),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "config {text:?}: error {err:?} should mention {expected:?}"
+            );
+        }
+    }
+
+    #[test]
     fn server_entries_with_a_port_keep_it() {
         let config =
             Config::parse("pushgateway: {port: 9191, servers: [a, 'b:9300', '[::1]:9400', '::2']}")

@@ -458,7 +458,7 @@ async fn talks_https_to_consul_with_a_private_ca_and_a_client_certificate() {
         .await
         {
             Ok(reply) => {
-                reply.status == StatusCode::OK && reply.body.trim().trim_matches('"') != ""
+                reply.status == StatusCode::OK && !reply.body.trim().trim_matches('"').is_empty()
             }
             Err(_) => false,
         }
