@@ -32,7 +32,7 @@ pushgateway:
   servers: [$(IFS=,; echo "${servers[*]}")]
 health_check: {interval: 1s, timeout: 500ms, unhealthy_threshold: 2, healthy_threshold: 1}
 YAML
-target/release/dynamic-sharding --config.file="$work/dynamic-sharding.yml" 2>"$work/gateway.log" &
+"${CARGO_TARGET_DIR:-target}/release/dynamic-sharding" --config.file="$work/dynamic-sharding.yml" 2>"$work/gateway.log" &
 pids+=($!)
 gw="http://127.0.0.1:$gw_port"
 for _ in $(seq 100); do curl -fs "$gw/-/ready" >/dev/null 2>&1 && break; sleep 0.1; done

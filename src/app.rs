@@ -13,8 +13,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{normalize_listen_addr, Config, ConfigError};
+use crate::consul::{ConsulClient, ConsulError};
 use crate::gateway::{self, AppState, ReloadRequest};
-use crate::membership::static_probe;
+use crate::membership::{self, static_probe};
 use crate::shutdown;
 use crate::telemetry::Metrics;
 use crate::upstream;
@@ -34,6 +35,8 @@ pub struct Options {
 pub enum AppError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
     #[error("invalid listen address: {0}")]
     ListenAddress(String),
     #[error("cannot listen on {addr}: {source} (is another process using the port?)")]
@@ -67,16 +70,26 @@ pub async fn run(options: Options) -> Result<(), AppError> {
     metrics.config_reload_timestamp.set(unix_now());
     let (shutdown_trigger, shutdown) = shutdown::channel();
     let client = upstream::new_client(config.proxy.connect_timeout);
-    if config.consul.is_some() {
-        tracing::warn!("consul_server is configured but Consul membership is not available in this build; probing pushgateway.servers directly");
-    }
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
-    let (membership_rx, suspects) = static_probe::spawn(
-        config_rx.clone(),
-        client.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    );
+    let (membership_rx, suspects) = match &config.consul {
+        // Consul runs the health checks; a failed request is seen by its next check, not reported by handlers.
+        Some(consul) => (
+            membership::consul::spawn(
+                consul.clone(),
+                ConsulClient::new(consul)?,
+                config_rx.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ),
+            static_probe::SuspectReporter::disconnected(),
+        ),
+        None => static_probe::spawn(
+            config_rx.clone(),
+            client.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ),
+    };
     let (ring, _ring_changes) = crate::routing::spawn(
         membership_rx.clone(),
         config_rx.clone(),

@@ -160,6 +160,24 @@ struct RawConsulServer {
     username: Option<String>,
     password: Option<String>,
     register_service_name: Option<String>,
+    register: Option<bool>,
+    check_interval: Option<PromDuration>,
+    check_timeout: Option<PromDuration>,
+    deregister_critical_after: Option<PromDuration>,
+    datacenter: Option<String>,
+    tag: Option<String>,
+    token: Option<String>,
+    scheme: Option<ConsulScheme>,
+    tls: Option<RawConsulTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsulTls {
+    ca_file: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,11 +253,57 @@ impl Default for ReadConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsulConfig {
+    /// `host:port` of the Consul agent's HTTP API (a `http://` / `https://` prefix in the file sets `scheme`).
     pub addr: String,
+    pub scheme: ConsulScheme,
     pub username: Option<String>,
     pub password: Option<String>,
     pub service_name: String,
+    /// Register `pushgateway.servers` in Consul (off for fleets that register Pushgateways themselves).
+    pub register: bool,
+    pub check_interval: Duration,
+    pub check_timeout: Duration,
+    /// Consul's `DeregisterCriticalServiceAfter`; `None` keeps a failing instance registered so it can rejoin.
+    pub deregister_critical_after: Option<Duration>,
+    pub datacenter: Option<String>,
+    /// Only instances carrying this tag join the ring; registrations get it too.
+    pub tag: Option<String>,
+    /// Sent as `X-Consul-Token`.
+    pub token: Option<String>,
+    pub tls: ConsulTlsConfig,
 }
+
+/// How the gateway talks to the Consul agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsulScheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl ConsulScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsulScheme::Http => "http",
+            ConsulScheme::Https => "https",
+        }
+    }
+}
+
+/// TLS towards Consul (`scheme: https`). Paths are PEM files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsulTlsConfig {
+    /// Trusted in addition to the system roots.
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub insecure_skip_verify: bool,
+}
+
+/// Consul's health check defaults for registered Pushgateways.
+pub const DEFAULT_CONSUL_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_CONSUL_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HealthCheckConfig {
@@ -345,29 +409,7 @@ impl Config {
             }
         }
 
-        let consul = match raw.consul_server {
-            None => None,
-            Some(consul) => {
-                let addr = consul
-                    .addr
-                    .map(|a| a.trim().to_string())
-                    .unwrap_or_default();
-                if addr.is_empty() {
-                    return Err(invalid(
-                        "consul_server.addr: missing; set it to the Consul agent's host:port, e.g. localhost:8500",
-                    ));
-                }
-                Some(ConsulConfig {
-                    addr,
-                    username: consul.username.filter(|u| !u.is_empty()),
-                    password: consul.password.filter(|p| !p.is_empty()),
-                    service_name: consul
-                        .register_service_name
-                        .filter(|n| !n.trim().is_empty())
-                        .unwrap_or_else(|| "pushgateway".to_string()),
-                })
-            }
-        };
+        let consul = raw.consul_server.map(validate_consul).transpose()?;
         if consul.is_none() && servers.is_empty() {
             return Err(invalid(
                 "pushgateway.servers: empty; list the Pushgateways to shard over (e.g. [\"10.0.0.1\", \"10.0.0.2:9091\"]) \
@@ -462,6 +504,105 @@ impl Config {
     }
 }
 
+fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, ConfigError> {
+    let addr = consul
+        .addr
+        .map(|a| a.trim().trim_end_matches('/').to_string())
+        .unwrap_or_default();
+    // The Go client accepted a scheme in the address; honour it, and let an explicit `scheme` agree with it.
+    let (addr, scheme_in_addr) = if let Some(rest) = addr.strip_prefix("https://") {
+        (rest.to_string(), Some(ConsulScheme::Https))
+    } else if let Some(rest) = addr.strip_prefix("http://") {
+        (rest.to_string(), Some(ConsulScheme::Http))
+    } else {
+        (addr, None)
+    };
+    if addr.is_empty() {
+        return Err(invalid(
+            "consul_server.addr: missing; set it to the Consul agent's host:port, e.g. localhost:8500",
+        ));
+    }
+    if addr.contains('/') || addr.contains(char::is_whitespace) {
+        return Err(invalid(format!(
+            "consul_server.addr: {addr:?} is not host:port; use e.g. localhost:8500"
+        )));
+    }
+    let scheme = match (consul.scheme, scheme_in_addr) {
+        (Some(explicit), Some(from_addr)) if explicit != from_addr => {
+            return Err(invalid(format!(
+                "consul_server.scheme: {} contradicts the {}:// prefix of consul_server.addr; drop one of them",
+                explicit.as_str(),
+                from_addr.as_str()
+            )))
+        }
+        (explicit, from_addr) => explicit.or(from_addr).unwrap_or_default(),
+    };
+    let check_interval = consul
+        .check_interval
+        .map_or(DEFAULT_CONSUL_CHECK_INTERVAL, |d| d.0);
+    let check_timeout = consul
+        .check_timeout
+        .map_or(DEFAULT_CONSUL_CHECK_TIMEOUT, |d| d.0);
+    if check_interval < Duration::from_secs(1) {
+        return Err(invalid(
+            "consul_server.check_interval: Consul needs at least 1s, e.g. 5s",
+        ));
+    }
+    if check_timeout.is_zero() || check_timeout > check_interval {
+        return Err(invalid(format!(
+            "consul_server.check_timeout: must be greater than 0 and at most consul_server.check_interval ({})",
+            humantime::format_duration(check_interval)
+        )));
+    }
+    let deregister_critical_after = consul.deregister_critical_after.map(|d| d.0);
+    // Consul silently raises shorter values to its 1m minimum; say so instead of pretending 5s works.
+    if deregister_critical_after.is_some_and(|d| d < Duration::from_secs(60)) {
+        return Err(invalid(
+            "consul_server.deregister_critical_after: Consul enforces at least 1m; use 1m or more, or leave it unset \
+             so a failing Pushgateway stays registered and rejoins when it recovers",
+        ));
+    }
+    let non_empty = |value: Option<String>| {
+        value
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let raw_tls = consul.tls.unwrap_or_default();
+    let tls = ConsulTlsConfig {
+        ca_file: non_empty(raw_tls.ca_file),
+        cert_file: non_empty(raw_tls.cert_file),
+        key_file: non_empty(raw_tls.key_file),
+        insecure_skip_verify: raw_tls.insecure_skip_verify.unwrap_or(false),
+    };
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return Err(invalid(
+            "consul_server.tls: cert_file and key_file go together; set both (client certificate) or neither",
+        ));
+    }
+    let tls_configured = tls != ConsulTlsConfig::default();
+    if tls_configured && scheme == ConsulScheme::Http {
+        return Err(invalid(
+            "consul_server.tls: set but consul_server.scheme is http; set scheme: https or remove tls",
+        ));
+    }
+    Ok(ConsulConfig {
+        addr,
+        scheme,
+        username: non_empty(consul.username),
+        password: consul.password.filter(|p| !p.is_empty()),
+        service_name: non_empty(consul.register_service_name)
+            .unwrap_or_else(|| "pushgateway".to_string()),
+        register: consul.register.unwrap_or(true),
+        check_interval,
+        check_timeout,
+        deregister_critical_after,
+        datacenter: non_empty(consul.datacenter),
+        tag: non_empty(consul.tag),
+        token: non_empty(consul.token),
+        tls,
+    })
+}
+
 /// Turns a Go-style listen address (`:9292`, `host:port`) into one `tokio::net::TcpListener::bind` accepts.
 pub fn normalize_listen_addr(addr: &str) -> Result<String, String> {
     let (host, port) = split_host_port(addr).ok_or_else(|| {
@@ -545,6 +686,83 @@ mod tests {
         assert_eq!(consul.username, None);
         assert_eq!(consul.service_name, "pushgateway");
         assert_eq!(config.mode, Mode::Proxy);
+    }
+
+    #[test]
+    fn consul_defaults_and_new_keys() {
+        let config = Config::parse("consul_server: {addr: 'localhost:8500'}").unwrap();
+        let consul = config.consul.unwrap();
+        assert!(
+            config.servers.is_empty(),
+            "servers may be empty with Consul"
+        );
+        assert_eq!(consul.scheme, ConsulScheme::Http);
+        assert!(consul.register);
+        assert_eq!(consul.check_interval, Duration::from_secs(5));
+        assert_eq!(consul.check_timeout, Duration::from_secs(2));
+        assert_eq!(consul.deregister_critical_after, None);
+
+        let config = Config::parse(
+            "consul_server:\n  addr: https://consul.example:8501\n  username: u\n  password: p\n  register: false\n  \
+             check_interval: 1s\n  check_timeout: 500ms\n  deregister_critical_after: 10m\n  datacenter: dc2\n  \
+             tag: shard\n  token: secret\n  tls: {ca_file: /ca.pem, cert_file: /c.pem, key_file: /k.pem, \
+             insecure_skip_verify: true}\n",
+        )
+        .unwrap();
+        let consul = config.consul.unwrap();
+        assert_eq!(consul.addr, "consul.example:8501");
+        assert_eq!(consul.scheme, ConsulScheme::Https);
+        assert_eq!(consul.username.as_deref(), Some("u"));
+        assert!(!consul.register);
+        assert_eq!(consul.check_timeout, Duration::from_millis(500));
+        assert_eq!(
+            consul.deregister_critical_after,
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(consul.datacenter.as_deref(), Some("dc2"));
+        assert_eq!(consul.tag.as_deref(), Some("shard"));
+        assert_eq!(consul.token.as_deref(), Some("secret"));
+        assert_eq!(consul.tls.ca_file.as_deref(), Some("/ca.pem"));
+        assert!(consul.tls.insecure_skip_verify);
+    }
+
+    #[test]
+    fn invalid_consul_settings_say_what_to_fix() {
+        let cases = [
+            (
+                "consul_server: {addr: a:1, check_interval: 500ms}",
+                "consul_server.check_interval",
+            ),
+            (
+                "consul_server: {addr: a:1, check_interval: 2s, check_timeout: 3s}",
+                "consul_server.check_timeout",
+            ),
+            (
+                "consul_server: {addr: a:1, deregister_critical_after: 5s}",
+                "consul_server.deregister_critical_after",
+            ),
+            ("consul_server: {addr: a:1, scheme: ftp}", "scheme"),
+            (
+                "consul_server: {addr: 'https://a:1', scheme: http}",
+                "consul_server.scheme",
+            ),
+            (
+                "consul_server: {addr: a:1, tls: {ca_file: /ca.pem}}",
+                "scheme: https",
+            ),
+            (
+                "consul_server: {addr: a:1, scheme: https, tls: {cert_file: /c.pem}}",
+                "key_file",
+            ),
+            ("consul_server: {addr: a:1, tsl: {}}", "tsl"),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "config {text:?}: error {err:?} should mention {expected:?}"
+            );
+        }
     }
 
     #[test]

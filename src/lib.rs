@@ -5,7 +5,8 @@
 //! - [`grouping`]: Pushgateway grouping-key parsing and canonical form. Pure, no I/O.
 //! - [`ring`]: consistent-hash algorithms (rendezvous table, Go-compatible ring). Pure, no I/O.
 //! - [`exposition`]: Prometheus text format: parse, merge across nodes, rebuild from Pushgateway JSON. Pure.
-//! - [`membership`]: where the node set comes from (static probes); publishes snapshots on a watch channel.
+//! - [`membership`]: where the node set comes from (static probes or Consul); publishes snapshots on a watch channel.
+//! - [`consul`]: Consul HTTP API client (registration, blocking health queries, sessions/KV) and leader election.
 //! - [`routing`]: turns membership snapshots into immutable ring snapshots, read lock-free by handlers.
 //! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`, HTTP SD, and the read
 //!   API fanned out to every node).
@@ -14,6 +15,7 @@
 //! - [`app`]: wiring, reload and graceful shutdown.
 pub mod app;
 pub mod config;
+pub mod consul;
 pub mod exposition;
 pub mod gateway;
 pub mod grouping;

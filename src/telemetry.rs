@@ -123,6 +123,12 @@ pub struct MergeConflictLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsulOperationLabels {
+    /// `watch`, `register` or `deregister`.
+    pub operation: &'static str,
+}
+
 /// Every metric the gateway exports about itself. Cheap to clone (all handles are shared).
 #[derive(Clone)]
 pub struct Metrics {
@@ -141,6 +147,10 @@ pub struct Metrics {
     pub config_reload_timestamp: Gauge<f64, AtomicU64>,
     pub read_node_failures: Family<ReadFailureLabels, Counter>,
     pub read_merge_conflicts: Family<MergeConflictLabels, Counter>,
+    pub consul_up: Gauge,
+    pub consul_errors: Family<ConsulOperationLabels, Counter>,
+    pub consul_last_index: Gauge,
+    pub consul_registrations: Counter,
 }
 
 impl Metrics {
@@ -235,6 +245,30 @@ impl Metrics {
             "Clashes resolved while merging the nodes' expositions for GET /metrics, by kind",
             read_merge_conflicts.clone(),
         );
+        let consul_up = Gauge::default();
+        registry.register(
+            "consul_up",
+            "1 when the last Consul health query succeeded, 0 while Consul cannot be queried (the last ring stays in force)",
+            consul_up.clone(),
+        );
+        let consul_errors = Family::<ConsulOperationLabels, Counter>::default();
+        registry.register(
+            "consul_errors",
+            "Failed Consul requests, by operation (watch, register, deregister)",
+            consul_errors.clone(),
+        );
+        let consul_last_index = Gauge::default();
+        registry.register(
+            "consul_last_index",
+            "X-Consul-Index of the last answer to the membership watch",
+            consul_last_index.clone(),
+        );
+        let consul_registrations = Counter::default();
+        registry.register(
+            "consul_registrations",
+            "Pushgateway registrations sent to Consul (initial and re-asserted)",
+            consul_registrations.clone(),
+        );
         let build_info = Family::<Vec<(String, String)>, Gauge>::default();
         build_info
             .get_or_create(&vec![(
@@ -264,6 +298,10 @@ impl Metrics {
             config_reload_timestamp,
             read_node_failures,
             read_merge_conflicts,
+            consul_up,
+            consul_errors,
+            consul_last_index,
+            consul_registrations,
         }
     }
 

@@ -2,7 +2,9 @@
 //! channel; it never touches the ring or the request path directly.
 //!
 //! - [`static_probe`]: the configured `pushgateway.servers`, probed by the gateway itself.
+//! - [`consul`]: the passing instances of a Consul service, followed with blocking queries.
 
+pub mod consul;
 pub mod static_probe;
 
 use std::time::SystemTime;
