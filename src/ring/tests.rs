@@ -333,6 +333,20 @@ fn algorithm_names_round_trip_through_config_and_text() {
 }
 
 #[test]
+fn ring_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Ring>();
+    let ring = std::sync::Arc::new(Ring::build(Algorithm::Rendezvous, &names(&["a:1", "b:1"])));
+    let shared = std::sync::Arc::clone(&ring);
+    let owner_elsewhere =
+        std::thread::spawn(move || shared.owner(b"job=a").map(str::to_string)).join();
+    assert_eq!(
+        owner_elsewhere.ok().flatten().as_deref(),
+        ring.owner(b"job=a")
+    );
+}
+
+#[test]
 fn debug_output_names_algorithm_and_nodes() {
     let ring = Ring::build(Algorithm::GoCompatible, &names(&["b:1", "a:1"]));
     let shown = format!("{ring:?}");
