@@ -4,10 +4,10 @@
 //! (`host:port` strings) and shared behind an `Arc`; lookups take `&self` and allocate nothing. Two algorithms:
 //! - [`Algorithm::Rendezvous`] (default, `rendezvous`): a 2^16-slot table, each slot owned by its
 //!   highest-random-weight node. Exact minimal movement on membership change, near-even load, O(1) lookup.
-//!   The caller passes the canonical grouping-key bytes. See [`rendezvous`](self::rendezvous).
+//!   The caller passes the canonical grouping-key bytes. Design notes in `ring/rendezvous.rs`.
 //! - [`Algorithm::GoCompatible`] (`go-compatible`): the original Go tool's murmur3 token ring, reproduced bit for
 //!   bit so that a mixed fleet (or a migration) routes every push to the same node. The caller passes the
-//!   request's percent-decoded path. See [`go_compatible`](self::go_compatible).
+//!   request's percent-decoded path. The original's rules, as read from its source, in `ring/go_compatible.rs`.
 //!
 //! Both are deterministic across processes and platforms and depend only on the set of nodes, not on the order
 //! they are listed in. Pure logic: no I/O.

@@ -1,15 +1,19 @@
 //! The `rendezvous` algorithm: a fixed table of slots, each owned by its highest-random-weight node.
 //!
-//! A key maps to one of [`SLOT_COUNT`] slots by the top bits of its xxh3 hash. Each slot is owned by the node with
-//! the highest score `mix64(node_hash ^ slot_salt(slot))`, ties going to the node whose name sorts first; the
-//! runner-up is stored too, as the successor. Why this shape:
+//! A key maps to one of [`SLOT_COUNT`] slots by the top 16 bits of its xxh3-64 hash. Each slot is owned by the
+//! node with the highest score for that slot, `fmix32(lo ^ salt) ^ hi` where `lo`/`hi` are the
+//! halves of the node name's seeded xxh3-64 and `salt` is a fixed per-slot constant; ties go to the node whose
+//! name sorts first. The runner-up is stored too, as the successor. Why this shape:
 //! - Highest-random-weight per slot makes movement exact: a node's score for a slot does not depend on the other
 //!   nodes, so removing a node changes only the slots it won (they pass to their runner-up), and adding a node
 //!   changes only the slots it now wins.
-//! - A slot table of 2^16 entries makes lookup one hash and one array read, and keeps the per-node share of
-//!   slots within about 1% (binomial spread) of the mean at 10 nodes.
+//! - A slot table of 2^16 entries makes lookup one hash and one array read, and keeps each node's share of
+//!   slots close to the mean (binomial spread: 1.2% standard deviation at 10 nodes).
 //! - Everything is derived from fixed hash functions and seeds and from node names, never from the order they
 //!   are listed in, so every process with the same node set builds the same table.
+//! - Building costs slots x nodes score evaluations (6.5 million at 100 nodes). Scores are 32-bit so the build
+//!   loop vectorizes (8 lanes with AVX2, picked at run time on x86_64); integer arithmetic makes every code path
+//!   produce the same table.
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -76,18 +80,41 @@ pub(crate) fn slot_of(key: &[u8]) -> usize {
     (xxh3_64(key) >> (64 - SLOT_BITS)) as usize
 }
 
-/// The score of a node (by its name hash) for a slot. Public to the crate so tests can check the table
-/// against a direct evaluation. The table builder computes the same value inline, so only tests call it.
+/// The score of a node (by its name hash) for a slot: murmur3's 32-bit finalizer over the slot salt and the
+/// hash's low half, XOR the high half (so two names must agree on all 64 hash bits to score alike everywhere).
+/// The build loop computes the same thing from precomputed salts; tests check the two agree.
 #[cfg(test)]
-#[inline]
-pub(crate) fn score(node_hash: u64, slot: usize) -> u64 {
-    mix64(node_hash ^ slot_salt(slot))
+pub(crate) fn score(node_hash: u64, slot: usize) -> u32 {
+    score_with_salt(NodeKey::from(node_hash), slot_salt(slot))
+}
+
+/// A node hash split into the halves the score mixes in.
+#[derive(Clone, Copy)]
+struct NodeKey {
+    low: u32,
+    high: u32,
+}
+
+impl From<u64> for NodeKey {
+    fn from(hash: u64) -> NodeKey {
+        NodeKey {
+            low: hash as u32,
+            high: (hash >> 32) as u32,
+        }
+    }
+}
+
+#[inline(always)]
+fn score_with_salt(node: NodeKey, salt: u32) -> u32 {
+    // Two multiplies per score (inside fmix32): the build does 6.5 million of these at 100 nodes. XOR-ing the
+    // high half afterwards keeps names whose low halves collide from scoring identically.
+    fmix32(node.low ^ salt) ^ node.high
 }
 
 /// A per-slot constant that decorrelates slots from each other.
 #[inline]
-fn slot_salt(slot: usize) -> u64 {
-    mix64((slot as u64 + 1).wrapping_mul(SLOT_SPREAD))
+fn slot_salt(slot: usize) -> u32 {
+    mix64((slot as u64 + 1).wrapping_mul(SLOT_SPREAD)) as u32
 }
 
 /// The node-name hash the scores are computed from.
@@ -96,8 +123,7 @@ pub(crate) fn node_hash(node: &str) -> u64 {
     xxh3_64_with_seed(node.as_bytes(), NODE_SEED)
 }
 
-/// A bijective 64-bit finalizer (the SplitMix64 / Stafford "mix13" constants): every input bit affects every
-/// output bit, so scores of different nodes for one slot behave like independent random numbers.
+/// The SplitMix64 finalizer: a bijection in which every input bit affects every output bit.
 #[inline]
 fn mix64(mut value: u64) -> u64 {
     value ^= value >> 30;
@@ -107,39 +133,122 @@ fn mix64(mut value: u64) -> u64 {
     value ^ (value >> 31)
 }
 
-/// Packs a score with its node index so one integer comparison orders by score, then by name (a smaller index,
-/// i.e. a name sorting first, wins a tie). Keeping the comparison a plain `max`/`min` keeps the build loop free
-/// of unpredictable branches.
-#[inline]
-fn rank(score: u64, index: usize) -> u128 {
-    (u128::from(score) << 32) | u128::from(u32::MAX - index as u32)
+/// MurmurHash3's 32-bit finalizer: a bijection with full avalanche, cheap in 32-bit vector lanes.
+#[inline(always)]
+fn fmix32(mut value: u32) -> u32 {
+    value ^= value >> 16;
+    value = value.wrapping_mul(0x85eb_ca6b);
+    value ^= value >> 13;
+    value = value.wrapping_mul(0xc2b2_ae35);
+    value ^ (value >> 16)
 }
 
-#[inline]
-fn index_of(rank: u128) -> u32 {
-    u32::MAX - (rank as u32)
-}
+/// Slots handled together: the block's working arrays (five of `BLOCK` u32) stay in L1 while every node is
+/// scored against it, and the inner loop runs over contiguous arrays, which is what lets it vectorize.
+const BLOCK: usize = 512;
+const _: () = assert!(SLOT_COUNT.is_multiple_of(BLOCK));
 
 fn build_top_two(node_hashes: &[u64]) -> RendezvousTable {
-    let mut owners = Vec::with_capacity(SLOT_COUNT);
-    let mut runners_up = Vec::with_capacity(SLOT_COUNT);
-    for slot in 0..SLOT_COUNT {
-        let salt = slot_salt(slot);
-        let mut best = 0u128;
-        let mut second = 0u128;
-        for (index, &hash) in node_hashes.iter().enumerate() {
-            // Every real rank is non-zero (the low word is u32::MAX - index > 0 for any realistic index), so
-            // the zero start values lose to any node.
-            let candidate = rank(mix64(hash ^ salt), index);
-            second = second.max(best.min(candidate));
-            best = best.max(candidate);
-        }
-        owners.push(index_of(best));
-        runners_up.push(index_of(second));
-    }
+    let nodes: Vec<NodeKey> = node_hashes
+        .iter()
+        .map(|&hash| NodeKey::from(hash))
+        .collect();
+    let mut owners = vec![0u32; SLOT_COUNT];
+    let mut runners_up = vec![0u32; SLOT_COUNT];
+    fill_top_two(&nodes, &mut owners, &mut runners_up);
     RendezvousTable {
         owners: owners.into_boxed_slice(),
         runners_up: runners_up.into_boxed_slice(),
+    }
+}
+
+/// Fills owner and runner-up for every slot, with the fastest code path this CPU supports.
+fn fill_top_two(nodes: &[NodeKey], owners: &mut [u32], runners_up: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: `fill_top_two_avx2` only requires AVX2, and the CPU was just found to support it.
+        unsafe { fill_top_two_avx2(nodes, owners, runners_up) };
+        return;
+    }
+    fill_top_two_portable(nodes, owners, runners_up);
+}
+
+/// The portable loop compiled with AVX2 enabled, so that its 32-bit lanes vectorize eight wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn fill_top_two_avx2(nodes: &[NodeKey], owners: &mut [u32], runners_up: &mut [u32]) {
+    fill_top_two_portable(nodes, owners, runners_up);
+}
+
+#[inline(always)]
+fn fill_top_two_portable(nodes: &[NodeKey], owners: &mut [u32], runners_up: &mut [u32]) {
+    let owner_blocks = owners.as_chunks_mut::<BLOCK>().0;
+    let runner_blocks = runners_up.as_chunks_mut::<BLOCK>().0;
+    for (block, (owner_block, runner_block)) in
+        owner_blocks.iter_mut().zip(runner_blocks).enumerate()
+    {
+        top_two_in_block(nodes, block * BLOCK, owner_block, runner_block);
+    }
+}
+
+/// Owner and runner-up for the slots `first_slot..first_slot + BLOCK`. Nodes are visited in index (= name)
+/// order and only a strictly higher score displaces a kept one, so ties go to the name sorting first.
+#[inline(always)]
+fn top_two_in_block(
+    nodes: &[NodeKey],
+    first_slot: usize,
+    owners: &mut [u32; BLOCK],
+    runners_up: &mut [u32; BLOCK],
+) {
+    let [first, second, rest @ ..] = nodes else {
+        return;
+    };
+    let mut salts = [0u32; BLOCK];
+    for (offset, salt) in salts.iter_mut().enumerate() {
+        *salt = slot_salt(first_slot + offset);
+    }
+    // Seed the top two with the first two nodes so no sentinel score is needed.
+    let mut best = [0u32; BLOCK];
+    let mut runner_up = [0u32; BLOCK];
+    for slot in 0..BLOCK {
+        let first_score = score_with_salt(*first, salts[slot]);
+        let second_score = score_with_salt(*second, salts[slot]);
+        let second_wins = second_score > first_score;
+        best[slot] = first_score.max(second_score);
+        runner_up[slot] = first_score.min(second_score);
+        owners[slot] = u32::from(second_wins);
+        runners_up[slot] = u32::from(!second_wins);
+    }
+    for (offset, node) in rest.iter().enumerate() {
+        let index = (offset + 2) as u32;
+        for slot in 0..BLOCK {
+            let score = score_with_salt(*node, salts[slot]);
+            let beats_best = score > best[slot];
+            let beats_runner_up = score > runner_up[slot];
+            // Branch-free selects: which node wins a slot is unpredictable, and selects vectorize.
+            let kept_runner_up = if beats_runner_up {
+                score
+            } else {
+                runner_up[slot]
+            };
+            let kept_runner_up_index = if beats_runner_up {
+                index
+            } else {
+                runners_up[slot]
+            };
+            runner_up[slot] = if beats_best {
+                best[slot]
+            } else {
+                kept_runner_up
+            };
+            runners_up[slot] = if beats_best {
+                owners[slot]
+            } else {
+                kept_runner_up_index
+            };
+            best[slot] = if beats_best { score } else { best[slot] };
+            owners[slot] = if beats_best { index } else { owners[slot] };
+        }
     }
 }
 
@@ -180,6 +289,27 @@ mod tests {
                 "runner-up of slot {slot}"
             );
         }
+    }
+
+    /// Whatever code path the CPU takes, the table must be the same (routing must agree across machines).
+    #[test]
+    fn dispatched_build_equals_portable_build() {
+        let names: Vec<String> = (0..37)
+            .map(|index| format!("pgw-{index}.example:{}", 9000 + index))
+            .collect();
+        let nodes = nodes(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let keys: Vec<NodeKey> = nodes
+            .iter()
+            .map(|node| NodeKey::from(node_hash(node)))
+            .collect();
+        let (mut owners, mut runners_up) = (vec![0; SLOT_COUNT], vec![0; SLOT_COUNT]);
+        fill_top_two_portable(&keys, &mut owners, &mut runners_up);
+        let table = RendezvousTable::build(&nodes);
+        assert!(owners == *table.owners, "owners differ between code paths");
+        assert!(
+            runners_up == *table.runners_up,
+            "runners-up differ between code paths"
+        );
     }
 
     #[test]

@@ -152,10 +152,11 @@ fn go_compatible_token_collision_goes_to_the_node_sorting_last() {
 }
 
 // The rendezvous vectors were computed with an independent Python model of the algorithm as documented in
-// `rendezvous.rs`, using Python `xxhash` 3.x/4.x: `slot = xxh3_64_intdigest(key) >> 48`,
-// `salt = mix64((slot + 1) * 0x9e3779b97f4a7c15 mod 2^64)`, score of a node
-// `mix64(xxh3_64_intdigest(node, seed=0x6e6f64655f736565) ^ salt)`, owner the highest score (ties to the name
-// sorting first), successor the second highest; `mix64` is the SplitMix64 finalizer. Pinning them keeps routing
+// `rendezvous.rs`, using Python `xxhash` 4.x: `slot = xxh3_64_intdigest(key) >> 48`,
+// `salt = mix64((slot + 1) * 0x9e3779b97f4a7c15 mod 2^64) mod 2^32` (`mix64`: the SplitMix64 finalizer);
+// for a node, `h = xxh3_64_intdigest(node, seed=0x6e6f64655f736565)`, `lo, hi = h mod 2^32, h >> 32`, score
+// `fmix32(lo ^ salt) ^ hi` (`fmix32`: murmur3's 32-bit finalizer); owner the highest score
+// (ties to the name sorting first), successor the second highest. Pinning them keeps routing
 // stable across versions and platforms: replicas running different builds must agree.
 
 #[test]
@@ -170,39 +171,21 @@ fn rendezvous_matches_independent_model() {
             "127.0.0.1:19091",
         ]),
     );
+    const LOCAL: &str = "127.0.0.1:19091";
+    const PGW0: &str = "pgw-0.pgw.monitoring.svc:9091";
     let cases: &[(&[u8], usize, &str, &str)] = &[
-        (b"job\x00a", 64889, "10.0.0.2:9091", "10.0.0.1:9091"),
-        (
-            b"job=a",
-            5947,
-            "pgw-0.pgw.monitoring.svc:9091",
-            "127.0.0.1:19091",
-        ),
-        (
-            b"job=backup,instance=db-1",
-            31126,
-            "127.0.0.1:19091",
-            "10.0.0.2:9091",
-        ),
-        (b"", 11526, "pgw-0.pgw.monitoring.svc:9091", "10.0.0.3:9091"),
+        (b"job\x00a", 64889, LOCAL, "10.0.0.2:9091"),
+        (b"job=a", 5947, PGW0, "10.0.0.3:9091"),
+        (b"job=backup,instance=db-1", 31126, PGW0, "10.0.0.3:9091"),
+        (b"", 11526, "10.0.0.2:9091", "10.0.0.1:9091"),
         (
             b"job=batch-17,instance=host-3",
             14380,
-            "10.0.0.3:9091",
-            "10.0.0.2:9091",
-        ),
-        (
-            b"job=x,instance=y",
-            25806,
-            "pgw-0.pgw.monitoring.svc:9091",
-            "127.0.0.1:19091",
-        ),
-        (
-            "job=étude".as_bytes(),
-            47337,
+            LOCAL,
             "10.0.0.1:9091",
-            "127.0.0.1:19091",
         ),
+        (b"job=x,instance=y", 25806, "10.0.0.1:9091", LOCAL),
+        ("job=étude".as_bytes(), 47337, PGW0, LOCAL),
     ];
     for (key, slot, owner, successor) in cases {
         let shown = String::from_utf8_lossy(key);
@@ -336,6 +319,20 @@ fn algorithm_names_round_trip_through_config_and_text() {
     assert!(
         message.contains("\"consistent\"") && message.contains("go-compatible"),
         "{message}"
+    );
+}
+
+#[test]
+fn ring_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Ring>();
+    let ring = std::sync::Arc::new(Ring::build(Algorithm::Rendezvous, &names(&["a:1", "b:1"])));
+    let shared = std::sync::Arc::clone(&ring);
+    let owner_elsewhere =
+        std::thread::spawn(move || shared.owner(b"job=a").map(str::to_string)).join();
+    assert_eq!(
+        owner_elsewhere.ok().flatten().as_deref(),
+        ring.owner(b"job=a")
     );
 }
 
