@@ -75,12 +75,28 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         metrics.clone(),
         shutdown.clone(),
     );
-    let (ring, _ring_changes) = crate::routing::spawn(
+    let (ring, ring_changes) = crate::routing::spawn(
         membership_rx.clone(),
         config_rx.clone(),
         metrics.clone(),
         shutdown.clone(),
     );
+
+    // Rebalancing: which replica moves groups. With static membership `rebalance.enabled` is the switch (set it on
+    // one replica); the rebalancer reads it on every pass, so this channel just says "may lead".
+    // CONSUL LEADER ELECTION PLUGS IN HERE: with consul_server configured, replace this constant with the
+    // receiver from `consul::leader::spawn_leader_election(...)`.
+    let (_leader_tx, leader_rx) = watch::channel(true);
+    let rebalancer = crate::rebalance::spawn(crate::rebalance::Dependencies {
+        config: config_rx.clone(),
+        membership: membership_rx.clone(),
+        ring_changes,
+        ring: ring.clone(),
+        leader: leader_rx,
+        client: client.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    });
 
     let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
@@ -93,6 +109,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         suspects,
         reload: reload_tx,
         lifecycle_enabled: options.enable_lifecycle,
+        rebalance: rebalancer,
     };
 
     let mut terminate = signal(SignalKind::terminate()).map_err(AppError::Signal)?;

@@ -9,6 +9,7 @@
 //! - [`routing`]: turns membership snapshots into immutable ring snapshots, read lock-free by handlers.
 //! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`).
 //! - [`upstream`]: the pooled HTTP client towards Pushgateways.
+//! - [`rebalance`]: moves groups to their owner after ring changes, so every group is on exactly one node.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
 //! - [`app`]: wiring, reload and graceful shutdown.
 pub mod app;
@@ -17,6 +18,7 @@ pub mod exposition;
 pub mod gateway;
 pub mod grouping;
 pub mod membership;
+pub mod rebalance;
 pub mod ring;
 pub mod routing;
 pub mod shutdown;

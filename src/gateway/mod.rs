@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::Config;
 use crate::membership::static_probe::SuspectReporter;
 use crate::membership::Membership;
+use crate::rebalance::Rebalancer;
 use crate::routing::RingHandle;
 use crate::telemetry::Metrics;
 use crate::upstream::HttpClient;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub suspects: SuspectReporter,
     pub reload: mpsc::Sender<ReloadRequest>,
     pub lifecycle_enabled: bool,
+    /// Coordinates pushes with group moves; its status is part of `/-/ring`.
+    pub rebalance: Rebalancer,
 }
 
 pub fn router(state: AppState) -> axum::Router {
