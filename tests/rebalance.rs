@@ -67,7 +67,7 @@ fn body(index: usize, version: u64) -> String {
          # TYPE rb_untyped untyped\nrb_untyped {special}\n",
         index * 10
     );
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         body.push_str(
             "# HELP rb_latency_seconds Latency.\n# TYPE rb_latency_seconds histogram\n\
              rb_latency_seconds_bucket{le=\"0.1\"} 1\nrb_latency_seconds_bucket{le=\"1\"} 3\n\
@@ -575,4 +575,76 @@ async fn a_disabled_replica_never_moves_groups() {
     assert!(b.groups().await.is_empty());
     let ring = ring_json(&gateway).await;
     assert_eq!(ring["rebalance"]["enabled"], false, "{ring}");
+}
+
+/// Not a timed test: measures a pass over 10,000 single-gauge groups. Seeds 3 nodes directly, then adds a 4th, so
+/// about a quarter of the groups move; prints the idle pass before, the moving pass, and the idle pass after.
+/// `cargo test --test rebalance -- --ignored --nocapture measure`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_a_pass_over_10000_groups_on_4_nodes() {
+    let nodes = [
+        Pushgateway::start().await,
+        Pushgateway::start().await,
+        Pushgateway::start().await,
+        Pushgateway::start().await,
+    ];
+    let [a, b, c, d] = [&nodes[0], &nodes[1], &nodes[2], &nodes[3]];
+    let groups = specs("measure", 10_000);
+    let first_owners = owners(&[a, b, c], &groups);
+    let seeding = Instant::now();
+    let client = http_client();
+    for (chunk_index, chunk) in groups.chunks(32).enumerate() {
+        let pushes = chunk.iter().enumerate().map(|(offset, spec)| {
+            let url = format!("http://{}{}", first_owners[&spec.labels], spec.path);
+            // One gauge per group: every push makes the Pushgateway check consistency against all metrics it
+            // holds, so seeding full bodies to 10,000 groups takes many minutes.
+            let body = format!("rb_version {}\n", chunk_index * 32 + offset);
+            let client = client.clone();
+            async move { send(&client, Method::PUT, &url, body).await }
+        });
+        for reply in join_all(pushes).await {
+            assert_eq!(reply.expect("seed push").status, StatusCode::OK);
+        }
+    }
+    println!("seeded 10000 groups on 3 nodes in {:?}", seeding.elapsed());
+
+    let gateway = Gateway::start(&config(&[a, b, c], "")).await;
+    wait_for_ring(&gateway, &[a, b, c]).await;
+    let idle_pass = |ring: serde_json::Value| ring["rebalance"]["last_pass"].clone();
+    wait_until(secs(120), Duration::from_millis(200), || async {
+        idle_pass(ring_json(&gateway).await)["groups_seen"] == 10_000
+    })
+    .await
+    .expect("a pass over every group");
+    println!(
+        "idle pass, 3 nodes: {}",
+        idle_pass(ring_json(&gateway).await)
+    );
+
+    rewrite_config(&gateway, &config(&[a, b, c, d], ""));
+    wait_for_ring(&gateway, &[a, b, c, d]).await;
+    wait_until(secs(300), Duration::from_millis(200), || async {
+        let pass = idle_pass(ring_json(&gateway).await);
+        pass["moved"].as_u64().unwrap_or(0) > 0
+    })
+    .await
+    .expect("the moving pass");
+    println!(
+        "moving pass, 3 -> 4 nodes: {}",
+        idle_pass(ring_json(&gateway).await)
+    );
+    let new_owners = owners(&[a, b, c, d], &groups);
+    let started = Instant::now();
+    wait_until(secs(300), Duration::from_millis(500), || async {
+        idle_pass(ring_json(&gateway).await)["misplaced"] == 0 && started.elapsed() > secs(2)
+    })
+    .await
+    .expect("an idle pass after the move");
+    println!(
+        "idle pass, 4 nodes: {}",
+        idle_pass(ring_json(&gateway).await)
+    );
+    let all = contents(&[a, b, c, d]).await;
+    assert!(placement_errors(&all, &new_owners).is_empty());
 }
