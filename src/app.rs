@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{normalize_listen_addr, Config, ConfigError};
-use crate::consul::{ConsulClient, ConsulError};
+use crate::consul::{self, ConsulClient, ConsulError};
 use crate::gateway::{self, AppState, ReloadRequest};
 use crate::membership::{self, static_probe};
 use crate::shutdown;
@@ -71,31 +71,56 @@ pub async fn run(options: Options) -> Result<(), AppError> {
     let (shutdown_trigger, shutdown) = shutdown::channel();
     let client = upstream::new_client(config.proxy.connect_timeout);
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
-    let (membership_rx, suspects) = match &config.consul {
+    let consul_client = config.consul.as_ref().map(ConsulClient::new).transpose()?;
+    let (membership_rx, suspects) = match (&config.consul, &consul_client) {
         // Consul runs the health checks; a failed request is seen by its next check, not reported by handlers.
-        Some(consul) => (
+        (Some(consul), Some(consul_client)) => (
             membership::consul::spawn(
                 consul.clone(),
-                ConsulClient::new(consul)?,
+                consul_client.clone(),
                 config_rx.clone(),
                 metrics.clone(),
                 shutdown.clone(),
             ),
             static_probe::SuspectReporter::disconnected(),
         ),
-        None => static_probe::spawn(
+        _ => static_probe::spawn(
             config_rx.clone(),
             client.clone(),
             metrics.clone(),
             shutdown.clone(),
         ),
     };
-    let (ring, _ring_changes) = crate::routing::spawn(
+    let (ring, ring_changes) = crate::routing::spawn(
         membership_rx.clone(),
         config_rx.clone(),
         metrics.clone(),
         shutdown.clone(),
     );
+
+    // Rebalancing: which replica moves groups. With static membership `rebalance.enabled` is the switch (set it on
+    // one replica). With Consul, the replicas that have it enabled elect one leader through a session lock.
+    // `_always_leader` keeps the constant channel open for as long as the gateway runs.
+    let (_always_leader, mut leader_rx) = watch::channel(true);
+    if let (Some(consul), Some(consul_client)) = (&config.consul, &consul_client) {
+        if config.rebalance.enabled {
+            leader_rx = consul::leader::spawn_leader_election(
+                consul_client.clone(),
+                rebalance_lock_key(&consul.service_name),
+                shutdown.clone(),
+            );
+        }
+    }
+    let rebalancer = crate::rebalance::spawn(crate::rebalance::Dependencies {
+        config: config_rx.clone(),
+        membership: membership_rx.clone(),
+        ring_changes,
+        ring: ring.clone(),
+        leader: leader_rx,
+        client: client.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    });
 
     let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
@@ -110,6 +135,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         lifecycle_enabled: options.enable_lifecycle,
         admin_api_enabled: options.enable_admin_api,
         read_side: Default::default(),
+        rebalance: rebalancer,
     };
 
     let mut terminate = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
@@ -194,6 +220,11 @@ fn reload_config(
             Err(error.to_string())
         }
     }
+}
+
+/// The Consul KV key whose lock holder is the one replica that rebalances groups of `service_name`.
+pub fn rebalance_lock_key(service_name: &str) -> String {
+    format!("dynamic-sharding/{service_name}/rebalance-leader")
 }
 
 fn unix_now() -> f64 {

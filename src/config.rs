@@ -151,6 +151,7 @@ struct RawConfig {
     ring: Option<RawRing>,
     proxy: Option<RawProxy>,
     read: Option<RawRead>,
+    rebalance: Option<RawRebalance>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +221,16 @@ struct RawRead {
     timeout: Option<PromDuration>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRebalance {
+    enabled: Option<bool>,
+    interval: Option<PromDuration>,
+    concurrency: Option<usize>,
+    max_age: Option<PromDuration>,
+    retries: Option<u32>,
+}
+
 // ---- The validated configuration ----------------------------------------------------------------------------
 
 /// The validated configuration.
@@ -233,6 +244,7 @@ pub struct Config {
     pub health_check: HealthCheckConfig,
     pub ring_algorithm: Algorithm,
     pub proxy: ProxyConfig,
+    pub rebalance: RebalanceConfig,
     pub read: ReadConfig,
 }
 
@@ -348,6 +360,34 @@ impl Default for ProxyConfig {
             client_body_timeout: Duration::from_secs(30),
             retry: true,
             shutdown_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// `rebalance`: moving groups to their owner after the ring changed (see `crate::rebalance`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebalanceConfig {
+    /// Whether this replica rebalances. With static membership this is the switch that picks the one replica
+    /// that does; with Consul, the replicas with it on elect one leader among themselves.
+    pub enabled: bool,
+    /// A pass also runs this often without a ring change, to catch drift (e.g. a push retried on another node).
+    pub interval: Duration,
+    /// Group copies and deletes in flight at once, over all nodes.
+    pub concurrency: usize,
+    /// Groups on a wrong node whose last push is older than this are deleted there instead of copied. `None`: off.
+    pub max_age: Option<Duration>,
+    /// Extra attempts for a copy or delete that failed with a network error or a 5xx.
+    pub retries: u32,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            enabled: true,
+            interval: Duration::from_secs(60),
+            concurrency: 8,
+            max_age: None,
+            retries: 3,
         }
     }
 }
@@ -490,6 +530,7 @@ impl Config {
         if read.timeout.is_zero() {
             return Err(invalid("read.timeout: must be greater than 0, e.g. 5s"));
         }
+        let rebalance = validate_rebalance(raw.rebalance.unwrap_or_default())?;
 
         Ok(Config {
             listen_addr,
@@ -500,6 +541,7 @@ impl Config {
             ring_algorithm: raw.ring.and_then(|r| r.algorithm).unwrap_or_default(),
             proxy,
             read,
+            rebalance,
         })
     }
 }
@@ -601,6 +643,26 @@ fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, ConfigError>
         token: non_empty(consul.token),
         tls,
     })
+}
+
+fn validate_rebalance(raw: RawRebalance) -> Result<RebalanceConfig, ConfigError> {
+    let defaults = RebalanceConfig::default();
+    let rebalance = RebalanceConfig {
+        enabled: raw.enabled.unwrap_or(defaults.enabled),
+        interval: raw.interval.map_or(defaults.interval, |d| d.0),
+        concurrency: raw.concurrency.unwrap_or(defaults.concurrency),
+        max_age: raw.max_age.map(|d| d.0).filter(|d| !d.is_zero()),
+        retries: raw.retries.unwrap_or(defaults.retries),
+    };
+    if rebalance.interval.is_zero() {
+        return Err(invalid(
+            "rebalance.interval: must be greater than 0, e.g. 1m",
+        ));
+    }
+    if rebalance.concurrency == 0 {
+        return Err(invalid("rebalance.concurrency: must be at least 1, e.g. 8"));
+    }
+    Ok(rebalance)
 }
 
 /// Turns a Go-style listen address (`:9292`, `host:port`) into one `tokio::net::TcpListener::bind` accepts.
@@ -865,6 +927,33 @@ mod tests {
         assert_eq!(config.read.timeout, Duration::from_millis(750));
         let err = Config::parse("pushgateway: {servers: [a]}\nread: {timeout: 0s}").unwrap_err();
         assert!(err.to_string().contains("read.timeout"), "{err}");
+    }
+
+    #[test]
+    fn rebalance_section_defaults_and_overrides() {
+        let config = Config::parse("pushgateway: {servers: [a]}").unwrap();
+        assert_eq!(config.rebalance, RebalanceConfig::default());
+        assert!(config.rebalance.enabled);
+        let config = Config::parse(
+            "pushgateway: {servers: [a]}\nrebalance: {enabled: false, interval: 5s, concurrency: 2, \
+             max_age: 1h, retries: 0}",
+        )
+        .unwrap();
+        assert!(!config.rebalance.enabled);
+        assert_eq!(config.rebalance.interval, Duration::from_secs(5));
+        assert_eq!(config.rebalance.concurrency, 2);
+        assert_eq!(config.rebalance.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(config.rebalance.retries, 0);
+        for (text, expected) in [
+            ("rebalance: {interval: 0s}", "rebalance.interval"),
+            ("rebalance: {concurrency: 0}", "rebalance.concurrency"),
+            ("rebalance: {max_agee: 1h}", "max_agee"),
+        ] {
+            let err = Config::parse(&format!("pushgateway: {{servers: [a]}}\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`, HTTP SD, and the read
 //!   API fanned out to every node).
 //! - [`upstream`]: the pooled HTTP client towards Pushgateways.
+//! - [`rebalance`]: moves groups to their owner after ring changes, so every group is on exactly one node.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
 //! - [`app`]: wiring, reload and graceful shutdown.
 pub mod app;
@@ -20,6 +21,7 @@ pub mod exposition;
 pub mod gateway;
 pub mod grouping;
 pub mod membership;
+pub mod rebalance;
 pub mod ring;
 pub mod routing;
 pub mod shutdown;

@@ -103,6 +103,18 @@ pub struct ProbeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RebalanceDeleteLabels {
+    /// `moved` (deleted after its copy reached the owner), `stale` (the owner's copy was as new), `expired`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RebalanceFailureLabels {
+    /// `list`, `copy`, `delete`.
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub node: Arc<str>,
     pub kind: &'static str,
@@ -151,6 +163,12 @@ pub struct Metrics {
     pub consul_errors: Family<ConsulOperationLabels, Counter>,
     pub consul_last_index: Gauge,
     pub consul_registrations: Counter,
+    pub rebalance_passes: Counter,
+    pub rebalance_groups_moved: Counter,
+    pub rebalance_copies_deleted: Family<RebalanceDeleteLabels, Counter>,
+    pub rebalance_failures: Family<RebalanceFailureLabels, Counter>,
+    pub rebalance_last_pass_seconds: Gauge<f64, AtomicU64>,
+    pub rebalance_last_pass_timestamp: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -269,6 +287,42 @@ impl Metrics {
             "Pushgateway registrations sent to Consul (initial and re-asserted)",
             consul_registrations.clone(),
         );
+        let rebalance_passes = Counter::default();
+        registry.register(
+            "rebalance_passes",
+            "Rebalance passes run by this replica (each lists every node and moves misplaced groups)",
+            rebalance_passes.clone(),
+        );
+        let rebalance_groups_moved = Counter::default();
+        registry.register(
+            "rebalance_groups_moved",
+            "Groups copied to their owner by the rebalancer",
+            rebalance_groups_moved.clone(),
+        );
+        let rebalance_copies_deleted = Family::<RebalanceDeleteLabels, Counter>::default();
+        registry.register(
+            "rebalance_copies_deleted",
+            "Group copies deleted from a node that does not own them, by reason (moved, stale, expired)",
+            rebalance_copies_deleted.clone(),
+        );
+        let rebalance_failures = Family::<RebalanceFailureLabels, Counter>::default();
+        registry.register(
+            "rebalance_failures",
+            "Rebalancer requests that failed after their retries, by operation (list, copy, delete)",
+            rebalance_failures.clone(),
+        );
+        let rebalance_last_pass_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "rebalance_last_pass_duration_seconds",
+            "How long the last rebalance pass took",
+            rebalance_last_pass_seconds.clone(),
+        );
+        let rebalance_last_pass_timestamp = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "rebalance_last_pass_timestamp_seconds",
+            "When the last rebalance pass ended (Unix seconds)",
+            rebalance_last_pass_timestamp.clone(),
+        );
         let build_info = Family::<Vec<(String, String)>, Gauge>::default();
         build_info
             .get_or_create(&vec![(
@@ -302,6 +356,12 @@ impl Metrics {
             consul_errors,
             consul_last_index,
             consul_registrations,
+            rebalance_passes,
+            rebalance_groups_moved,
+            rebalance_copies_deleted,
+            rebalance_failures,
+            rebalance_last_pass_seconds,
+            rebalance_last_pass_timestamp,
         }
     }
 

@@ -111,10 +111,12 @@ pub struct HttpCheck {
     pub deregister_critical_service_after: Option<String>,
 }
 
-/// One passing instance from `/v1/health/service/<name>`.
+/// One registered instance from `/v1/health/service/<name>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceInstance {
     pub service_id: String,
+    /// Every check of the instance (and of its node) is `passing`: what `?passing=true` would filter on.
+    pub passing: bool,
     /// `Service.Address`, or `Node.Address` when the service has none (Consul's documented fallback).
     pub address: String,
     pub port: u16,
@@ -126,6 +128,15 @@ pub struct ServiceInstance {
 struct HealthEntry {
     node: HealthNode,
     service: HealthService,
+    #[serde(default)]
+    checks: Vec<HealthCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthCheck {
+    #[serde(default)]
+    status: String,
 }
 
 #[derive(Deserialize)]
@@ -360,9 +371,10 @@ impl ConsulClient {
             .map(|_| ())
     }
 
-    /// `GET /v1/health/service/<name>?passing=true[&tag=..]`, blocking while the index is `index` (0: answer
-    /// at once) for up to `wait`.
-    pub async fn passing_instances(
+    /// `GET /v1/health/service/<name>[?tag=..]`, blocking while the index is `index` (0: answer at once) for up
+    /// to `wait`. Every registered instance is returned, with `passing` computed from its checks the way
+    /// `?passing=true` filters, so callers can tell a failing instance from a deregistered one.
+    pub async fn instances(
         &self,
         service: &str,
         tag: Option<&str>,
@@ -371,7 +383,6 @@ impl ConsulClient {
     ) -> Result<Indexed<Vec<ServiceInstance>>, ConsulError> {
         let path = format!("/v1/health/service/{}", segment(service));
         let mut query = self.query(Some((index, wait)));
-        query.push(("passing", "true".to_string()));
         if let Some(tag) = tag {
             query.push(("tag", tag.to_string()));
         }
@@ -395,6 +406,7 @@ impl ConsulClient {
                     entry.service.address
                 },
                 service_id: entry.service.id,
+                passing: entry.checks.iter().all(|check| check.status == "passing"),
                 port: entry.service.port,
                 node: entry.node.node,
             })

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::Config;
 use crate::membership::static_probe::SuspectReporter;
 use crate::membership::Membership;
+use crate::rebalance::Rebalancer;
 use crate::routing::RingHandle;
 use crate::telemetry::Metrics;
 use crate::upstream::HttpClient;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub admin_api_enabled: bool,
     /// State of the read-side fan-out (which merge conflicts were already logged).
     pub read_side: read::ReadSide,
+    /// Coordinates pushes with group moves; its status is part of `/-/ring`.
+    pub rebalance: Rebalancer,
 }
 
 pub fn router(state: AppState) -> axum::Router {

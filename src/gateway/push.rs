@@ -256,6 +256,12 @@ async fn proxy(
     let headers = end_to_end_headers(&parts.headers);
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
 
+    // While the rebalancer moves groups, a push of a group being moved waits for the move and then wins over it.
+    let _permit = state
+        .rebalance
+        .coordinator
+        .push_permit(|| key.ring_key())
+        .await;
     let mut node = owner;
     let mut retry_on = successor;
     loop {

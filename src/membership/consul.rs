@@ -6,9 +6,11 @@
 //!   Consul becomes reachable again and whenever its index goes backwards (an agent that lost its state), so a
 //!   restarted agent is repopulated. Nothing is deregistered on shutdown: other replicas route on the same
 //!   registrations. (Skipped with `register: false`.)
-//! - the **watcher** follows `/v1/health/service/<name>?passing=true` and publishes a [`Membership`] snapshot per
-//!   answer. Every passing instance joins the ring, whoever registered it. An empty answer is an empty ring
-//!   (pushes get 503). When Consul cannot be reached the last snapshot stays in force, marked unreachable, and
+//! - the **watcher** follows `/v1/health/service/<name>` and publishes a [`Membership`] snapshot per answer.
+//!   Every passing instance (all its checks passing, exactly what `?passing=true` selects) joins the ring,
+//!   whoever registered it; registered but failing instances are kept in the snapshot as unhealthy, so the
+//!   rebalancer can tell them (never touched) from deregistered ones (drained). No passing instance is an empty
+//!   ring (pushes get 503). When Consul cannot be reached the last snapshot stays in force, marked unreachable, and
 //!   the watcher retries with jittered backoff until Consul answers again.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,6 +68,7 @@ pub fn spawn(
         last_error_at: None,
         last_contact: None,
         passing: BTreeMap::new(),
+        failing: BTreeSet::new(),
     };
     tokio::spawn(watcher.run(shutdown));
     membership_rx
@@ -120,7 +123,7 @@ fn go_duration(duration: Duration) -> String {
 /// several agents, one per gateway replica).
 fn passing_nodes(instances: &[ServiceInstance]) -> BTreeMap<String, Vec<String>> {
     let mut nodes: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for instance in instances {
+    for instance in instances.iter().filter(|i| i.passing) {
         match instance_node(instance) {
             Some(node) => nodes
                 .entry(node)
@@ -241,6 +244,9 @@ struct Watcher {
     last_contact: Option<SystemTime>,
     /// The last passing set: node id -> the service IDs behind it.
     passing: BTreeMap<String, Vec<String>>,
+    /// Registered nodes none of whose instances pass. They stay in the snapshot as unhealthy, so that consumers
+    /// (the rebalancer) can tell a failing node, which must not be touched, from a deregistered one.
+    failing: BTreeSet<String>,
 }
 
 impl Watcher {
@@ -249,7 +255,7 @@ impl Watcher {
         loop {
             let sent = self.last_index;
             let answer = tokio::select! {
-                answer = self.client.passing_instances(
+                answer = self.client.instances(
                     &self.started_with.service_name,
                     self.started_with.tag.as_deref(),
                     sent,
@@ -328,6 +334,11 @@ impl Watcher {
         if passing.is_empty() && !self.passing.is_empty() {
             tracing::warn!(service = %self.started_with.service_name, "no passing instance in Consul; pushes get 503");
         }
+        self.failing = instances
+            .iter()
+            .filter_map(instance_node)
+            .filter(|node| !passing.contains_key(node))
+            .collect();
         self.passing = passing;
     }
 
@@ -359,6 +370,17 @@ impl Watcher {
                     healthy: true,
                     last_probe: self.last_contact,
                     last_error: None,
+                },
+            );
+        }
+        for node in &self.failing {
+            nodes.insert(
+                node.clone(),
+                NodeStatus {
+                    node: node.clone(),
+                    healthy: false,
+                    last_probe: self.last_contact,
+                    last_error: Some("failing its Consul health check".to_string()),
                 },
             );
         }
@@ -420,6 +442,7 @@ mod tests {
     fn instance(id: &str, address: &str, port: u16) -> ServiceInstance {
         ServiceInstance {
             service_id: id.into(),
+            passing: true,
             address: address.into(),
             port,
             node: "n".into(),
@@ -478,5 +501,13 @@ mod tests {
             vec!["10.0.0.1:9091", "10.0.0.2:9091", "[fe80::1]:9091"]
         );
         assert_eq!(nodes["10.0.0.1:9091"], vec!["b", "b-on-other-agent"]);
+    }
+
+    #[test]
+    fn failing_instances_are_not_passing_nodes() {
+        let mut failing = instance("c", "10.0.0.3", 9091);
+        failing.passing = false;
+        let nodes = passing_nodes(&[instance("a", "10.0.0.1", 9091), failing]);
+        assert_eq!(nodes.keys().collect::<Vec<_>>(), vec!["10.0.0.1:9091"]);
     }
 }

@@ -1,0 +1,356 @@
+//! I/O for one pass: list every node's groups, then carry out a [`Plan`](super::planner::Plan): all copies
+//! first, then all deletes, each with bounded concurrency and retries.
+//!
+//! Before every request the executor re-checks that the ring is still the one the plan was made for and that
+//! the node may be touched (healthy, or draining and listed this pass); a group pushed through this replica
+//! during the pass is skipped (see [`guard`](super::guard)). A delete only follows a copy that succeeded, so a
+//! failure anywhere leaves the group where it was.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{self, StreamExt};
+use http::{header, Method, Request, StatusCode};
+use http_body_util::Full;
+
+use super::guard::MoveCoordinator;
+use super::planner::{Action, ListedGroup, NodeListing};
+use crate::exposition::pushgateway_json::parse_api_metrics;
+use crate::grouping::GroupingKey;
+use crate::upstream::{self, HttpClient};
+
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// First retry delay; doubled per attempt up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Why a request to a node did not do what the rebalancer wanted.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeRequestError {
+    #[error("{method} http://{node}{path}: {source}")]
+    Unreachable {
+        method: Method,
+        node: String,
+        path: String,
+        source: upstream::UpstreamError,
+    },
+    #[error("{method} http://{node}{path} answered {status}: {body}")]
+    Status {
+        method: Method,
+        node: String,
+        path: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("GET http://{node}/api/v1/metrics: {message}")]
+    Listing { node: String, message: String },
+}
+
+impl NodeRequestError {
+    /// Network errors and 5xx may pass; a 4xx (e.g. a copy inconsistent with the owner's other metrics) won't.
+    fn is_transient(&self) -> bool {
+        match self {
+            NodeRequestError::Unreachable { .. } => true,
+            NodeRequestError::Status { status, .. } => status.is_server_error(),
+            NodeRequestError::Listing { .. } => false,
+        }
+    }
+}
+
+/// What the executor asks the rebalancer before each request.
+pub trait Preconditions: Sync {
+    /// False once the ring differs from the one the plan was made for: the rest of the pass is abandoned.
+    fn ring_unchanged(&self) -> bool;
+    /// False for a node failing its health check (or no longer known and not draining).
+    fn node_usable(&self, node: &str) -> bool;
+}
+
+/// Per-pass counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Groups copied to their owner.
+    pub copied: u64,
+    /// Copies deleted from a wrong node after the group was copied to its owner.
+    pub deleted_after_copy: u64,
+    /// Copies deleted from a wrong node because the owner already had one at least as new.
+    pub deleted_stale: u64,
+    /// Copies deleted from a wrong node because they were older than `max_age`.
+    pub dropped_expired: u64,
+    /// Groups left for a later pass: pushed through this replica during the pass, or a node became unusable.
+    pub skipped: u64,
+    pub copy_failures: u64,
+    pub delete_failures: u64,
+    /// The ring changed mid-pass; the remaining actions were not attempted.
+    pub aborted: bool,
+}
+
+/// How requests are made; one per pass.
+pub struct Executor<'a> {
+    pub client: &'a HttpClient,
+    pub coordinator: &'a MoveCoordinator,
+    pub preconditions: &'a dyn Preconditions,
+    pub concurrency: usize,
+    pub retries: u32,
+    pub request_timeout: Duration,
+}
+
+enum Step {
+    Done,
+    Skipped,
+    Failed,
+    Aborted,
+}
+
+impl Executor<'_> {
+    /// Copies, then deletes. Deletes run only for groups whose copy succeeded (or needed none).
+    pub async fn execute(&self, actions: &[Action]) -> Outcome {
+        let mut outcome = Outcome::default();
+        // Futures are boxed before they go into the stream: with plain closures the compiler cannot prove the
+        // spawned pass future `Send` (rust-lang/rust#102211).
+        let copies: Vec<BoxFuture<'_, (usize, Step)>> = actions
+            .iter()
+            .enumerate()
+            .map(|(index, action)| async move { (index, self.copy(action).await) }.boxed())
+            .collect();
+        let copies = stream::iter(copies)
+            .buffer_unordered(self.concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        let mut deletable = vec![false; actions.len()];
+        for (index, step) in copies {
+            match step {
+                Step::Done => deletable[index] = true,
+                Step::Skipped => outcome.skipped += 1,
+                Step::Failed => outcome.copy_failures += 1,
+                Step::Aborted => outcome.aborted = true,
+            }
+            if matches!(actions[index], Action::Move { .. }) && deletable[index] {
+                outcome.copied += 1;
+            }
+        }
+        if outcome.aborted {
+            return outcome;
+        }
+        let deletes: Vec<BoxFuture<'_, (&Action, (u64, Step))>> = actions
+            .iter()
+            .zip(deletable)
+            .filter(|(_, ok)| *ok)
+            .map(|(action, _)| {
+                async move { (action, self.delete_wrong_copies(action).await) }.boxed()
+            })
+            .collect();
+        let deletes = stream::iter(deletes)
+            .buffer_unordered(self.concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        for (action, (deleted, step)) in deletes {
+            match action {
+                Action::Move { .. } => outcome.deleted_after_copy += deleted,
+                Action::DeleteStale { .. } => outcome.deleted_stale += deleted,
+                Action::DropExpired { .. } => outcome.dropped_expired += deleted,
+            }
+            match step {
+                Step::Done => {}
+                Step::Skipped => outcome.skipped += 1,
+                Step::Failed => outcome.delete_failures += 1,
+                Step::Aborted => outcome.aborted = true,
+            }
+        }
+        outcome
+    }
+
+    async fn copy(&self, action: &Action) -> Step {
+        let Action::Move {
+            key,
+            owner,
+            source,
+            source_push_time,
+            body,
+            ..
+        } = action
+        else {
+            return Step::Done;
+        };
+        let path = key.to_push_path();
+        let body = Bytes::from(body.clone());
+        let step = self
+            .with_retries(key, owner, || {
+                self.request(Method::PUT, owner, &path, body.clone(), StatusCode::OK)
+            })
+            .await;
+        if matches!(step, Step::Done) {
+            tracing::debug!(grouping_key = %key, from = %source, to = %owner, source_push_time, "group copied to its owner");
+        }
+        step
+    }
+
+    /// Deletes the group from every wrong node, in order; returns how many copies were deleted.
+    async fn delete_wrong_copies(&self, action: &Action) -> (u64, Step) {
+        let key = action.key();
+        let path = key.to_push_path();
+        let mut deleted = 0;
+        for node in action.delete_from() {
+            let step = self
+                .with_retries(key, node, || {
+                    self.request(
+                        Method::DELETE,
+                        node,
+                        &path,
+                        Bytes::new(),
+                        StatusCode::ACCEPTED,
+                    )
+                })
+                .await;
+            match step {
+                Step::Done => {
+                    deleted += 1;
+                    let reason = match action {
+                        Action::Move { .. } => "moved to its owner",
+                        Action::DeleteStale { .. } => "owner holds a copy at least as new",
+                        Action::DropExpired { .. } => "older than rebalance.max_age",
+                    };
+                    tracing::debug!(grouping_key = %key, %node, reason, "group deleted from a node that does not own it");
+                }
+                other => return (deleted, other),
+            }
+        }
+        (deleted, Step::Done)
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or `retries` extra attempts are spent. Each attempt
+    /// re-checks the ring and the node and holds the group's move lock only while it runs, so a push of the
+    /// group waits at most one request.
+    async fn with_retries<F, Fut>(&self, key: &GroupingKey, node: &str, mut attempt: F) -> Step
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), NodeRequestError>>,
+    {
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempts_left = self.retries;
+        loop {
+            if !self.preconditions.ring_unchanged() {
+                return Step::Aborted;
+            }
+            if !self.preconditions.node_usable(node) {
+                tracing::debug!(grouping_key = %key, %node, "node is not healthy; leaving the group for a later pass");
+                return Step::Skipped;
+            }
+            let Some(lock) = self.coordinator.lock_group(key.ring_key()) else {
+                tracing::debug!(grouping_key = %key, "group was pushed during the pass; re-planning it next pass");
+                return Step::Skipped;
+            };
+            let result = attempt().await;
+            drop(lock);
+            match result {
+                Ok(()) => return Step::Done,
+                Err(error) if error.is_transient() && attempts_left > 0 => {
+                    tracing::debug!(grouping_key = %key, %error, retry_in = ?backoff, "rebalance request failed; retrying");
+                    attempts_left -= 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(error) => {
+                    tracing::warn!(grouping_key = %key, %error, "rebalance request failed; the group stays where it is");
+                    return Step::Failed;
+                }
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        node: &str,
+        path: &str,
+        body: Bytes,
+        expected: StatusCode,
+    ) -> Result<(), NodeRequestError> {
+        let unreachable = |source| NodeRequestError::Unreachable {
+            method: method.clone(),
+            node: node.to_string(),
+            path: path.to_string(),
+            source,
+        };
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{node}{path}"))
+            .header(header::CONTENT_TYPE, TEXT_FORMAT)
+            .body(Full::new(body))
+            .map_err(|e| unreachable(upstream::UpstreamError::Request(e.to_string())))?;
+        let response = upstream::send(self.client, request, self.request_timeout)
+            .await
+            .map_err(unreachable)?;
+        // The Pushgateway answers PUT with 200 and DELETE with 202; any 2xx means it took the request.
+        if response.status() == expected || response.status().is_success() {
+            return Ok(());
+        }
+        Err(NodeRequestError::Status {
+            method,
+            node: node.to_string(),
+            path: path.to_string(),
+            status: response.status(),
+            body: String::from_utf8_lossy(response.body()).trim().to_string(),
+        })
+    }
+}
+
+/// `GET /api/v1/metrics` on `node`, turned into the planner's input.
+pub async fn list_node(
+    client: &HttpClient,
+    node: &str,
+    timeout: Duration,
+) -> Result<NodeListing, NodeRequestError> {
+    let path = "/api/v1/metrics";
+    let response = upstream::get(client, node, path, timeout)
+        .await
+        .map_err(|source| NodeRequestError::Unreachable {
+            method: Method::GET,
+            node: node.to_string(),
+            path: path.to_string(),
+            source,
+        })?;
+    if response.status() != StatusCode::OK {
+        return Err(NodeRequestError::Status {
+            method: Method::GET,
+            node: node.to_string(),
+            path: path.to_string(),
+            status: response.status(),
+            body: String::from_utf8_lossy(response.body()).trim().to_string(),
+        });
+    }
+    let body = response.into_body();
+    let owned_node = node.to_string();
+    // Parsing thousands of groups is CPU work; keep it off the async workers.
+    tokio::task::spawn_blocking(move || listing_from_json(&owned_node, &body))
+        .await
+        .map_err(|e| NodeRequestError::Listing {
+            node: node.to_string(),
+            message: format!("parser task failed: {e}"),
+        })?
+}
+
+fn listing_from_json(node: &str, json: &[u8]) -> Result<NodeListing, NodeRequestError> {
+    let groups = parse_api_metrics(json).map_err(|e| NodeRequestError::Listing {
+        node: node.to_string(),
+        message: e.to_string(),
+    })?;
+    let mut listed = Vec::with_capacity(groups.len());
+    for group in groups {
+        match GroupingKey::from_labels(group.labels.clone()) {
+            Ok(key) => listed.push(ListedGroup {
+                key,
+                push_time_seconds: group.push_time_seconds.unwrap_or(0.0),
+                body: group.body,
+            }),
+            // The Pushgateway accepted it, so this should not happen; never move what we cannot address.
+            Err(error) => {
+                tracing::warn!(%node, labels = ?group.labels, %error, "group has no valid grouping key; leaving it alone")
+            }
+        }
+    }
+    Ok(NodeListing {
+        node: node.to_string(),
+        groups: listed,
+    })
+}
