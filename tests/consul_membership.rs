@@ -26,23 +26,9 @@ fn consul_config(consul_addr: &str, nodes: &[&Pushgateway], extra: &str) -> Stri
     )
 }
 
-async fn start_nodes(count: usize) -> Vec<Pushgateway> {
-    let mut nodes = Vec::new();
-    for _ in 0..count {
-        nodes.push(Pushgateway::start().await);
-    }
-    nodes
-}
-
-async fn ring_json(gateway: &Gateway) -> serde_json::Value {
-    let reply = gateway.request(Method::GET, "/-/ring", "").await;
-    assert_eq!(reply.status, StatusCode::OK, "/-/ring: {}", reply.body);
-    serde_json::from_str(&reply.body).expect("/-/ring is JSON")
-}
-
 /// The nodes in the gateway's current ring, sorted.
 async fn ring_nodes(gateway: &Gateway) -> Vec<String> {
-    let ring = ring_json(gateway).await;
+    let ring = gateway.ring().await;
     let mut nodes: Vec<String> = ring["ring_nodes"]
         .as_array()
         .map(|nodes| {
@@ -107,23 +93,6 @@ fn service_id(node: &Pushgateway) -> String {
     format!("127.0.0.1_{}", node.port())
 }
 
-/// Which node owns `path`, from the JSON owner lookup.
-async fn owner_of(gateway: &Gateway, path: &str) -> String {
-    let reply = gateway.request(Method::GET, path, "").await;
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "owner of {path}: {}",
-        reply.body
-    );
-    let url = reply
-        .body
-        .trim()
-        .strip_prefix("nextUrl:http://")
-        .unwrap_or_else(|| panic!("unexpected owner answer {:?}", reply.body));
-    url.split('/').next().unwrap_or_default().to_string()
-}
-
 fn metric_value(metrics_text: &str, name: &str) -> Option<f64> {
     metrics_text
         .lines()
@@ -135,7 +104,7 @@ fn metric_value(metrics_text: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_every_server_with_a_check_and_routes_over_all_of_them() {
     let consul = Consul::start().await;
-    let nodes = start_nodes(3).await;
+    let nodes = Pushgateway::start_many(3).await;
     let node_refs: Vec<&Pushgateway> = nodes.iter().collect();
     let gateway = Gateway::start(&consul_config(&consul.addr(), &node_refs, "")).await;
 
@@ -186,7 +155,7 @@ async fn registers_every_server_with_a_check_and_routes_over_all_of_them() {
         );
     }
 
-    let ring = ring_json(&gateway).await;
+    let ring = gateway.ring().await;
     assert_eq!(ring["membership"]["source"], "consul", "{ring}");
     let detail = &ring["membership"]["detail"];
     assert!(detail["last_index"].as_u64().unwrap_or(0) > 0, "{ring}");
@@ -206,7 +175,7 @@ async fn registers_every_server_with_a_check_and_routes_over_all_of_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_pushgateway_leaves_the_ring_and_rejoins_by_itself_when_restarted() {
     let consul = Consul::start().await;
-    let mut nodes = start_nodes(2).await;
+    let mut nodes = Pushgateway::start_many(2).await;
     let gateway = {
         let node_refs: Vec<&Pushgateway> = nodes.iter().collect();
         Gateway::start(&consul_config(&consul.addr(), &node_refs, "")).await
@@ -262,7 +231,7 @@ async fn no_passing_instance_means_503_not_the_last_dead_list() {
     );
     let ready = gateway.request(Method::GET, "/-/ready", "").await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
-    let ring = ring_json(&gateway).await;
+    let ring = gateway.ring().await;
     assert_eq!(ring["membership"]["detail"]["reachable"], true, "{ring}");
 }
 
@@ -296,7 +265,7 @@ async fn an_instance_registered_directly_in_consul_joins_the_ring() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_down_keeps_the_last_ring_and_a_fresh_agent_gets_the_registrations_back() {
     let mut consul = Consul::start().await;
-    let nodes = start_nodes(2).await;
+    let nodes = Pushgateway::start_many(2).await;
     let node_refs: Vec<&Pushgateway> = nodes.iter().collect();
     let gateway = Gateway::start(&consul_config(&consul.addr(), &node_refs, "")).await;
     let all = sorted_addrs(&node_refs);
@@ -304,11 +273,11 @@ async fn consul_down_keeps_the_last_ring_and_a_fresh_agent_gets_the_registration
 
     consul.kill();
     wait_until(secs(20), POLL_INTERVAL, || async {
-        ring_json(&gateway).await["membership"]["detail"]["reachable"] == false
+        gateway.ring().await["membership"]["detail"]["reachable"] == false
     })
     .await
     .expect("the gateway notices that Consul is gone");
-    let ring = ring_json(&gateway).await;
+    let ring = gateway.ring().await;
     assert!(
         ring["membership"]["detail"]["last_error"].is_string(),
         "{ring}"
@@ -354,7 +323,7 @@ async fn consul_down_keeps_the_last_ring_and_a_fresh_agent_gets_the_registration
     .await
     .expect("the fresh agent gets every registration back, passing");
     wait_until(secs(20), POLL_INTERVAL, || async {
-        ring_json(&gateway).await["membership"]["detail"]["reachable"] == true
+        gateway.ring().await["membership"]["detail"]["reachable"] == true
     })
     .await
     .expect("the gateway reports Consul reachable again");
@@ -378,7 +347,7 @@ async fn consul_down_keeps_the_last_ring_and_a_fresh_agent_gets_the_registration
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateway_replicas_sharing_consul_agree_on_every_owner() {
     let consul = Consul::start().await;
-    let nodes = start_nodes(3).await;
+    let nodes = Pushgateway::start_many(3).await;
     let node_refs: Vec<&Pushgateway> = nodes.iter().collect();
     let config = consul_config(&consul.addr(), &node_refs, "");
     let first = Gateway::start(&config).await;
@@ -391,8 +360,8 @@ async fn two_gateway_replicas_sharing_consul_agree_on_every_owner() {
     let mut owners_used = std::collections::BTreeSet::new();
     for i in 0..100 {
         let path = format!("/metrics/job/agree/instance/i{i}/zone/z{}", i % 7);
-        let owner = owner_of(&first, &path).await;
-        assert_eq!(owner, owner_of(&second, &path).await, "owner of {path}");
+        let owner = first.owner_of(&path).await;
+        assert_eq!(owner, second.owner_of(&path).await, "owner of {path}");
         owners_used.insert(owner);
     }
     assert_eq!(owners_used.len(), 3, "100 keys spread over every node");
@@ -480,7 +449,7 @@ async fn talks_https_to_consul_with_a_private_ca_and_a_client_certificate() {
     ))
     .await;
     wait_for_ring(&gateway, &[node.addr()], secs(30)).await;
-    let ring = ring_json(&gateway).await;
+    let ring = gateway.ring().await;
     assert_eq!(
         ring["membership"]["detail"]["consul"],
         format!("https://127.0.0.1:{https_port}"),
@@ -499,7 +468,7 @@ async fn talks_https_to_consul_with_a_private_ca_and_a_client_certificate() {
     ))
     .await;
     wait_until(secs(20), POLL_INTERVAL, || async {
-        ring_json(&refused).await["membership"]["detail"]["last_error"].is_string()
+        refused.ring().await["membership"]["detail"]["last_error"].is_string()
     })
     .await
     .expect("a gateway without the client certificate reports an error");

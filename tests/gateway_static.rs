@@ -22,14 +22,6 @@ fn static_config(mode: &str, nodes: &[&Pushgateway]) -> String {
     )
 }
 
-async fn start_nodes(count: usize) -> Vec<Pushgateway> {
-    let mut nodes = Vec::new();
-    for _ in 0..count {
-        nodes.push(Pushgateway::start().await);
-    }
-    nodes
-}
-
 /// Which nodes hold a group with exactly these grouping labels.
 async fn holders(nodes: &[Pushgateway], grouping: &BTreeMap<String, String>) -> Vec<String> {
     let mut found = Vec::new();
@@ -39,24 +31,6 @@ async fn holders(nodes: &[Pushgateway], grouping: &BTreeMap<String, String>) -> 
         }
     }
     found
-}
-
-/// Asks the gateway which node owns `path` (JSON form of `GET /metrics/job/...`).
-async fn owner_of(gateway: &Gateway, path: &str) -> String {
-    let reply = send(
-        &http_client(),
-        Method::GET,
-        &format!("{}{path}", gateway.url()),
-        "",
-    )
-    .await
-    .expect("owner lookup");
-    // The plain-text form is the original's `nextUrl:http://<owner><path>`.
-    let url = reply
-        .body
-        .strip_prefix("nextUrl:http://")
-        .unwrap_or_else(|| panic!("unexpected owner answer {:?}", reply.body));
-    url.split('/').next().unwrap_or_default().to_string()
 }
 
 /// Sends one request with a path exactly as given (no client-side normalisation); returns status and Location.
@@ -99,7 +73,7 @@ async fn wait_ready(gateway: &Gateway, ring_size: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxied_push_lands_on_exactly_its_owner_and_no_other_node() {
-    let nodes = start_nodes(3).await;
+    let nodes = Pushgateway::start_many(3).await;
     let gateway = Gateway::start(&static_config("proxy", &nodes.iter().collect::<Vec<_>>())).await;
     wait_ready(&gateway, 3).await;
 
@@ -117,7 +91,7 @@ async fn proxied_push_lands_on_exactly_its_owner_and_no_other_node() {
             .to_string();
         assert_eq!(
             served_by,
-            owner_of(&gateway, &path).await,
+            gateway.owner_of(&path).await,
             "the node that served {path} is its owner"
         );
         let held_by = holders(
@@ -141,7 +115,7 @@ async fn proxied_push_lands_on_exactly_its_owner_and_no_other_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_order_and_base64_variants_reach_the_same_group_on_one_node() {
-    let nodes = start_nodes(3).await;
+    let nodes = Pushgateway::start_many(3).await;
     let gateway = Gateway::start(&static_config("proxy", &nodes.iter().collect::<Vec<_>>())).await;
     wait_ready(&gateway, 3).await;
 
@@ -178,7 +152,7 @@ async fn label_order_and_base64_variants_reach_the_same_group_on_one_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_removes_the_group_from_its_owner() {
-    let nodes = start_nodes(2).await;
+    let nodes = Pushgateway::start_many(2).await;
     let gateway = Gateway::start(&static_config("proxy", &nodes.iter().collect::<Vec<_>>())).await;
     wait_ready(&gateway, 2).await;
     let group = labels(&[("job", "doomed"), ("instance", "a")]);
@@ -202,7 +176,7 @@ async fn delete_removes_the_group_from_its_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_paths_get_the_pushgateways_status_without_touching_any_node() {
-    let nodes = start_nodes(2).await;
+    let nodes = Pushgateway::start_many(2).await;
     let reference = Pushgateway::start().await;
     let gateway = Gateway::start(&static_config("proxy", &nodes.iter().collect::<Vec<_>>())).await;
     wait_ready(&gateway, 2).await;
@@ -270,7 +244,7 @@ async fn rejected_paths_get_the_pushgateways_status_without_touching_any_node() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_mode_answers_307_to_the_owner_for_put_post_and_delete() {
-    let nodes = start_nodes(3).await;
+    let nodes = Pushgateway::start_many(3).await;
     let gateway = Gateway::start(&static_config(
         "redirect",
         &nodes.iter().collect::<Vec<_>>(),
@@ -280,7 +254,9 @@ async fn redirect_mode_answers_307_to_the_owner_for_put_post_and_delete() {
     let client = http_client();
     for i in 0..10 {
         let path = format!("/metrics/job/redir/instance/i{i}?ignored=1");
-        let owner = owner_of(&gateway, &format!("/metrics/job/redir/instance/i{i}")).await;
+        let owner = gateway
+            .owner_of(&format!("/metrics/job/redir/instance/i{i}"))
+            .await;
         for method in [Method::PUT, Method::POST, Method::DELETE] {
             let reply = gateway.request(method.clone(), &path, BODY).await;
             assert_eq!(
@@ -307,7 +283,7 @@ async fn redirect_mode_answers_307_to_the_owner_for_put_post_and_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_lookup_answers_text_like_the_original_and_json_on_request() {
-    let nodes = start_nodes(2).await;
+    let nodes = Pushgateway::start_many(2).await;
     let gateway = Gateway::start(&static_config("proxy", &nodes.iter().collect::<Vec<_>>())).await;
     wait_ready(&gateway, 2).await;
     let text = gateway
@@ -344,7 +320,7 @@ fn membership_changes(metrics: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_leaves_the_ring_pushes_keep_succeeding_and_it_returns_after_restart() {
-    let mut nodes = start_nodes(3).await;
+    let mut nodes = Pushgateway::start_many(3).await;
     let gateway = Gateway::start(&static_config("proxy", &nodes.iter().collect::<Vec<_>>())).await;
     wait_ready(&gateway, 3).await;
     let victim = nodes[0].addr();
@@ -395,7 +371,7 @@ async fn a_killed_node_leaves_the_ring_pushes_keep_succeeding_and_it_returns_aft
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_library_pushes_and_deletes_through_proxy_mode() {
-    let nodes = start_nodes(2).await;
+    let nodes = Pushgateway::start_many(2).await;
     let gateway = Gateway::start(&static_config("proxy", &nodes.iter().collect::<Vec<_>>())).await;
     wait_ready(&gateway, 2).await;
     let group = labels(&[("job", "pyjob"), ("instance", "worker/1")]);
@@ -438,7 +414,7 @@ async fn python_client_library_pushes_and_deletes_through_proxy_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_healthy_node_means_503_and_not_ready() {
-    let mut nodes = start_nodes(1).await;
+    let mut nodes = Pushgateway::start_many(1).await;
     let gateway = Gateway::start(&static_config("redirect", &[&nodes[0]])).await;
     wait_ready(&gateway, 1).await;
     assert_eq!(
@@ -467,7 +443,7 @@ async fn no_healthy_node_means_503_and_not_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_and_the_gateway_keeps_serving() {
-    let nodes = start_nodes(1).await;
+    let nodes = Pushgateway::start_many(1).await;
     let config = format!(
         "{}proxy: {{max_body_size: 1KiB}}\n",
         static_config("proxy", &[&nodes[0]])
@@ -499,7 +475,7 @@ async fn oversized_bodies_get_413_and_the_gateway_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_lifecycle_reload_apply_a_new_config_and_reject_a_bad_one() {
-    let nodes = start_nodes(2).await;
+    let nodes = Pushgateway::start_many(2).await;
     let gateway = Gateway::start_with_args(
         &static_config("proxy", &[&nodes[0]]),
         &["--web.enable-lifecycle"],
@@ -553,7 +529,7 @@ async fn sighup_and_lifecycle_reload_apply_a_new_config_and_reject_a_bad_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_endpoint_is_forbidden_without_the_lifecycle_flag() {
-    let nodes = start_nodes(1).await;
+    let nodes = Pushgateway::start_many(1).await;
     let gateway = Gateway::start(&static_config("proxy", &[&nodes[0]])).await;
     assert_eq!(
         gateway.request(Method::POST, "/-/reload", "").await.status,
@@ -563,7 +539,7 @@ async fn reload_endpoint_is_forbidden_without_the_lifecycle_flag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_describe_the_ring_and_export_metrics() {
-    let nodes = start_nodes(2).await;
+    let nodes = Pushgateway::start_many(2).await;
     let gateway = Gateway::start(&static_config("proxy", &nodes.iter().collect::<Vec<_>>())).await;
     wait_ready(&gateway, 2).await;
     gateway.request(Method::PUT, "/metrics/job/j", BODY).await;
@@ -599,7 +575,7 @@ async fn admin_endpoints_describe_the_ring_and_export_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_and_exits_zero() {
-    let nodes = start_nodes(1).await;
+    let nodes = Pushgateway::start_many(1).await;
     let mut gateway = Gateway::start(&static_config("proxy", &[&nodes[0]])).await;
     wait_ready(&gateway, 1).await;
     gateway.signal("TERM");

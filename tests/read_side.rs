@@ -28,14 +28,6 @@ fn config_with_health_check(nodes: &[&Pushgateway], health_check: &str) -> Strin
     )
 }
 
-async fn start_nodes(count: usize) -> Vec<Pushgateway> {
-    let mut nodes = Vec::new();
-    for _ in 0..count {
-        nodes.push(Pushgateway::start().await);
-    }
-    nodes
-}
-
 /// The nodes `/-/sd` lists, sorted.
 async fn discovered(gateway: &Gateway) -> Vec<String> {
     let reply = gateway.request(Method::GET, "/-/sd", "").await;
@@ -61,16 +53,6 @@ async fn wait_for_ring(gateway: &Gateway, nodes: &[Pushgateway]) {
     })
     .await
     .expect("every node healthy and listed by /-/sd");
-}
-
-/// The node owning `path`, from the original's `GET /metrics/job/...` answer `nextUrl:http://<owner><path>`.
-async fn owner_of(gateway: &Gateway, path: &str) -> String {
-    let reply = gateway.request(Method::GET, path, "").await;
-    let url = reply
-        .body
-        .strip_prefix("nextUrl:http://")
-        .unwrap_or_else(|| panic!("unexpected owner answer {:?}", reply.body));
-    url.split('/').next().unwrap_or_default().to_owned()
 }
 
 /// The value pushed for group `index`: distinct per group and exact in decimal.
@@ -144,7 +126,7 @@ fn assert_every_group_once(values: &BTreeMap<String, (f64, String)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_discovers_nodes_through_sd_and_sees_every_group_exactly_once() {
-    let nodes = start_nodes(3).await;
+    let nodes = Pushgateway::start_many(3).await;
     let gateway = Gateway::start(&static_config(&nodes.iter().collect::<Vec<_>>())).await;
     wait_for_ring(&gateway, &nodes).await;
     let owners = push_groups(&gateway).await;
@@ -197,7 +179,7 @@ async fn prometheus_discovers_nodes_through_sd_and_sees_every_group_exactly_once
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_metrics_has_every_pushed_group_once_and_prometheus_sees_the_same_values() {
-    let nodes = start_nodes(3).await;
+    let nodes = Pushgateway::start_many(3).await;
     let gateway = Gateway::start(&static_config(&nodes.iter().collect::<Vec<_>>())).await;
     wait_for_ring(&gateway, &nodes).await;
     push_groups(&gateway).await;
@@ -216,7 +198,7 @@ async fn merged_metrics_has_every_pushed_group_once_and_prometheus_sees_the_same
     let mut counter_path = None;
     for index in 0..100 {
         let path = format!("/metrics/job/clash/instance/counter{index}");
-        if owner_of(&gateway, &path).await != gauge_node {
+        if gateway.owner_of(&path).await != gauge_node {
             counter_path = Some(path);
             break;
         }
@@ -313,7 +295,7 @@ async fn merged_metrics_has_every_pushed_group_once_and_prometheus_sees_the_same
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_lists_the_healthy_nodes_drops_a_killed_one_and_is_empty_without_any() {
-    let mut nodes = start_nodes(2).await;
+    let mut nodes = Pushgateway::start_many(2).await;
     let gateway = Gateway::start(&static_config(&nodes.iter().collect::<Vec<_>>())).await;
     wait_for_ring(&gateway, &nodes).await;
 
@@ -355,7 +337,7 @@ async fn sd_lists_the_healthy_nodes_drops_a_killed_one_and_is_empty_without_any(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_metrics_names_each_groups_node_and_status_covers_every_node() {
-    let nodes = start_nodes(3).await;
+    let nodes = Pushgateway::start_many(3).await;
     let gateway = Gateway::start(&static_config(&nodes.iter().collect::<Vec<_>>())).await;
     wait_for_ring(&gateway, &nodes).await;
     let owners = push_groups(&gateway).await;
@@ -404,7 +386,7 @@ async fn api_metrics_names_each_groups_node_and_status_covers_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wipe_is_forbidden_without_the_admin_flag_and_wipes_every_node_with_it() {
-    let nodes = start_nodes(2).await;
+    let nodes = Pushgateway::start_many(2).await;
     let config = static_config(&nodes.iter().collect::<Vec<_>>());
     let plain = Gateway::start(&config).await;
     let admin = Gateway::start_with_args(&config, &["--web.enable-admin-api"]).await;
@@ -431,7 +413,7 @@ async fn wipe_is_forbidden_without_the_admin_flag_and_wipes_every_node_with_it()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_but_still_in_the_ring_is_left_out_of_reads_and_counted() {
-    let mut nodes = start_nodes(2).await;
+    let mut nodes = Pushgateway::start_many(2).await;
     // Probes so rare and a threshold so high that a dead node stays in the ring for the whole test.
     let gateway = Gateway::start(&config_with_health_check(
         &nodes.iter().collect::<Vec<_>>(),

@@ -247,11 +247,6 @@ async fn gateway_metric(gateway: &Gateway, name: &str) -> f64 {
         .sum()
 }
 
-async fn ring_json(gateway: &Gateway) -> serde_json::Value {
-    serde_json::from_str(&gateway.request(Method::GET, "/-/ring", "").await.body)
-        .expect("ring JSON")
-}
-
 fn rewrite_config(gateway: &Gateway, yaml: &str) {
     std::fs::write(gateway.config_path(), yaml).expect("rewrite config");
     gateway.signal("HUP");
@@ -292,7 +287,7 @@ async fn scale_out_moves_groups_to_the_new_node_with_exact_values_and_deletes_th
         gateway_metric(&gateway, "dynamic_sharding_rebalance_groups_moved_total").await
             >= moving as f64
     );
-    let ring = ring_json(&gateway).await;
+    let ring = gateway.ring().await;
     let last_pass = &ring["rebalance"]["last_pass"];
     assert!(last_pass["outcome"].is_string(), "{ring}");
     assert_eq!(ring["rebalance"]["leader"], true, "{ring}");
@@ -348,7 +343,7 @@ async fn scale_in_drains_the_removed_node_before_deleting_and_no_group_is_ever_m
     assert!(observations >= 1);
     // The drained node is forgotten once empty.
     wait_until(secs(30), Duration::from_millis(200), || async {
-        ring_json(&gateway).await["rebalance"]["draining"]
+        gateway.ring().await["rebalance"]["draining"]
             .as_array()
             .is_some_and(|d| d.is_empty())
     })
@@ -544,7 +539,7 @@ async fn go_compatible_ring_disables_rebalancing_and_says_why() {
     }
     let gateway = Gateway::start(&config(&[&a, &b], "ring: {algorithm: go-compatible}\n")).await;
     wait_until(secs(30), Duration::from_millis(100), || async {
-        ring_json(&gateway).await["rebalance"]["inactive_reason"]
+        gateway.ring().await["rebalance"]["inactive_reason"]
             .as_str()
             .is_some_and(|r| r.contains("go-compatible"))
     })
@@ -573,7 +568,7 @@ async fn a_disabled_replica_never_moves_groups() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(a.groups().await.len(), 20, "nothing moved");
     assert!(b.groups().await.is_empty());
-    let ring = ring_json(&gateway).await;
+    let ring = gateway.ring().await;
     assert_eq!(ring["rebalance"]["enabled"], false, "{ring}");
 }
 
@@ -613,38 +608,32 @@ async fn measure_a_pass_over_10000_groups_on_4_nodes() {
     wait_for_ring(&gateway, &[a, b, c]).await;
     let idle_pass = |ring: serde_json::Value| ring["rebalance"]["last_pass"].clone();
     wait_until(secs(120), Duration::from_millis(200), || async {
-        idle_pass(ring_json(&gateway).await)["groups_seen"] == 10_000
+        idle_pass(gateway.ring().await)["groups_seen"] == 10_000
     })
     .await
     .expect("a pass over every group");
-    println!(
-        "idle pass, 3 nodes: {}",
-        idle_pass(ring_json(&gateway).await)
-    );
+    println!("idle pass, 3 nodes: {}", idle_pass(gateway.ring().await));
 
     rewrite_config(&gateway, &config(&[a, b, c, d], ""));
     wait_for_ring(&gateway, &[a, b, c, d]).await;
     wait_until(secs(300), Duration::from_millis(200), || async {
-        let pass = idle_pass(ring_json(&gateway).await);
+        let pass = idle_pass(gateway.ring().await);
         pass["moved"].as_u64().unwrap_or(0) > 0
     })
     .await
     .expect("the moving pass");
     println!(
         "moving pass, 3 -> 4 nodes: {}",
-        idle_pass(ring_json(&gateway).await)
+        idle_pass(gateway.ring().await)
     );
     let new_owners = owners(&[a, b, c, d], &groups);
     let started = Instant::now();
     wait_until(secs(300), Duration::from_millis(500), || async {
-        idle_pass(ring_json(&gateway).await)["misplaced"] == 0 && started.elapsed() > secs(2)
+        idle_pass(gateway.ring().await)["misplaced"] == 0 && started.elapsed() > secs(2)
     })
     .await
     .expect("an idle pass after the move");
-    println!(
-        "idle pass, 4 nodes: {}",
-        idle_pass(ring_json(&gateway).await)
-    );
+    println!("idle pass, 4 nodes: {}", idle_pass(gateway.ring().await));
     let all = contents(&[a, b, c, d]).await;
     assert!(placement_errors(&all, &new_owners).is_empty());
 }

@@ -64,6 +64,7 @@ pub fn spawn(
         registration_error,
         reachable: None,
         last_index: 0,
+        query_index: 0,
         last_error: None,
         last_error_at: None,
         last_contact: None,
@@ -238,7 +239,10 @@ struct Watcher {
     registration_error: Arc<Mutex<Option<String>>>,
     /// `None` until the first answer or error; then whether the last query succeeded.
     reachable: Option<bool>,
+    /// The index Consul last answered with (shown in `/-/ring`).
     last_index: u64,
+    /// The index to send with the next query: `last_index` by Consul's rules, 0 after an error.
+    query_index: u64,
     last_error: Option<String>,
     last_error_at: Option<SystemTime>,
     last_contact: Option<SystemTime>,
@@ -253,7 +257,7 @@ impl Watcher {
     async fn run(mut self, mut shutdown: Shutdown) {
         let mut failures: u32 = 0;
         loop {
-            let sent = self.last_index;
+            let sent = self.query_index;
             let answer = tokio::select! {
                 answer = self.client.instances(
                     &self.started_with.service_name,
@@ -272,7 +276,7 @@ impl Watcher {
                 Ok(answer) => {
                     failures = 0;
                     self.answered(sent, answer.index, &answer.value);
-                    pause_before_next(sent, self.last_index)
+                    pause_before_next(sent, self.query_index)
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -321,7 +325,8 @@ impl Watcher {
         }
         self.reachable = Some(true);
         self.metrics.consul_up.set(1);
-        self.last_index = next_index(sent, answered);
+        self.query_index = next_index(sent, answered);
+        self.last_index = answered;
         self.metrics.consul_last_index.set(self.last_index as i64);
 
         let passing = passing_nodes(instances);
@@ -355,6 +360,9 @@ impl Watcher {
             tracing::debug!(%error, "Consul still unreachable");
         }
         self.reachable = Some(false);
+        // The agent that answers next may be a fresh one whose index is below ours; a blocking query with our old
+        // index would then hang for the whole wait time. Start over with a non-blocking query.
+        self.query_index = 0;
         self.last_error = Some(error);
         self.last_error_at = Some(SystemTime::now());
     }

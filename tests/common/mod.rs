@@ -17,6 +17,8 @@
 //! - [`Pushgateway`]: `start()` (in memory), `start_with_persistence(path)`, `addr()`, `url()`, `kill()`,
 //!   `restart()`, `push(path, body)` (PUT), `push_add` (POST), `delete(path)`, `groups()`, `metrics_text()`,
 //!   `wipe()`.
+//!   `start_many(n)`.
+//! - [`Gateway`] helpers beyond the process: `ring()` (`/-/ring` JSON), `owner_of(push_path)` (owner lookup).
 //! - [`Consul`]: `start()` a `-dev` agent, `addr()`, `url()`, `kill()`, `restart()` (fresh and empty, same HTTP
 //!   port). Binary: `$DS_CONSUL_BIN`, else `<repo>/tools/bin/consul`, else `consul` on `PATH`.
 //! - [`Prometheus`]: `start(scrape_configs)` with 1 s scrape and evaluation intervals, `query(promql)` (the
@@ -449,6 +451,15 @@ impl Pushgateway {
 
     /// Starts a Pushgateway that persists to `path` every second, so [`Pushgateway::restart`] finds its groups
     /// again once the file has been written (see [`Pushgateway::persistence_file_contains`]).
+    /// Starts `count` in-memory Pushgateways.
+    pub async fn start_many(count: usize) -> Vec<Pushgateway> {
+        let mut nodes = Vec::with_capacity(count);
+        for _ in 0..count {
+            nodes.push(Pushgateway::start().await);
+        }
+        nodes
+    }
+
     pub async fn start_with_persistence(path: impl AsRef<Path>) -> Pushgateway {
         Pushgateway::launch(Some(path.as_ref().to_path_buf())).await
     }
@@ -982,6 +993,32 @@ impl Gateway {
             body.to_owned(),
         )
         .await
+    }
+
+    /// `GET /-/ring` as JSON (panics unless it is a 200 with valid JSON).
+    pub async fn ring(&self) -> serde_json::Value {
+        let reply = self.request(Method::GET, "/-/ring", "").await;
+        assert_eq!(reply.status, StatusCode::OK, "/-/ring: {}", reply.body);
+        serde_json::from_str(&reply.body)
+            .unwrap_or_else(|e| panic!("/-/ring is not JSON ({e}): {}", reply.body))
+    }
+
+    /// The node owning the group of push path `path`, from the original's `GET` answer
+    /// `nextUrl:http://<owner><path>`.
+    pub async fn owner_of(&self, path: &str) -> String {
+        let reply = self.request(Method::GET, path, "").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "owner of {path}: {}",
+            reply.body
+        );
+        let url = reply
+            .body
+            .trim()
+            .strip_prefix("nextUrl:http://")
+            .unwrap_or_else(|| panic!("unexpected owner answer {:?}", reply.body));
+        url.split('/').next().unwrap_or_default().to_string()
     }
 
     /// The temp dir holding the config; a test may put other files (e.g. TLS material) here.
