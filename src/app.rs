@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -102,6 +102,8 @@ pub async fn run(options: Options) -> Result<(), AppError> {
     // one replica). With Consul, the replicas that have it enabled elect one leader through a session lock.
     // `_always_leader` keeps the constant channel open for as long as the gateway runs.
     let (_always_leader, mut leader_rx) = watch::channel(true);
+    // A receiver of the election's channel, kept to wait on shutdown until the election task has released the lock.
+    let mut election = None;
     if let (Some(consul), Some(consul_client)) = (&config.consul, &consul_client) {
         if config.rebalance.enabled {
             leader_rx = consul::leader::spawn_leader_election(
@@ -109,6 +111,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
                 rebalance_lock_key(&consul.service_name),
                 shutdown.clone(),
             );
+            election = Some(leader_rx.clone());
         }
     }
     let rebalancer = crate::rebalance::spawn(crate::rebalance::Dependencies {
@@ -182,8 +185,30 @@ pub async fn run(options: Options) -> Result<(), AppError> {
             "in-flight requests did not finish in time; exiting anyway"
         ),
     }
+    if let Some(election) = election {
+        wait_for_election_to_end(election).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long shutdown waits for the leader election to release its lock and destroy its session.
+const ELECTION_RELEASE_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits until the election task has ended (its sender is dropped once the lock is released and the session
+/// destroyed). Returning earlier drops the runtime with those requests in flight: the session then survives, and
+/// on a busy machine the lock with it, so the other replicas wait for the session TTL instead of taking over.
+async fn wait_for_election_to_end(mut election: watch::Receiver<bool>) {
+    let ended = async { while election.changed().await.is_ok() {} };
+    if tokio::time::timeout(ELECTION_RELEASE_GRACE, ended)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace = ?ELECTION_RELEASE_GRACE,
+            "could not release the rebalance leader lock in time; it expires with its Consul session"
+        );
+    }
 }
 
 fn reload_config(
