@@ -238,7 +238,19 @@ def main():
 
     out += criterion_section(meta)
     out += targets_section(rows)
+    out += profiling_log()
     print("\n".join(out))
+
+
+def profiling_log():
+    """bench/PROFILING.md (hand-written: what profiling found and each fix's before/after), appended as is."""
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "PROFILING.md")
+    try:
+        with open(path) as log_file:
+            return [log_file.read().rstrip(), ""]
+    except OSError:
+        return []
 
 
 def fmt_ns(ns):
