@@ -3,6 +3,9 @@
 
 Usage: report.py META.json RUN.json...
 
+META.json may name a `criterion` file: a JSON list of {"id", "mean_ns", "low_ns", "high_ns"} (written by run.sh
+from Criterion's estimates) that becomes the micro-benchmark table.
+
 Each RUN.json is a ds-loadgen report plus the fields run.sh adds (scenario, case, round, proxy_cpu_s,
 upstream_cpu_s, proxy_peak_rss_kb, churn_kills). Rounds of one case are combined: throughput and latency
 percentiles as the median over rounds (with the throughput range), CPU per request as total CPU over total
@@ -23,7 +26,8 @@ SCENARIO_TITLES = {
 }
 
 
-CASE_ORDER = ["direct", "dynamic-sharding", "dynamic-sharding-followed", "nginx", "haproxy"]
+CASE_ORDER = ["direct", "dynamic-sharding", "dynamic-sharding-multi-thread", "dynamic-sharding-followed", "nginx",
+              "haproxy"]
 
 
 def case_rank(case):
@@ -232,7 +236,114 @@ def main():
         out.append(table(["process", "peak RSS MiB"], [[proxy, f"{kb / 1024:.1f}"] for proxy, kb in sorted(seen.items())]))
         out.append("")
 
+    out += criterion_section(meta)
+    out += targets_section(rows)
+    out += profiling_log()
     print("\n".join(out))
+
+
+def profiling_log():
+    """bench/PROFILING.md (hand-written: what profiling found and each fix's before/after), appended as is."""
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "PROFILING.md")
+    try:
+        with open(path) as log_file:
+            return [log_file.read().rstrip(), ""]
+    except OSError:
+        return []
+
+
+def fmt_ns(ns):
+    if ns >= 1e6:
+        return f"{ns / 1e6:,.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:,.2f} µs"
+    return f"{ns:,.1f} ns"
+
+
+def criterion_section(meta):
+    path = meta.get("criterion")
+    if not path:
+        return []
+    try:
+        with open(path) as criterion_file:
+            results = json.load(criterion_file)
+    except (OSError, ValueError) as error:
+        return ["## Micro-benchmarks (Criterion)", "", f"Not available: {error}.", ""]
+    if not results:
+        return []
+    out = ["## Micro-benchmarks (Criterion)", "",
+           f"`{meta.get('criterion_command', 'cargo bench')}`, run before the HTTP scenarios on the same machine. "
+           "Mean time per call with Criterion's 95% confidence interval. `ring_owner` is one lookup, "
+           "`ring_owner_and_successor` the pair the proxy path computes with retries on, `ring_build` the rebuild "
+           "on a membership change; the last path segment is the node count.", ""]
+    out.append(table(["benchmark", "mean", "95% interval"],
+                     [[f"`{r['id']}`", fmt_ns(r["mean_ns"]), f"{fmt_ns(r['low_ns'])} – {fmt_ns(r['high_ns'])}"]
+                      for r in results]))
+    out.append("")
+    return out
+
+
+def verdict(met):
+    if met is None:
+        return "not measured"
+    return "**met**" if met else "**missed**"
+
+
+def targets_section(rows):
+    """Where each target of issue 7 stands in this run, computed from the tables above."""
+    checks = []
+    overhead = rows.get("overhead", {})
+    ds, nginx = overhead.get("dynamic-sharding"), overhead.get("nginx")
+    if ds and nginx and ds["proxy_cpu_us"] and nginx["proxy_cpu_us"]:
+        checks.append(["Proxy: CPU per request ≤ nginx", f"{ds['proxy_cpu_us']:.1f} vs {nginx['proxy_cpu_us']:.1f} µs "
+                       f"({ds['proxy_cpu_us'] / nginx['proxy_cpu_us']:.2f}×)",
+                       verdict(ds["proxy_cpu_us"] <= nginx["proxy_cpu_us"])])
+        checks.append(["Proxy: throughput ≥ nginx", f"{ds['rate']:,.0f} vs {nginx['rate']:,.0f} ok/s "
+                       f"({ds['rate'] / nginx['rate']:.2f}×)", verdict(ds["rate"] >= nginx["rate"])])
+    else:
+        checks.append(["Proxy: CPU per request and throughput vs nginx", "–", verdict(None)])
+    latency = rows.get("latency", {})
+    ds, direct, nginx = latency.get("dynamic-sharding"), latency.get("direct"), latency.get("nginx")
+    if ds and direct:
+        added = ds["p50"] - direct["p50"]
+        reference = f"; nginx adds {nginx['p50'] - direct['p50']:,.0f} µs" if nginx else ""
+        checks.append(["Proxy: p50 added over direct ≤ 20 µs at concurrency 1",
+                       f"{added:,.0f} µs{reference}", verdict(added <= 20)])
+    else:
+        checks.append(["Proxy: p50 added over direct ≤ 20 µs at concurrency 1", "–", verdict(None)])
+    redirect = rows.get("redirect", {})
+    ds, nginx = redirect.get("dynamic-sharding"), redirect.get("nginx")
+    if ds and nginx and ds["proxy_cpu_us"] and nginx["proxy_cpu_us"]:
+        checks.append(["Redirect: ≥ 90% of nginx `return 307` requests/s",
+                       f"{ds['rate'] / nginx['rate']:.0%}", verdict(ds["rate"] >= 0.9 * nginx["rate"])])
+        checks.append(["Redirect: CPU per request ≤ nginx", f"{ds['proxy_cpu_us']:.1f} vs {nginx['proxy_cpu_us']:.1f} µs",
+                       verdict(ds["proxy_cpu_us"] <= nginx["proxy_cpu_us"])])
+    else:
+        checks.append(["Redirect: requests/s and CPU vs nginx", "–", verdict(None)])
+    ds = rows.get("pushgateway", {}).get("dynamic-sharding")
+    if ds and ds["proxy_cpu_us"] is not None and ds["upstream_cpu_us"]:
+        share = ds["proxy_cpu_us"] / ds["upstream_cpu_us"]
+        checks.append(["Real Pushgateways: gateway CPU ≤ 10% of the Pushgateways'", f"{share:.1%}", verdict(share <= 0.10)])
+    else:
+        checks.append(["Real Pushgateways: gateway CPU ≤ 10% of the Pushgateways'", "–", verdict(None)])
+    ds = rows.get("churn", {}).get("dynamic-sharding")
+    if ds:
+        checks.append(["Churn: zero client-visible errors (proxy mode)",
+                       f"{ds['errors_total']} errors in {ds['requests']:,} requests, {ds['kills']} kills",
+                       verdict(ds["errors_total"] == 0)])
+    else:
+        checks.append(["Churn: zero client-visible errors (proxy mode)", "–", verdict(None)])
+    gateway_rows = [r for scenario in rows.values() for r in scenario.values()
+                    if r["proxy"].startswith("ds-") and r["peak_rss_kb"]]
+    if gateway_rows:
+        peak = max(r["peak_rss_kb"] for r in gateway_rows) / 1024
+        fastest = max(r["rate"] for r in gateway_rows)
+        checks.append(["Peak RSS < 30 MiB at 10k requests/s",
+                       f"{peak:.1f} MiB at most, over instances that served up to {fastest:,.0f} ok/s",
+                       verdict(peak < 30) + ("" if fastest >= 10_000 else " (below 10k req/s on this machine)")])
+    return ["## Targets", "", "Computed from the tables above (same run).", "",
+            table(["target", "this run", "status"], checks), ""]
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@
 #   PGW_GROUPS      distinct groups for the real-Pushgateway scenarios                [100]
 #   CHURN_INTERVAL  seconds between SIGKILLs of a Pushgateway in the churn scenario  [3]
 #   CHURN_DOWNTIME  seconds a killed Pushgateway stays down                           [1]
+#   CRITERION       1: run the ring and grouping Criterion benches first and add their table; 0: skip  [1]
 #   SKIP_INSTALL=1  do not apt-get anything; SKIP_BUILD=1  use the binaries as they are
+#   GATEWAY_THREADS --runtime.worker-threads of the gateways; 1 suits a gateway pinned to one CPU     [1]
+#   COMPARE_MULTI_THREAD  1: also run overhead/latency against a gateway with the default multi-thread runtime [1]
 #   GATEWAY         gateway binary                          [$CARGO_TARGET_DIR/release/dynamic-sharding]
 #   KEEP_WORKDIR=1  keep the temporary directory (configs, logs, per-run JSON) for inspection
 #   RESULTS         output file                                                       [bench/RESULTS.md]
@@ -34,6 +37,10 @@ PUSH_GROUPS=${PUSH_GROUPS:-1000}
 PGW_GROUPS=${PGW_GROUPS:-100}
 CHURN_INTERVAL=${CHURN_INTERVAL:-3}
 CHURN_DOWNTIME=${CHURN_DOWNTIME:-1}
+CRITERION=${CRITERION:-1}
+CRITERION_ARGS="--warm-up-time 1 --measurement-time 3"
+GATEWAY_THREADS=${GATEWAY_THREADS:-1}
+COMPARE_MULTI_THREAD=${COMPARE_MULTI_THREAD:-1}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 RESULTS=${RESULTS:-$REPO/bench/RESULTS.md}
@@ -356,9 +363,9 @@ start_pushgateways() {
   done
 }
 
-start_gateway() { # NAME MODE PORT...: a dynamic-sharding instance over the given nodes
-  local name=$1 mode=$2
-  shift 2
+start_gateway() { # NAME MODE THREADS PORT...: a dynamic-sharding instance over the given nodes
+  local name=$1 mode=$2 threads=$3
+  shift 3
   local servers port listen
   servers=$(printf '"127.0.0.1:%s", ' "$@")
   alloc_port listen
@@ -375,7 +382,7 @@ EOF
     return
   fi
   start "$name" "${PIN_PROXY[@]}" "$GATEWAY" --config.file="$WORK/conf/$name.yaml" \
-    --web.listen-address="127.0.0.1:$listen" --log.level=warn
+    --web.listen-address="127.0.0.1:$listen" --log.level=warn --runtime.worker-threads="$threads"
   if wait_http "http://127.0.0.1:$listen/-/healthy" 20 "$name" && wait_http "http://127.0.0.1:$listen/-/ready" 20 "$name"; then
     GATEWAY_OK[$name]=1
   else
@@ -396,6 +403,9 @@ plan_cases() {
       add_case "$1" direct "${UPSTREAM_PORTS[0]}" "$2" "$3" "$PUSH_GROUPS" "" "$ups"
       if [[ ${GATEWAY_OK[ds-proxy]:-0} == 1 ]]; then
         add_case "$1" dynamic-sharding "${GATEWAY_PORT[ds-proxy]}" "$2" "$3" "$PUSH_GROUPS" ds-proxy "$ups"
+      fi
+      if [[ ${GATEWAY_OK[ds-proxy-mt]:-0} == 1 ]]; then
+        add_case "$1" dynamic-sharding-multi-thread "${GATEWAY_PORT[ds-proxy-mt]}" "$2" "$3" "$PUSH_GROUPS" ds-proxy-mt "$ups"
       fi
       add_case "$1" nginx "$NGINX_HASH_PORT" "$2" "$3" "$PUSH_GROUPS" nginx-proxy "$ups"
       add_case "$1" haproxy "$HAPROXY_PORT" "$2" "$3" "$PUSH_GROUPS" haproxy "$ups"
@@ -515,20 +525,45 @@ run_case() { # CASE-STRING ROUND (0 = warm-up)
   log "$id round $round: $(jq -r '"\(.ok_per_s | floor) ok/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, errors \(.errors_total)"' "$out")"
 }
 
+# ---------------------------------------------------------------- criterion
+# The ring and grouping micro-benchmarks, into the work directory (not the target dir's shared criterion/),
+# summarised as a JSON list for report.py.
+run_criterion() {
+  log "criterion: cargo bench --bench ring --bench grouping -- $CRITERION_ARGS"
+  # shellcheck disable=SC2086
+  if ! (cd "$REPO" && CRITERION_HOME="$WORK/criterion" cargo bench --bench ring --bench grouping -- $CRITERION_ARGS \
+    >"$WORK/logs/criterion.log" 2>&1); then
+    log "criterion benches failed; see the log (KEEP_WORKDIR=1): $(tail -n 3 "$WORK/logs/criterion.log")"
+    return 0
+  fi
+  local file entries=()
+  while IFS= read -r file; do
+    entries+=("$(jq -c --slurpfile estimates "${file%benchmark.json}estimates.json" '{id: .full_id,
+      mean_ns: $estimates[0].mean.point_estimate, low_ns: $estimates[0].mean.confidence_interval.lower_bound,
+      high_ns: $estimates[0].mean.confidence_interval.upper_bound}' "$file")")
+  done < <(find "$WORK/criterion" -path '*/new/benchmark.json' | sort -V)
+  printf '%s\n' "${entries[@]}" | jq -s . >"$WORK/criterion.json"
+}
+
 # ---------------------------------------------------------------- main
 log "work directory $WORK; scenarios: $SCENARIOS"
+if [[ $CRITERION == 1 ]]; then run_criterion; fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 if wants overhead || wants latency || wants redirect; then
   start_upstreams
   start_nginx_proxy
   start_haproxy
-  if wants overhead || wants latency; then start_gateway ds-proxy proxy "${UPSTREAM_PORTS[@]}"; fi
-  if wants redirect; then start_gateway ds-redirect redirect "${UPSTREAM_PORTS[@]}"; fi
+  if wants overhead || wants latency; then
+    start_gateway ds-proxy proxy "$GATEWAY_THREADS" "${UPSTREAM_PORTS[@]}"
+    # 0: tokio's multi-thread runtime, one worker per CPU it may use (one here, as it is pinned).
+    if [[ $COMPARE_MULTI_THREAD == 1 ]]; then start_gateway ds-proxy-mt proxy 0 "${UPSTREAM_PORTS[@]}"; fi
+  fi
+  if wants redirect; then start_gateway ds-redirect redirect "$GATEWAY_THREADS" "${UPSTREAM_PORTS[@]}"; fi
 fi
 if wants pushgateway || wants churn; then
   start_pushgateways
-  if wants pushgateway; then start_gateway ds-pgw proxy "${PGW_A_PORTS[@]}"; fi
-  if wants churn; then start_gateway ds-churn proxy "${PGW_B_PORTS[@]}"; fi
+  if wants pushgateway; then start_gateway ds-pgw proxy "$GATEWAY_THREADS" "${PGW_A_PORTS[@]}"; fi
+  if wants churn; then start_gateway ds-churn proxy "$GATEWAY_THREADS" "${PGW_B_PORTS[@]}"; fi
 fi
 plan_cases
 ((${#CASES[@]})) || die "no case to run"
@@ -546,7 +581,7 @@ for name in "${!GATEWAY_OK[@]}"; do [[ ${GATEWAY_OK[$name]} == 1 ]] || skipped+=
 jq -n \
   --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   --arg command "$COMMAND_LINE" \
-  --arg env "SCENARIOS='$SCENARIOS' DURATION=$DURATION LOW_C_DURATION=$LOW_C_DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY PUSH_GROUPS=$PUSH_GROUPS PGW_GROUPS=$PGW_GROUPS CHURN_INTERVAL=$CHURN_INTERVAL CHURN_DOWNTIME=$CHURN_DOWNTIME" \
+  --arg env "SCENARIOS='$SCENARIOS' GATEWAY_THREADS=$GATEWAY_THREADS COMPARE_MULTI_THREAD=$COMPARE_MULTI_THREAD DURATION=$DURATION LOW_C_DURATION=$LOW_C_DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY PUSH_GROUPS=$PUSH_GROUPS PGW_GROUPS=$PGW_GROUPS CHURN_INTERVAL=$CHURN_INTERVAL CHURN_DOWNTIME=$CHURN_DOWNTIME" \
   --arg nproc "$NPROC" \
   --arg cpu "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
   --arg kernel "$(uname -r)" \
@@ -562,6 +597,8 @@ jq -n \
   --arg skipped "${skipped[*]:-}" \
   --arg all_scenarios "overhead latency redirect pushgateway churn" \
   --arg scenarios "$SCENARIOS" \
+  --arg criterion "$([[ -s $WORK/criterion.json ]] && echo "$WORK/criterion.json")" \
+  --arg criterion_command "cargo bench --bench ring --bench grouping -- $CRITERION_ARGS" \
   --argjson body_bytes "$(jq -s '.[0].body_bytes // 0' "$WORK"/results/*.json)" \
   '$ARGS.named' >"$WORK/meta.json"
 rm -f "$WORK/results/warmup.json"

@@ -1,100 +1,87 @@
-//! Ring lookup and rebuild cost for both algorithms at several node counts.
-//!
-//! Lookups cycle through 4096 distinct keys so the table is read at scattered places, as under real traffic,
-//! rather than one hot cache line. Keys have the shape each algorithm receives from the gateway: canonical
-//! grouping-key bytes for `rendezvous`, the decoded request path for `go-compatible`.
+//! Criterion benchmarks for the consistent-hash rings: lookup (owner, and owner + successor as the proxy path
+//! does with retries on) at 3/10/100/1000 nodes for both algorithms, and the rebuild that runs on every
+//! membership change. Run briefly with `cargo bench --bench ring -- --warm-up-time 1 --measurement-time 3`.
 
-use std::hint::black_box;
-
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use dynamic_sharding::grouping::{decoded_path, parse_push_path};
 use dynamic_sharding::ring::{Algorithm, Ring};
 
-const KEY_COUNT: usize = 4096;
+const NODE_COUNTS: [usize; 4] = [3, 10, 100, 1000];
+/// Distinct groups cycled through, so that lookups do not all hit one cache line of the table.
+const GROUPS: usize = 1024;
 
-fn node_names(count: usize) -> Vec<String> {
+fn nodes(count: usize) -> Vec<String> {
     (0..count)
-        .map(|index| {
-            format!(
-                "10.{}.{}.{}:9091",
-                index / 65536,
-                (index / 256) % 256,
-                index % 256
-            )
-        })
+        .map(|index| format!("10.0.{}.{}:9091", index / 250, index % 250 + 1))
         .collect()
 }
 
+/// The bytes each algorithm is given for a push: the canonical grouping key for rendezvous, the decoded path
+/// for go-compatible (what `gateway::push` passes).
 fn keys(algorithm: Algorithm) -> Vec<Vec<u8>> {
-    (0..KEY_COUNT)
+    (0..GROUPS)
         .map(|index| {
-            let job = format!("batch-{index}");
-            let instance = format!("host-{}", index % 97);
+            let path =
+                format!("/metrics/job/batch/instance/host-{index}.example.com:9100/env/prod");
             match algorithm {
-                Algorithm::Rendezvous => format!("job\u{0}{job}\u{0}instance\u{0}{instance}"),
-                Algorithm::GoCompatible => format!("/metrics/job/{job}/instance/{instance}"),
+                Algorithm::Rendezvous => match parse_push_path(&path) {
+                    Ok(key) => key.ring_key(),
+                    Err(error) => panic!("benchmark path {path} must parse: {error}"),
+                },
+                Algorithm::GoCompatible => match decoded_path(&path) {
+                    Ok(decoded) => decoded.as_bytes().to_vec(),
+                    Err(error) => panic!("benchmark path {path} must decode: {error}"),
+                },
             }
-            .into_bytes()
         })
         .collect()
 }
 
-fn lookup(criterion: &mut Criterion) {
-    let mut group = criterion.benchmark_group("ring_lookup");
+fn lookup(c: &mut Criterion) {
     for algorithm in Algorithm::ALL {
         let keys = keys(algorithm);
-        for node_count in [3, 10, 100, 1000] {
-            let ring = Ring::build(algorithm, &node_names(node_count));
-            group.bench_with_input(
-                BenchmarkId::new(algorithm.as_str(), node_count),
-                &ring,
-                |bencher, ring| {
-                    let mut next = 0usize;
-                    bencher.iter(|| {
-                        next = (next + 1) % KEY_COUNT;
-                        black_box(ring.owner(black_box(&keys[next])))
-                    });
-                },
-            );
+        let mut group = c.benchmark_group(format!("ring_owner/{algorithm}"));
+        for count in NODE_COUNTS {
+            let ring = Ring::build(algorithm, &nodes(count));
+            let mut next = 0;
+            group.bench_with_input(BenchmarkId::from_parameter(count), &ring, |b, ring| {
+                b.iter(|| {
+                    next = (next + 1) % GROUPS;
+                    black_box(ring.owner(black_box(&keys[next])))
+                })
+            });
         }
-    }
-    group.finish();
-}
-
-fn successor(criterion: &mut Criterion) {
-    let mut group = criterion.benchmark_group("ring_successor");
-    for algorithm in Algorithm::ALL {
-        let keys = keys(algorithm);
-        let ring = Ring::build(algorithm, &node_names(100));
-        group.bench_with_input(
-            BenchmarkId::new(algorithm.as_str(), 100),
-            &ring,
-            |bencher, ring| {
-                let mut next = 0usize;
-                bencher.iter(|| {
-                    next = (next + 1) % KEY_COUNT;
-                    black_box(ring.successor(black_box(&keys[next])))
-                });
-            },
-        );
-    }
-    group.finish();
-}
-
-fn rebuild(criterion: &mut Criterion) {
-    let mut group = criterion.benchmark_group("ring_rebuild");
-    group.sample_size(20);
-    for algorithm in Algorithm::ALL {
-        for node_count in [10, 100] {
-            let nodes = node_names(node_count);
-            group.bench_with_input(
-                BenchmarkId::new(algorithm.as_str(), node_count),
-                &nodes,
-                |bencher, nodes| bencher.iter(|| Ring::build(algorithm, black_box(nodes))),
-            );
+        group.finish();
+        let mut group = c.benchmark_group(format!("ring_owner_and_successor/{algorithm}"));
+        for count in NODE_COUNTS {
+            let ring = Ring::build(algorithm, &nodes(count));
+            let mut next = 0;
+            group.bench_with_input(BenchmarkId::from_parameter(count), &ring, |b, ring| {
+                b.iter(|| {
+                    next = (next + 1) % GROUPS;
+                    let key = black_box(&keys[next]);
+                    black_box((ring.owner(key), ring.successor(key)))
+                })
+            });
         }
+        group.finish();
     }
-    group.finish();
 }
 
-criterion_group!(benches, lookup, successor, rebuild);
+fn rebuild(c: &mut Criterion) {
+    for algorithm in Algorithm::ALL {
+        let mut group = c.benchmark_group(format!("ring_build/{algorithm}"));
+        // A 1000-node rendezvous build takes tens of milliseconds; ten samples fit the short measurement time.
+        group.sample_size(10);
+        for count in NODE_COUNTS {
+            let nodes = nodes(count);
+            group.bench_with_input(BenchmarkId::from_parameter(count), &nodes, |b, nodes| {
+                b.iter(|| Ring::build(algorithm, black_box(nodes)))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, lookup, rebuild);
 criterion_main!(benches);

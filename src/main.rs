@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use dynamic_sharding::app::{self, Options};
 use dynamic_sharding::telemetry::{self, LogFormat, LogLevel};
+use mimalloc::MiMalloc;
+
+/// Every request allocates a few small buffers (headers, bodies, URIs); mimalloc's thread-local free lists
+/// serve them for less CPU than glibc's malloc (measured in bench/RESULTS.md).
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
 
 /// Consistent-hash sharding gateway in front of N Prometheus Pushgateways.
 #[derive(Parser, Debug)]
@@ -33,15 +39,29 @@ struct Flags {
     /// Output format of log messages.
     #[arg(long = "log.format", value_enum, default_value = "logfmt")]
     log_format: LogFormat,
+    /// Threads serving requests: 0 = one per CPU the process may run on; 1 = a single-threaded runtime, which
+    /// costs less CPU per request when the gateway is confined to one core (see bench/RESULTS.md).
+    #[arg(long = "runtime.worker-threads", value_name = "N", default_value_t = 0)]
+    runtime_worker_threads: usize,
+}
+
+fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        threads => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+    };
+    builder.enable_all().build()
 }
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
     telemetry::init_logging(flags.log_level, flags.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(flags.runtime_worker_threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");
