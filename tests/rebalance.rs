@@ -7,13 +7,12 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use common::placement::*;
 use common::*;
 use dynamic_sharding::grouping::GroupingKey;
 use dynamic_sharding::ring::{Algorithm, Ring};
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
-
-type Labels = BTreeMap<String, String>;
 
 /// Rebalance every second, fast health checks (a node leaves after 2 failed 500 ms probes, returns after 1).
 fn config(nodes: &[&Pushgateway], extra: &str) -> String {
@@ -106,28 +105,6 @@ async fn push_all(gateway: &Gateway, specs: &[Spec], version: u64) {
     }
 }
 
-/// Waits until the gateway's ring has exactly `nodes`.
-async fn wait_for_ring(gateway: &Gateway, nodes: &[&Pushgateway]) {
-    let mut expected: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
-    expected.sort();
-    wait_until(secs(30), Duration::from_millis(100), || async {
-        let ring: serde_json::Value =
-            serde_json::from_str(&gateway.request(Method::GET, "/-/ring", "").await.body)
-                .unwrap_or_default();
-        let actual: Vec<String> = ring["ring_nodes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|n| n.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        actual == expected
-    })
-    .await
-    .unwrap_or_else(|e| panic!("ring never became {expected:?}: {e}"));
-}
-
 /// The owner of every spec on the ring over `nodes` (the gateway builds exactly this ring).
 fn owners(nodes: &[&Pushgateway], specs: &[Spec]) -> BTreeMap<Labels, String> {
     let ring = Ring::build(
@@ -144,107 +121,11 @@ fn owners(nodes: &[&Pushgateway], specs: &[Spec]) -> BTreeMap<Labels, String> {
         .collect()
 }
 
-/// Every group's families as a node exposes them, without the times a copy changes.
-type Contents = BTreeMap<Labels, Vec<(String, serde_json::Value)>>;
-
-async fn contents(nodes: &[&Pushgateway]) -> Contents {
-    let mut all: Contents = BTreeMap::new();
-    for node in nodes {
-        for group in node.api_metrics().await {
-            let labels: Labels =
-                serde_json::from_value(group["labels"].clone()).expect("labels map");
-            let mut families = serde_json::Map::new();
-            for (name, family) in group.as_object().expect("group object") {
-                if matches!(
-                    name.as_str(),
-                    "labels"
-                        | "last_push_successful"
-                        | "push_time_seconds"
-                        | "push_failure_time_seconds"
-                ) {
-                    continue;
-                }
-                let mut family = family.clone();
-                if let Some(object) = family.as_object_mut() {
-                    object.remove("time_stamp");
-                }
-                families.insert(name.clone(), family);
-            }
-            all.entry(labels)
-                .or_default()
-                .push((node.addr(), serde_json::Value::Object(families)));
-        }
-    }
-    all
-}
-
-/// `Ok` when every expected group is on exactly its owner and nothing else is anywhere; else what is wrong.
-fn placement_errors(contents: &Contents, owners: &BTreeMap<Labels, String>) -> Vec<String> {
-    let mut errors = Vec::new();
-    for (labels, owner) in owners {
-        let holders: Vec<&String> = contents
-            .get(labels)
-            .map(|copies| copies.iter().map(|(node, _)| node).collect())
-            .unwrap_or_default();
-        if holders != vec![owner] {
-            errors.push(format!("{labels:?} on {holders:?}, owner {owner}"));
-        }
-    }
-    for labels in contents.keys() {
-        if !owners.contains_key(labels) {
-            errors.push(format!("unexpected group {labels:?}"));
-        }
-    }
-    errors
-}
-
-async fn wait_until_every_group_is_once_on_its_owner(
-    nodes: &[&Pushgateway],
-    owners: &BTreeMap<Labels, String>,
-) -> Contents {
-    let last_errors = std::cell::RefCell::new(Vec::new());
-    let result = wait_until(secs(60), Duration::from_millis(250), || {
-        let last_errors = &last_errors;
-        async move {
-            let errors = placement_errors(&contents(nodes).await, owners);
-            let done = errors.is_empty();
-            *last_errors.borrow_mut() = errors;
-            done
-        }
-    })
-    .await;
-    if let Err(error) = result {
-        let last_errors = last_errors.borrow();
-        panic!(
-            "groups not on exactly their owner ({error}); {} wrong, first: {:?}",
-            last_errors.len(),
-            last_errors.iter().take(5).collect::<Vec<_>>()
-        );
-    }
-    contents(nodes).await
-}
-
-/// The single copy of each group, for comparing values before and after a move.
-fn single_copies(contents: &Contents) -> BTreeMap<Labels, serde_json::Value> {
-    contents
-        .iter()
-        .map(|(labels, copies)| (labels.clone(), copies[0].1.clone()))
-        .collect()
-}
-
 fn version_of(families: &serde_json::Value) -> String {
     families["rb_version"]["metrics"][0]["value"]
         .as_str()
         .unwrap_or("missing")
         .to_string()
-}
-
-async fn gateway_metric(gateway: &Gateway, name: &str) -> f64 {
-    let text = gateway.request(Method::GET, "/-/metrics", "").await.body;
-    text.lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn rewrite_config(gateway: &Gateway, yaml: &str) {

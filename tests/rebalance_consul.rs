@@ -8,11 +8,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::placement::*;
 use common::*;
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
-
-type Labels = BTreeMap<String, String>;
 
 /// How often the tests poll the gateway and the nodes.
 const POLL: Duration = Duration::from_millis(200);
@@ -85,48 +84,11 @@ async fn set_ttl_check(consul: &Consul, check_id: &str, state: &str) {
     );
 }
 
-async fn ring_json(gateway: &Gateway) -> serde_json::Value {
-    let reply = gateway.request(Method::GET, "/-/ring", "").await;
-    assert_eq!(reply.status, StatusCode::OK, "/-/ring: {}", reply.body);
-    serde_json::from_str(&reply.body).expect("/-/ring is JSON")
-}
-
-fn sorted_addrs(nodes: &[&Pushgateway]) -> Vec<String> {
-    let mut addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
-    addrs.sort();
-    addrs
-}
-
 /// The gateway's log tail, for failure messages.
 fn log_tail(gateway: &Gateway, lines: usize) -> String {
     let log = gateway.log_text();
     let all: Vec<&str> = log.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Waits until the gateway's ring is exactly `nodes`.
-async fn wait_for_ring(gateway: &Gateway, nodes: &[&Pushgateway]) {
-    let expected = sorted_addrs(nodes);
-    wait_until(secs(30), POLL, || async {
-        let ring = ring_json(gateway).await;
-        let mut actual: Vec<String> = ring["ring_nodes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|n| n.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        actual.sort();
-        actual == expected
-    })
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "ring never became {expected:?}: {e}\n{}",
-            log_tail(gateway, 20)
-        )
-    });
 }
 
 /// One test group: its push path and its grouping labels.
@@ -218,112 +180,11 @@ async fn owners(gateway: &Gateway, specs: &[Spec]) -> BTreeMap<Labels, String> {
     owners
 }
 
-/// Every group's families as the nodes expose them, without the times a copy changes: labels -> (node, families).
-type Contents = BTreeMap<Labels, Vec<(String, serde_json::Value)>>;
-
-async fn contents(nodes: &[&Pushgateway]) -> Contents {
-    let mut all: Contents = BTreeMap::new();
-    for node in nodes {
-        for group in node.api_metrics().await {
-            let labels: Labels =
-                serde_json::from_value(group["labels"].clone()).expect("labels map");
-            let mut families = serde_json::Map::new();
-            for (name, family) in group.as_object().expect("group object") {
-                if matches!(
-                    name.as_str(),
-                    "labels"
-                        | "last_push_successful"
-                        | "push_time_seconds"
-                        | "push_failure_time_seconds"
-                ) {
-                    continue;
-                }
-                let mut family = family.clone();
-                if let Some(object) = family.as_object_mut() {
-                    object.remove("time_stamp");
-                }
-                families.insert(name.clone(), family);
-            }
-            all.entry(labels)
-                .or_default()
-                .push((node.addr(), serde_json::Value::Object(families)));
-        }
-    }
-    all
-}
-
-/// What is wrong with the placement: groups not on exactly their owner, and groups nobody pushed.
-fn placement_errors(contents: &Contents, owners: &BTreeMap<Labels, String>) -> Vec<String> {
-    let mut errors = Vec::new();
-    for (labels, owner) in owners {
-        let holders: Vec<&String> = contents
-            .get(labels)
-            .map(|copies| copies.iter().map(|(node, _)| node).collect())
-            .unwrap_or_default();
-        if holders != vec![owner] {
-            errors.push(format!("{labels:?} on {holders:?}, owner {owner}"));
-        }
-    }
-    for labels in contents.keys() {
-        if !owners.contains_key(labels) {
-            errors.push(format!("unexpected group {labels:?}"));
-        }
-    }
-    errors
-}
-
-/// Waits until every group is on exactly its owner; returns the contents then.
-async fn wait_until_every_group_is_once_on_its_owner(
-    nodes: &[&Pushgateway],
-    owners: &BTreeMap<Labels, String>,
-) -> Contents {
-    let last_errors = std::cell::RefCell::new(Vec::new());
-    let result = wait_until(SETTLE_TIMEOUT, Duration::from_millis(250), || {
-        let last_errors = &last_errors;
-        async move {
-            let errors = placement_errors(&contents(nodes).await, owners);
-            let done = errors.is_empty();
-            *last_errors.borrow_mut() = errors;
-            done
-        }
-    })
-    .await;
-    if let Err(error) = result {
-        let last_errors = last_errors.borrow();
-        panic!(
-            "groups not on exactly their owner ({error}); {} wrong, first: {:?}",
-            last_errors.len(),
-            last_errors.iter().take(5).collect::<Vec<_>>()
-        );
-    }
-    contents(nodes).await
-}
-
-/// The single copy of each group (call on contents where every group is on exactly one node).
-fn single_copies(contents: &Contents) -> BTreeMap<Labels, serde_json::Value> {
-    contents
-        .iter()
-        .map(|(labels, copies)| (labels.clone(), copies[0].1.clone()))
-        .collect()
-}
-
-/// The sum of every sample of `name` (with any labels) on the gateway's `/-/metrics`.
-async fn gateway_metric(gateway: &Gateway, name: &str) -> f64 {
-    let text = gateway.request(Method::GET, "/-/metrics", "").await.body;
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// `rebalance.leader` of each gateway's `/-/ring`.
 async fn leaders(gateways: &[&Gateway]) -> Vec<bool> {
     let mut leaders = Vec::new();
     for gateway in gateways {
-        leaders.push(ring_json(gateway).await["rebalance"]["leader"] == true);
+        leaders.push(gateway.ring().await["rebalance"]["leader"] == true);
     }
     leaders
 }
@@ -376,12 +237,12 @@ async fn two_replicas_with_consul_elect_one_rebalancer_and_it_fails_over() {
         Some((_, 0)) => (0, 1),
         _ => (1, 0),
     };
-    let leader_ring = ring_json(&replicas[leader]).await;
+    let leader_ring = replicas[leader].ring().await;
     assert!(
         leader_ring["rebalance"]["last_pass"]["outcome"].is_string(),
         "the leader runs passes: {leader_ring}"
     );
-    let follower_ring = ring_json(&replicas[follower]).await;
+    let follower_ring = replicas[follower].ring().await;
     assert_eq!(
         follower_ring["rebalance"]["inactive_reason"], "another replica is the leader",
         "{follower_ring}"
@@ -423,7 +284,7 @@ async fn two_replicas_with_consul_elect_one_rebalancer_and_it_fails_over() {
     );
     let survivor = &replicas[follower];
     wait_until(secs(60), POLL, || async {
-        ring_json(survivor).await["rebalance"]["leader"] == true
+        survivor.ring().await["rebalance"]["leader"] == true
     })
     .await
     .unwrap_or_else(|e| {
@@ -435,7 +296,7 @@ async fn two_replicas_with_consul_elect_one_rebalancer_and_it_fails_over() {
     let failover = stopped_at.elapsed();
     eprintln!("rebalance leadership failed over {failover:?} after SIGTERM to the leader");
     wait_until(secs(30), POLL, || async {
-        ring_json(survivor).await["rebalance"]["last_pass"]["outcome"].is_string()
+        survivor.ring().await["rebalance"]["last_pass"]["outcome"].is_string()
     })
     .await
     .expect("the new leader runs passes");
@@ -525,7 +386,7 @@ async fn a_node_failing_its_consul_check_is_never_drained() {
             log_tail(&gateway, 20)
         )
     });
-    let ring = ring_json(&gateway).await;
+    let ring = gateway.ring().await;
     assert_eq!(
         ring["rebalance"]["leader"], true,
         "the only replica rebalances: {ring}"

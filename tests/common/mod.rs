@@ -35,6 +35,8 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod placement;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs::File;

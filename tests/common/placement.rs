@@ -1,0 +1,140 @@
+//! Where groups are: every node's groups as the Pushgateway JSON API lists them, compared with where the ring
+//! says they belong. Shared by the rebalancing tests.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::Method;
+
+use super::{secs, wait_until, Gateway, Pushgateway};
+
+/// A group's grouping labels, `job` included.
+pub type Labels = BTreeMap<String, String>;
+
+/// Every group's families as the nodes expose them, without the times a copy changes: labels -> (node, families).
+pub type Contents = BTreeMap<Labels, Vec<(String, serde_json::Value)>>;
+
+pub async fn contents(nodes: &[&Pushgateway]) -> Contents {
+    let mut all: Contents = BTreeMap::new();
+    for node in nodes {
+        for group in node.api_metrics().await {
+            let labels: Labels =
+                serde_json::from_value(group["labels"].clone()).expect("labels map");
+            let mut families = serde_json::Map::new();
+            for (name, family) in group.as_object().expect("group object") {
+                if matches!(
+                    name.as_str(),
+                    "labels"
+                        | "last_push_successful"
+                        | "push_time_seconds"
+                        | "push_failure_time_seconds"
+                ) {
+                    continue;
+                }
+                let mut family = family.clone();
+                if let Some(object) = family.as_object_mut() {
+                    object.remove("time_stamp");
+                }
+                families.insert(name.clone(), family);
+            }
+            all.entry(labels)
+                .or_default()
+                .push((node.addr(), serde_json::Value::Object(families)));
+        }
+    }
+    all
+}
+
+/// What is wrong with the placement: groups not on exactly their owner, and groups nobody pushed.
+pub fn placement_errors(contents: &Contents, owners: &BTreeMap<Labels, String>) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (labels, owner) in owners {
+        let holders: Vec<&String> = contents
+            .get(labels)
+            .map(|copies| copies.iter().map(|(node, _)| node).collect())
+            .unwrap_or_default();
+        if holders != vec![owner] {
+            errors.push(format!("{labels:?} on {holders:?}, owner {owner}"));
+        }
+    }
+    for labels in contents.keys() {
+        if !owners.contains_key(labels) {
+            errors.push(format!("unexpected group {labels:?}"));
+        }
+    }
+    errors
+}
+
+/// Waits (generously: the machine is shared with builds) until every group is on exactly its owner; returns the
+/// contents then.
+pub async fn wait_until_every_group_is_once_on_its_owner(
+    nodes: &[&Pushgateway],
+    owners: &BTreeMap<Labels, String>,
+) -> Contents {
+    let last_errors = std::cell::RefCell::new(Vec::new());
+    let result = wait_until(secs(60), Duration::from_millis(250), || {
+        let last_errors = &last_errors;
+        async move {
+            let errors = placement_errors(&contents(nodes).await, owners);
+            let done = errors.is_empty();
+            *last_errors.borrow_mut() = errors;
+            done
+        }
+    })
+    .await;
+    if let Err(error) = result {
+        let last_errors = last_errors.borrow();
+        panic!(
+            "groups not on exactly their owner ({error}); {} wrong, first: {:?}",
+            last_errors.len(),
+            last_errors.iter().take(5).collect::<Vec<_>>()
+        );
+    }
+    contents(nodes).await
+}
+
+/// The single copy of each group (call on contents where every group is on exactly one node).
+pub fn single_copies(contents: &Contents) -> BTreeMap<Labels, serde_json::Value> {
+    contents
+        .iter()
+        .map(|(labels, copies)| (labels.clone(), copies[0].1.clone()))
+        .collect()
+}
+
+/// The sum of every sample of `name` (with any labels) on the gateway's `/-/metrics`.
+pub async fn gateway_metric(gateway: &Gateway, name: &str) -> f64 {
+    let text = gateway.request(Method::GET, "/-/metrics", "").await.body;
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the gateway's ring is exactly `nodes` (in any order).
+pub async fn wait_for_ring(gateway: &Gateway, nodes: &[&Pushgateway]) {
+    let mut expected: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    expected.sort();
+    wait_until(secs(30), Duration::from_millis(100), || async {
+        let ring = gateway.ring().await;
+        let mut actual: Vec<String> = ring["ring_nodes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        actual.sort();
+        actual == expected
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "ring never became {expected:?}: {e}\n{}",
+            gateway.log_text()
+        )
+    });
+}
