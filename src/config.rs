@@ -736,6 +736,17 @@ pub fn node_address(entry: &str, default_port: u16) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    /// Each config text must be rejected with an error that mentions the expected words.
+    fn assert_each_error_mentions(cases: &[(&str, &str)]) {
+        for (text, expected) in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "config {text:?}: error {err:?} should mention {expected:?}"
+            );
+        }
+    }
+
     #[test]
     fn accepts_the_go_originals_file_unchanged() {
         let text = "consul_server:\n  addr: localhost:8500\n  username:\n  password:\n  register_service_name: pushgateway\n\
@@ -818,13 +829,7 @@ mod tests {
             ),
             ("consul_server: {addr: a:1, tsl: {}}", "tsl"),
         ];
-        for (text, expected) in cases {
-            let err = Config::parse(text).unwrap_err().to_string();
-            assert!(
-                err.contains(expected),
-                "config {text:?}: error {err:?} should mention {expected:?}"
-            );
-        }
+        assert_each_error_mentions(&cases);
     }
 
     #[test]
@@ -893,13 +898,7 @@ mod tests {
             ),
             ("consul_server: {username: x}", "consul_server.addr"),
         ];
-        for (text, expected) in cases {
-            let err = Config::parse(text).unwrap_err().to_string();
-            assert!(
-                err.contains(expected),
-                "config {text:?}: error {err:?} should mention {expected:?}"
-            );
-        }
+        assert_each_error_mentions(&cases);
     }
 
     #[test]
