@@ -2,12 +2,14 @@
 //! who the owner is.
 
 use std::cell::RefCell;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
@@ -30,14 +32,40 @@ thread_local! {
     static RING_KEY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Entry point for every path no other route claimed.
-pub async fn dispatch(State(state): State<AppState>, request: Request<Body>) -> Response<Body> {
+/// The fallback service: every path no other route claimed. A hand-written service rather than a handler
+/// with `State<AppState>`, because axum clones a handler's state for every request, and `AppState` is some
+/// thirty reference counts (each metric family, the HTTP client's pool): here a request clones one `Arc`.
+#[derive(Clone)]
+pub struct PushService(Arc<AppState>);
+
+impl PushService {
+    pub fn new(state: AppState) -> PushService {
+        PushService(Arc::new(state))
+    }
+}
+
+impl tower::Service<Request<Body>> for PushService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move { Ok(dispatch(&state, request).await) })
+    }
+}
+
+async fn dispatch(state: &AppState, request: Request<Body>) -> Response<Body> {
     let path = request.uri().path();
     if !is_push_path(path) {
         return text(StatusCode::NOT_FOUND, format!("404 page not found: {path}"));
     }
     let method = request.method().clone();
-    let (response, served_by) = handle(&state, request).await;
+    let (response, served_by) = handle(state, request).await;
     let family = &state.metrics.requests;
     match served_by {
         Some(node) => node.requests.record(family, &method, response.status()),
