@@ -21,6 +21,7 @@ pub mod exposition;
 pub mod gateway;
 pub mod grouping;
 pub mod membership;
+pub mod node_route;
 pub mod rebalance;
 pub mod ring;
 pub mod routing;

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::membership::Membership;
+use crate::node_route::{NodeRoute, RequestCounters};
 use crate::ring::{Algorithm, Ring};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
@@ -19,6 +20,10 @@ use crate::telemetry::Metrics;
 /// An immutable ring plus what it was built from.
 pub struct RoutingTable {
     pub ring: Ring,
+    /// Per-node push-path data, parallel to `ring.nodes()` (index with `ring.owner_index`).
+    pub routes: Vec<Arc<NodeRoute>>,
+    /// Request counters for answers no node served (rejected input, redirects, no healthy node).
+    pub unserved: RequestCounters,
     /// Incremented on every rebuild.
     pub generation: u64,
     pub built_at: SystemTime,
@@ -26,8 +31,15 @@ pub struct RoutingTable {
 
 impl RoutingTable {
     fn new(algorithm: Algorithm, nodes: &[String], generation: u64) -> RoutingTable {
+        let ring = Ring::build(algorithm, nodes);
         RoutingTable {
-            ring: Ring::build(algorithm, nodes),
+            routes: ring
+                .nodes()
+                .iter()
+                .map(|node| Arc::new(NodeRoute::new(node)))
+                .collect(),
+            unserved: RequestCounters::new(Arc::from("")),
+            ring,
             generation,
             built_at: SystemTime::now(),
         }

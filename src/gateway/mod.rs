@@ -66,7 +66,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/api/v1/admin/wipe", any(read::wipe))
         // Push paths are matched by hand: the Pushgateway's grammar (base64 job segment, path cleaning) does not
         // fit a route pattern, and the raw path is needed undecoded.
-        .fallback(push::dispatch)
+        .fallback_service(push::PushService::new(state.clone()))
         .with_state(state)
 }
 

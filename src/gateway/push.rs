@@ -1,50 +1,80 @@
 //! `/metrics/job/...`: parse the grouping key, find its owner on the ring, then proxy, redirect, or (GET) say
 //! who the owner is.
 
+use std::cell::RefCell;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
 use super::{json, text, AppState};
 use crate::config::{Config, Mode};
 use crate::grouping::{self, GroupingKey};
+use crate::node_route::NodeRoute;
 use crate::ring::Algorithm;
-use crate::telemetry::{ErrorLabels, MethodLabel, NodeLabels, RequestLabels};
+use crate::telemetry::{ErrorLabels, NodeLabels};
 use crate::upstream::{self, UpstreamError};
 
 /// The response header naming the node that served a proxied push.
 pub const NODE_HEADER: &str = "x-dynamic-sharding-node";
 const ALLOW: &str = "DELETE, GET, OPTIONS, POST, PUT";
 
-/// Entry point for every path no other route claimed.
-pub async fn dispatch(State(state): State<AppState>, request: Request<Body>) -> Response<Body> {
+thread_local! {
+    /// The rendezvous ring key of the push being routed: reused so that a lookup does not allocate.
+    static RING_KEY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The fallback service: every path no other route claimed. A hand-written service rather than a handler
+/// with `State<AppState>`, because axum clones a handler's state for every request, and `AppState` is some
+/// thirty reference counts (each metric family, the HTTP client's pool): here a request clones one `Arc`.
+#[derive(Clone)]
+pub struct PushService(Arc<AppState>);
+
+impl PushService {
+    pub fn new(state: AppState) -> PushService {
+        PushService(Arc::new(state))
+    }
+}
+
+impl tower::Service<Request<Body>> for PushService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move { Ok(dispatch(&state, request).await) })
+    }
+}
+
+async fn dispatch(state: &AppState, request: Request<Body>) -> Response<Body> {
     let path = request.uri().path();
     if !is_push_path(path) {
         return text(StatusCode::NOT_FOUND, format!("404 page not found: {path}"));
     }
     let method = request.method().clone();
-    let response = handle(&state, request).await;
-    let served_by = response
-        .headers()
-        .get(NODE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(Arc::<str>::from)
-        .unwrap_or_else(|| Arc::from(""));
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            method: MethodLabel::from(&method),
-            code: response.status().as_u16(),
-            node: served_by,
-        })
-        .inc();
+    let (response, served_by) = handle(state, request).await;
+    let family = &state.metrics.requests;
+    match served_by {
+        Some(node) => node.requests.record(family, &method, response.status()),
+        None => state
+            .ring
+            .load()
+            .unserved
+            .record(family, &method, response.status()),
+    }
     response
 }
 
@@ -56,7 +86,35 @@ fn is_push_path(path: &str) -> bool {
     }
 }
 
-async fn handle(state: &AppState, request: Request<Body>) -> Response<Body> {
+/// The answer, and the node that served it when a push was forwarded (its label in the request counter).
+async fn handle(
+    state: &AppState,
+    request: Request<Body>,
+) -> (Response<Body>, Option<Arc<NodeRoute>>) {
+    let response = match route(state, request) {
+        Routed::Answered(response) => response,
+        Routed::Proxy {
+            request,
+            key,
+            owner,
+            successor,
+        } => return proxy(state, request, &key, owner, successor).await,
+    };
+    (response, None)
+}
+
+enum Routed {
+    Answered(Response<Body>),
+    Proxy {
+        request: Request<Body>,
+        key: GroupingKey,
+        owner: Arc<NodeRoute>,
+        successor: Option<Arc<NodeRoute>>,
+    },
+}
+
+/// Everything before the first await: parse, look up the owner, and answer unless the push is to be proxied.
+fn route(state: &AppState, request: Request<Body>) -> Routed {
     let method = request.method();
     if !matches!(
         *method,
@@ -69,48 +127,59 @@ async fn handle(state: &AppState, request: Request<Body>) -> Response<Body> {
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
-        return response;
+        return Routed::Answered(response);
     }
     if *method == Method::OPTIONS {
         let mut response = text(StatusCode::OK, "");
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
-        return response;
+        return Routed::Answered(response);
     }
     let raw_path = request.uri().path();
     let key = match grouping::parse_push_path(raw_path) {
         Ok(key) => key,
-        Err(error) => return rejected(&error),
+        Err(error) => return Routed::Answered(rejected(&error)),
     };
     let config = state.config.load();
     let table = state.ring.load();
-    let ring_key = match table.ring.algorithm() {
-        Algorithm::Rendezvous => key.ring_key(),
+    let proxying = config.mode == Mode::Proxy && *method != Method::GET;
+    let wants_successor = proxying && config.proxy.retry;
+    let lookup = |ring_key: &[u8]| {
+        let owner = table.ring.owner_index(ring_key);
+        let successor = wants_successor
+            .then(|| table.ring.successor_index(ring_key))
+            .flatten();
+        (owner, successor)
+    };
+    let (owner, successor) = match table.ring.algorithm() {
+        Algorithm::Rendezvous => RING_KEY.with_borrow_mut(|buffer| {
+            key.write_ring_key(buffer);
+            lookup(buffer)
+        }),
         Algorithm::GoCompatible => match grouping::decoded_path(raw_path) {
-            Ok(path) => path.as_bytes().to_vec(),
-            Err(error) => return rejected(&error),
+            Ok(path) => lookup(path.as_bytes()),
+            Err(error) => return Routed::Answered(rejected(&error)),
         },
     };
-    let Some(owner) = table.ring.owner(&ring_key) else {
-        return no_healthy_node();
+    let Some(owner) = owner.and_then(|index| table.routes.get(index)) else {
+        return Routed::Answered(no_healthy_node());
     };
     if key.has_empty_label_value() {
         tracing::debug!(grouping_key = %key, "grouping key has an empty label value; it is a different group from one without that label");
     }
-    match (request.method(), config.mode) {
-        (&Method::GET, _) => owner_info(&request, &key, owner),
-        (_, Mode::Redirect) => redirect(&request, owner),
-        (_, Mode::Proxy) => {
-            let successor = if config.proxy.retry {
-                table.ring.successor(&ring_key).map(str::to_owned)
-            } else {
-                None
-            };
-            let owner = owner.to_owned();
-            drop(table);
-            proxy(state, &config, request, &key, owner, successor).await
-        }
+    if !proxying {
+        return Routed::Answered(if *method == Method::GET {
+            owner_info(&request, &key, &owner.name)
+        } else {
+            redirect(&request, &owner.name)
+        });
+    }
+    Routed::Proxy {
+        owner: owner.clone(),
+        successor: successor.and_then(|index| table.routes.get(index)).cloned(),
+        request,
+        key,
     }
 }
 
@@ -196,33 +265,57 @@ fn is_hop_header(name: &HeaderName) -> bool {
     )
 }
 
-fn end_to_end_headers(headers: &HeaderMap) -> HeaderMap {
+/// Removes hop-by-hop headers in place: the map is moved from the incoming to the outgoing message, not copied.
+fn strip_hop_headers(headers: &mut HeaderMap) {
     // Headers named in `Connection` are hop-by-hop too.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if !is_hop_header(name) && !listed.contains(name) {
-            out.append(name.clone(), value.clone());
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
         }
     }
-    out
+    if headers.keys().any(is_hop_header) {
+        let hop: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| is_hop_header(n))
+            .cloned()
+            .collect();
+        for name in hop {
+            headers.remove(name);
+        }
+    }
 }
 
 async fn proxy(
     state: &AppState,
+    request: Request<Body>,
+    key: &GroupingKey,
+    owner: Arc<NodeRoute>,
+    successor: Option<Arc<NodeRoute>>,
+) -> (Response<Body>, Option<Arc<NodeRoute>>) {
+    let config = state.config.load();
+    match proxy_to(state, &config, request, key, owner, successor).await {
+        Ok((response, node)) => (response, Some(node)),
+        Err(response) => (response, None),
+    }
+}
+
+/// Forwards the push to `owner`, or to `successor` if the owner cannot be reached. `Err` is our own answer.
+async fn proxy_to(
+    state: &AppState,
     config: &Config,
     request: Request<Body>,
     key: &GroupingKey,
-    owner: String,
-    successor: Option<String>,
-) -> Response<Body> {
-    let (parts, body) = request.into_parts();
+    owner: Arc<NodeRoute>,
+    successor: Option<Arc<NodeRoute>>,
+) -> Result<(Response<Body>, Arc<NodeRoute>), Response<Body>> {
+    let (mut parts, body) = request.into_parts();
     let limit = usize::try_from(config.proxy.max_body_size).unwrap_or(usize::MAX);
     let body = match tokio::time::timeout(
         config.proxy.client_body_timeout,
@@ -232,29 +325,30 @@ async fn proxy(
     {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(error)) if error.is::<LengthLimitError>() => {
-            return text(
+            return Err(text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is larger than {limit} bytes (proxy.max_body_size)"),
-            )
+            ))
         }
         Ok(Err(error)) => {
-            return text(
+            return Err(text(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read request body: {error}"),
-            )
+            ))
         }
         Err(_) => {
-            return text(
+            return Err(text(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "request body not received within {} (proxy.client_body_timeout)",
                     humantime::format_duration(config.proxy.client_body_timeout)
                 ),
-            )
+            ))
         }
     };
-    let headers = end_to_end_headers(&parts.headers);
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_headers(&mut headers);
+    let target = parts.uri.path_and_query();
 
     // While the rebalancer moves groups, a push of a group being moved waits for the move and then wins over it.
     let _permit = state
@@ -265,38 +359,43 @@ async fn proxy(
     let mut node = owner;
     let mut retry_on = successor;
     loop {
+        // The headers are needed again only if a retry can follow.
+        let attempt_headers = if retry_on.is_some() {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
         match forward(
             state,
             config,
             &parts.method,
             target,
-            &headers,
+            attempt_headers,
             body.clone(),
             &node,
         )
         .await
         {
-            Ok(response) => return response,
+            Ok(response) => return Ok((response, node)),
             Err(error) => {
-                tracing::warn!(%node, grouping_key = %key, %error, "push could not reach its node");
-                state.suspects.report(&node);
+                let name = &node.name;
+                tracing::warn!(node = %name, grouping_key = %key, %error, "push could not reach its node");
+                state.suspects.report(name);
                 match retry_on.take() {
                     Some(next) => {
                         state
                             .metrics
                             .retries
-                            .get_or_create(&NodeLabels {
-                                node: Arc::from(node.as_str()),
-                            })
+                            .get_or_create(&NodeLabels { node: name.clone() })
                             .inc();
-                        tracing::info!(from = %node, to = %next, grouping_key = %key, "retrying push on the next node");
+                        tracing::info!(from = %name, to = %next.name, grouping_key = %key, "retrying push on the next node");
                         node = next;
                     }
                     None => {
-                        return text(
+                        return Err(text(
                             StatusCode::BAD_GATEWAY,
-                            format!("Pushgateway {node} could not be reached: {error}"),
-                        )
+                            format!("Pushgateway {name} could not be reached: {error}"),
+                        ))
                     }
                 }
             }
@@ -308,21 +407,21 @@ async fn forward(
     state: &AppState,
     config: &Config,
     method: &Method,
-    target: &str,
-    headers: &HeaderMap,
+    target: Option<&PathAndQuery>,
+    headers: HeaderMap,
     body: Bytes,
-    node: &str,
+    node: &NodeRoute,
 ) -> Result<Response<Body>, UpstreamError> {
-    let mut builder = Request::builder()
-        .method(method.clone())
-        .uri(format!("http://{node}{target}"));
-    if let Some(out_headers) = builder.headers_mut() {
-        out_headers.clone_from(headers);
-    }
-    let upstream_request = builder
-        .body(Full::new(body))
-        .map_err(|e| UpstreamError::Request(e.to_string()))?;
-    let node_label: Arc<str> = Arc::from(node);
+    let Some(uri) = node.upstream_uri(target) else {
+        return Err(UpstreamError::Request(format!(
+            "node address {:?} is not a valid host:port",
+            node.name
+        )));
+    };
+    let mut upstream_request = Request::new(Full::new(body));
+    *upstream_request.method_mut() = method.clone();
+    *upstream_request.uri_mut() = uri;
+    *upstream_request.headers_mut() = headers;
     let started = Instant::now();
     let result = upstream::send(
         &state.client,
@@ -332,18 +431,17 @@ async fn forward(
     .await;
     match result {
         Ok(upstream_response) => {
-            state
-                .metrics
-                .upstream_duration
-                .get_or_create(&NodeLabels { node: node_label })
+            node.upstream_duration(&state.metrics.upstream_duration)
                 .observe(started.elapsed().as_secs_f64());
             let (parts, body) = upstream_response.into_parts();
             let mut response = Response::new(Body::from(body));
             *response.status_mut() = parts.status;
-            *response.headers_mut() = end_to_end_headers(&parts.headers);
-            if let Ok(value) = HeaderValue::from_str(node) {
-                response.headers_mut().insert(NODE_HEADER, value);
+            let mut headers = parts.headers;
+            strip_hop_headers(&mut headers);
+            if let Some(value) = &node.header_value {
+                headers.insert(NODE_HEADER, value.clone());
             }
+            *response.headers_mut() = headers;
             Ok(response)
         }
         Err(error) => {
@@ -351,7 +449,7 @@ async fn forward(
                 .metrics
                 .upstream_errors
                 .get_or_create(&ErrorLabels {
-                    node: node_label,
+                    node: node.name.clone(),
                     kind: error.kind(),
                 })
                 .inc();
@@ -392,7 +490,8 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         headers.insert(header::HOST, HeaderValue::from_static("gateway:9292"));
-        let out = end_to_end_headers(&headers);
+        let mut out = headers;
+        strip_hop_headers(&mut out);
         assert_eq!(out.len(), 2, "{out:?}");
         assert!(out.contains_key(header::CONTENT_TYPE));
         assert!(out.contains_key(header::CONTENT_ENCODING));

@@ -150,6 +150,25 @@ impl Ring {
         self.node(index)
     }
 
+    /// Like [`Ring::owner`], as an index into [`Ring::nodes`], so callers can keep per-node data in a parallel
+    /// slice instead of looking the name up again.
+    #[inline]
+    pub fn owner_index(&self, key: &[u8]) -> Option<usize> {
+        match &self.table {
+            Table::Rendezvous(table) => table.owner_index(key),
+            Table::GoCompatible(ring) => ring.owner_index(key),
+        }
+    }
+
+    /// Like [`Ring::successor`], as an index into [`Ring::nodes`].
+    #[inline]
+    pub fn successor_index(&self, key: &[u8]) -> Option<usize> {
+        match &self.table {
+            Table::Rendezvous(table) => table.successor_index(key),
+            Table::GoCompatible(ring) => ring.successor_index(key),
+        }
+    }
+
     fn node(&self, index: usize) -> Option<&str> {
         self.nodes.get(index).map(String::as_str)
     }
