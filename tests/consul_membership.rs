@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -398,23 +397,8 @@ async fn talks_https_to_consul_with_a_private_ca_and_a_client_certificate() {
         ),
     )
     .expect("write agent config");
-    let mut command = Command::new(&consul_bin);
-    command
-        .args([
-            "agent",
-            "-dev",
-            "-bind",
-            "127.0.0.1",
-            "-client",
-            "127.0.0.1",
-        ])
-        .arg(format!("-node=tls-{http_port}"))
-        .arg(format!("-http-port={http_port}"))
-        .args(["-dns-port=-1", "-grpc-port=-1"])
-        .arg(format!("-serf-lan-port={}", free_port()))
-        .arg(format!("-serf-wan-port={}", free_port()))
-        .arg(format!("-server-port={}", free_port()))
-        .arg(format!("-config-file={}", agent_config.display()));
+    let mut command = Consul::dev_agent_command(http_port);
+    command.arg(format!("-config-file={}", agent_config.display()));
     let _agent = ChildGuard::spawn("consul-tls", command);
     let plain = http_client();
     wait_until(STARTUP_TIMEOUT, POLL_INTERVAL, || async {
@@ -531,17 +515,4 @@ async fn leader_election_has_one_leader_and_fails_over_when_it_stops() {
         !*old_leader.borrow(),
         "the stopped elector is no longer leader"
     );
-}
-
-/// The Consul binary the harness uses (for `consul tls ...`).
-fn consul_binary() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("DS_CONSUL_BIN") {
-        return path.into();
-    }
-    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bin/consul");
-    if installed.is_file() {
-        installed
-    } else {
-        "consul".into()
-    }
 }

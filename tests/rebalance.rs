@@ -83,26 +83,12 @@ fn body(index: usize, version: u64) -> String {
 
 /// PUTs every group at `version` through the gateway, 16 at a time; every push must be acknowledged.
 async fn push_all(gateway: &Gateway, specs: &[Spec], version: u64) {
-    let client = http_client();
-    for chunk in specs.chunks(16).enumerate() {
-        let (chunk_index, chunk) = chunk;
-        let pushes = chunk.iter().enumerate().map(|(offset, spec)| {
-            let url = format!("{}{}", gateway.url(), spec.path);
-            let body = body(chunk_index * 16 + offset, version);
-            let client = client.clone();
-            async move { send(&client, Method::PUT, &url, body).await }
-        });
-        for (spec, reply) in chunk.iter().zip(join_all(pushes).await) {
-            let reply = reply.unwrap_or_else(|e| panic!("push {}: {e}", spec.path));
-            assert_eq!(
-                reply.status,
-                StatusCode::OK,
-                "push {}: {}",
-                spec.path,
-                reply.body
-            );
-        }
-    }
+    let pushes: Vec<(String, String)> = specs
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| (spec.path.clone(), body(index, version)))
+        .collect();
+    put_all(gateway, &pushes).await;
 }
 
 /// The owner of every spec on the ring over `nodes` (the gateway builds exactly this ring).

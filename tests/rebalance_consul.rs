@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::placement::*;
 use common::*;
-use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 
 /// How often the tests poll the gateway and the nodes.
@@ -137,25 +136,12 @@ fn body(index: usize) -> String {
 
 /// PUTs every group through the gateway, 16 at a time; every push must be acknowledged.
 async fn push_all(gateway: &Gateway, specs: &[Spec]) {
-    let client = http_client();
-    for (chunk_index, chunk) in specs.chunks(16).enumerate() {
-        let pushes = chunk.iter().enumerate().map(|(offset, spec)| {
-            let url = format!("{}{}", gateway.url(), spec.path);
-            let body = body(chunk_index * 16 + offset);
-            let client = client.clone();
-            async move { send(&client, Method::PUT, &url, body).await }
-        });
-        for (spec, reply) in chunk.iter().zip(join_all(pushes).await) {
-            let reply = reply.unwrap_or_else(|e| panic!("push {}: {e}", spec.path));
-            assert_eq!(
-                reply.status,
-                StatusCode::OK,
-                "push {}: {}",
-                spec.path,
-                reply.body
-            );
-        }
-    }
+    let pushes: Vec<(String, String)> = specs
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| (spec.path.clone(), body(index)))
+        .collect();
+    put_all(gateway, &pushes).await;
 }
 
 /// Every group's owner as the gateway answers it (`GET /metrics/job/...` with `Accept: application/json`).

@@ -684,7 +684,9 @@ impl Consul {
         }
     }
 
-    fn launch_on(http_port: u16) -> Launch<u16> {
+    /// The command line of a loopback-only `-dev` agent with its HTTP API on `http_port` and every other port free
+    /// (DNS and gRPC off). Tests that need more (e.g. `-config-file` for TLS) add arguments before spawning.
+    pub fn dev_agent_command(http_port: u16) -> Command {
         let mut command = Command::new(consul_binary());
         command
             .args([
@@ -701,6 +703,11 @@ impl Consul {
             .arg(format!("-serf-lan-port={}", free_port()))
             .arg(format!("-serf-wan-port={}", free_port()))
             .arg(format!("-server-port={}", free_port()));
+        command
+    }
+
+    fn launch_on(http_port: u16) -> Launch<u16> {
+        let command = Consul::dev_agent_command(http_port);
         Launch {
             guard: ChildGuard::spawn(&format!("consul-{http_port}"), command),
             ready_url: format!("http://127.0.0.1:{http_port}/v1/status/leader"),
@@ -774,7 +781,7 @@ fn leader_elected(status: StatusCode, body: &str) -> bool {
 
 /// `$DS_CONSUL_BIN`, else `<repo>/tools/bin/consul` (where scripts/install-test-deps.sh puts it), else `consul`
 /// on `PATH`.
-fn consul_binary() -> PathBuf {
+pub fn consul_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("DS_CONSUL_BIN") {
         return PathBuf::from(path);
     }

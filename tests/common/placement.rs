@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use reqwest::Method;
+use futures_util::future::join_all;
+use reqwest::{Method, StatusCode};
 
-use super::{secs, wait_until, Gateway, Pushgateway};
+use super::{http_client, secs, send, wait_until, Gateway, Pushgateway};
 
 /// A group's grouping labels, `job` included.
 pub type Labels = BTreeMap<String, String>;
@@ -137,4 +138,21 @@ pub async fn wait_for_ring(gateway: &Gateway, nodes: &[&Pushgateway]) {
             gateway.log_text()
         )
     });
+}
+
+/// PUTs each `(push path, body)` through the gateway, 16 at a time; every push must be acknowledged with 200.
+pub async fn put_all(gateway: &Gateway, pushes: &[(String, String)]) {
+    let client = http_client();
+    for chunk in pushes.chunks(16) {
+        let replies = chunk.iter().map(|(path, body)| {
+            let url = format!("{}{path}", gateway.url());
+            let client = client.clone();
+            let body = body.clone();
+            async move { send(&client, Method::PUT, &url, body).await }
+        });
+        for ((path, _), reply) in chunk.iter().zip(join_all(replies).await) {
+            let reply = reply.unwrap_or_else(|e| panic!("push {path}: {e}"));
+            assert_eq!(reply.status, StatusCode::OK, "push {path}: {}", reply.body);
+        }
+    }
 }
