@@ -15,7 +15,7 @@ bash scripts/install-test-deps.sh
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked --workspace --all-targets "$@" 2>&1 | tee "$log" || status=$?
+cargo test --locked --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
      END { printf "\n%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 exit "$status"

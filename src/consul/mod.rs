@@ -109,6 +109,10 @@ pub struct HttpCheck {
     pub timeout: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deregister_critical_service_after: Option<String>,
+    /// The status a newly created check starts with (Consul's default is `critical`). Consul keeps the current
+    /// status of a check that already exists, so this only matters for an agent that lost its registrations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
 }
 
 /// One registered instance from `/v1/health/service/<name>`.
@@ -576,6 +580,7 @@ mod tests {
                 interval: "5s".into(),
                 timeout: "2s".into(),
                 deregister_critical_service_after: None,
+                status: Some("passing"),
             },
         };
         let json = serde_json::to_value(&registration).unwrap();
@@ -585,5 +590,6 @@ mod tests {
         assert!(json["Check"]
             .get("DeregisterCriticalServiceAfter")
             .is_none());
+        assert_eq!(json["Check"]["Status"], "passing");
     }
 }

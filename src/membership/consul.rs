@@ -4,14 +4,21 @@
 //! - the **registrar** registers every `pushgateway.servers` entry (ID `<host>_<port>`, the Go original's IDs,
 //!   with an HTTP check on `/-/healthy`) and re-asserts the registrations every [`REASSERT_INTERVAL`], whenever
 //!   Consul becomes reachable again and whenever its index goes backwards (an agent that lost its state), so a
-//!   restarted agent is repopulated. Nothing is deregistered on shutdown: other replicas route on the same
-//!   registrations. (Skipped with `register: false`.)
+//!   restarted agent is repopulated. A node that is in the current ring is registered with its check starting
+//!   `passing` (Consul keeps the status of a check it already has, so this only matters for an agent that lost
+//!   its state): a restarted agent then does not take healthy nodes out of the ring until its first check run.
+//!   Nothing is deregistered on shutdown: other replicas route on the same registrations. (Skipped with
+//!   `register: false`.)
 //! - the **watcher** follows `/v1/health/service/<name>` and publishes a [`Membership`] snapshot per answer.
 //!   Every passing instance (all its checks passing, exactly what `?passing=true` selects) joins the ring,
 //!   whoever registered it; registered but failing instances are kept in the snapshot as unhealthy, so the
 //!   rebalancer can tell them (never touched) from deregistered ones (drained). No passing instance is an empty
 //!   ring (pushes get 503). When Consul cannot be reached the last snapshot stays in force, marked unreachable, and
-//!   the watcher retries with jittered backoff until Consul answers again.
+//!   the watcher retries with jittered backoff until Consul answers again. The first answer after an outage (or
+//!   after the index went backwards) is not trusted when this process registers the nodes: the agent may be a
+//!   fresh one that does not know them yet, and its empty answer would empty the ring (and make the rebalancer
+//!   drain every node). The watcher first waits for the registrar to re-assert (at most
+//!   [`REASSERT_WAIT`]), then queries again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -30,6 +37,8 @@ use crate::telemetry::{ConsulOperationLabels, Metrics, NodeLabels};
 pub const REASSERT_INTERVAL: Duration = Duration::from_secs(30);
 /// How long one blocking query may wait for a change.
 pub const WATCH_WAIT: Duration = Duration::from_secs(300);
+/// How long the watcher waits, after Consul comes back, for the registrar to re-assert before it queries again.
+pub const REASSERT_WAIT: Duration = Duration::from_secs(10);
 
 /// Starts the registrar (unless `register: false`) and the watcher for the `consul_server` of `config`.
 pub fn spawn(
@@ -43,14 +52,20 @@ pub fn spawn(
         watch::channel(Arc::new(Membership::empty(SourceKind::Consul)));
     let reassert = Arc::new(Notify::new());
     let registration_error = Arc::new(Mutex::new(None));
+    // Counts the registrar's completed passes, so the watcher can wait for one.
+    let (passes_tx, passes_rx) = watch::channel(0u64);
     if consul.register {
         tokio::spawn(register_loop(
-            client.clone(),
-            consul.clone(),
+            Registrar {
+                client: client.clone(),
+                consul: consul.clone(),
+                metrics: metrics.clone(),
+                reassert: reassert.clone(),
+                registration_error: registration_error.clone(),
+                membership: membership_rx.clone(),
+                passes: passes_tx,
+            },
             config.clone(),
-            metrics.clone(),
-            reassert.clone(),
-            registration_error.clone(),
             shutdown.clone(),
         ));
     }
@@ -62,6 +77,8 @@ pub fn spawn(
         membership: membership_tx,
         reassert,
         registration_error,
+        registrar_passes: passes_rx,
+        reasserted_since_outage: false,
         reachable: None,
         last_index: 0,
         query_index: 0,
@@ -91,8 +108,13 @@ pub fn instance_node(instance: &ServiceInstance) -> Option<String> {
 }
 
 /// The Consul registration of a configured node `host:port`: the Go original's ID `<host>_<port>`, so an
-/// existing fleet's registrations are updated in place rather than duplicated.
-pub fn registration_for(node: &str, consul: &ConsulConfig) -> Option<ServiceRegistration> {
+/// existing fleet's registrations are updated in place rather than duplicated. `in_ring` nodes get a check that
+/// starts `passing` (see the module doc); others start with Consul's default, `critical`.
+pub fn registration_for(
+    node: &str,
+    consul: &ConsulConfig,
+    in_ring: bool,
+) -> Option<ServiceRegistration> {
     let (host, port) = node.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
     let bare_host = host.trim_start_matches('[').trim_end_matches(']');
@@ -107,6 +129,7 @@ pub fn registration_for(node: &str, consul: &ConsulConfig) -> Option<ServiceRegi
             interval: go_duration(consul.check_interval),
             timeout: go_duration(consul.check_timeout),
             deregister_critical_service_after: consul.deregister_critical_after.map(go_duration),
+            status: in_ring.then_some("passing"),
         },
     })
 }
@@ -141,23 +164,41 @@ fn passing_nodes(instances: &[ServiceInstance]) -> BTreeMap<String, Vec<String>>
 
 // ---- Registrar ----------------------------------------------------------------------------------------------
 
-async fn register_loop(
+struct Registrar {
     client: ConsulClient,
     consul: ConsulConfig,
-    mut config: watch::Receiver<Arc<Config>>,
     metrics: Metrics,
     reassert: Arc<Notify>,
     registration_error: Arc<Mutex<Option<String>>>,
+    /// The watcher's last snapshot: which nodes are in the ring right now.
+    membership: watch::Receiver<Arc<Membership>>,
+    /// Incremented after every pass, successful or not.
+    passes: watch::Sender<u64>,
+}
+
+async fn register_loop(
+    registrar: Registrar,
+    mut config: watch::Receiver<Arc<Config>>,
     mut shutdown: Shutdown,
 ) {
+    let Registrar {
+        client,
+        consul,
+        metrics,
+        reassert,
+        registration_error,
+        membership,
+        passes,
+    } = registrar;
     // IDs this process registered, so a server removed from the config by a reload is deregistered.
     let mut registered: BTreeSet<String> = BTreeSet::new();
     let mut failures: u32 = 0;
     loop {
         let servers = config.borrow_and_update().servers.clone();
+        let in_ring: BTreeSet<String> = membership.borrow().healthy_nodes().into_iter().collect();
         let wanted: Vec<ServiceRegistration> = servers
             .iter()
-            .filter_map(|node| registration_for(node, &consul))
+            .filter_map(|node| registration_for(node, &consul, in_ring.contains(node)))
             .collect();
         let mut error = None;
         for registration in &wanted {
@@ -210,6 +251,7 @@ async fn register_loop(
         if let Ok(mut slot) = registration_error.lock() {
             *slot = error;
         }
+        passes.send_modify(|count| *count = count.wrapping_add(1));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = reassert.notified() => {}
@@ -237,6 +279,10 @@ struct Watcher {
     membership: watch::Sender<Arc<Membership>>,
     reassert: Arc<Notify>,
     registration_error: Arc<Mutex<Option<String>>>,
+    /// The registrar's pass counter (never changes with `register: false`).
+    registrar_passes: watch::Receiver<u64>,
+    /// Set once the registrar re-asserted after an outage; cleared by the next trusted answer.
+    reasserted_since_outage: bool,
     /// `None` until the first answer or error; then whether the last query succeeded.
     reachable: Option<bool>,
     /// The index Consul last answered with (shown in `/-/ring`).
@@ -273,6 +319,15 @@ impl Watcher {
                 _ = shutdown.recv() => return,
             };
             let wait = match answer {
+                Ok(answer) if self.must_reassert_before_trusting(sent, answer.index) => {
+                    if !self.reassert_and_wait(&mut shutdown).await {
+                        return;
+                    }
+                    // Ask again from scratch; the answer is trusted then, re-asserted or not.
+                    self.query_index = 0;
+                    self.reasserted_since_outage = true;
+                    continue;
+                }
                 Ok(answer) => {
                     failures = 0;
                     self.answered(sent, answer.index, &answer.value);
@@ -291,6 +346,33 @@ impl Watcher {
                     _ = shutdown.recv() => return,
                 }
             }
+        }
+    }
+
+    /// Whether `answered` may come from an agent that lost this process's registrations (Consul was unreachable
+    /// or its index went backwards) and has not been re-asserted to since.
+    fn must_reassert_before_trusting(&self, sent: u64, answered: u64) -> bool {
+        self.started_with.register
+            && !self.reasserted_since_outage
+            && (self.reachable == Some(false) || went_backwards(sent, answered))
+    }
+
+    /// Asks the registrar for a pass and waits for it (at most [`REASSERT_WAIT`]); `false` on shutdown.
+    async fn reassert_and_wait(&mut self, shutdown: &mut Shutdown) -> bool {
+        tracing::debug!(
+            "Consul answered after an outage; re-asserting registrations before trusting it"
+        );
+        let before = *self.registrar_passes.borrow_and_update();
+        self.reassert.notify_one();
+        let passes = &mut self.registrar_passes;
+        tokio::select! {
+            waited = tokio::time::timeout(REASSERT_WAIT, passes.wait_for(|count| *count != before)) => {
+                if waited.is_err() {
+                    tracing::debug!("the registrar did not finish within {REASSERT_WAIT:?}; querying Consul anyway");
+                }
+                true
+            }
+            _ = shutdown.recv() => false,
         }
     }
 
@@ -345,6 +427,7 @@ impl Watcher {
             .filter(|node| !passing.contains_key(node))
             .collect();
         self.passing = passing;
+        self.reasserted_since_outage = false;
     }
 
     fn failed(&mut self, error: String) {
@@ -477,7 +560,7 @@ mod tests {
 
     #[test]
     fn registrations_use_the_go_originals_ids_and_a_healthy_check() {
-        let registration = registration_for("10.0.0.1:9091", &consul_config()).unwrap();
+        let registration = registration_for("10.0.0.1:9091", &consul_config(), false).unwrap();
         assert_eq!(registration.id, "10.0.0.1_9091");
         assert_eq!(registration.address, "10.0.0.1");
         assert_eq!(registration.port, 9091);
@@ -486,8 +569,14 @@ mod tests {
         assert_eq!(registration.check.interval, "5s");
         assert_eq!(registration.check.timeout, "1500ms");
         assert_eq!(registration.check.deregister_critical_service_after, None);
+        assert_eq!(
+            registration.check.status, None,
+            "Consul's default: critical"
+        );
+        let in_ring = registration_for("10.0.0.1:9091", &consul_config(), true).unwrap();
+        assert_eq!(in_ring.check.status, Some("passing"));
 
-        let v6 = registration_for("[::1]:9091", &consul_config()).unwrap();
+        let v6 = registration_for("[::1]:9091", &consul_config(), false).unwrap();
         assert_eq!(v6.id, "::1_9091");
         assert_eq!(v6.address, "::1");
         assert_eq!(v6.check.http, "http://[::1]:9091/-/healthy");
