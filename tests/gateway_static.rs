@@ -343,9 +343,10 @@ async fn a_killed_node_leaves_the_ring_pushes_keep_succeeding_and_it_returns_aft
         assert_ne!(reply.headers[NODE_HEADER].to_str().unwrap(), victim);
     }
     wait_ready(&gateway, 2).await;
-    // interval 500ms x unhealthy_threshold 2 = 1s, plus a margin for a loaded 2-core machine.
+    // interval 500ms x unhealthy_threshold 2 = 1s; the bound only rules out "never noticed until some later
+    // event", with a wide margin for a loaded 2-core machine.
     assert!(
-        killed_at.elapsed() < secs(5),
+        killed_at.elapsed() < secs(15),
         "took {:?} to drop the dead node",
         killed_at.elapsed()
     );
