@@ -175,22 +175,12 @@ async fn leaders(gateways: &[&Gateway]) -> Vec<bool> {
     leaders
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_with_consul_elect_one_rebalancer_and_it_fails_over() {
-    let consul = Consul::start().await;
-    let a = Pushgateway::start().await;
-    let b = Pushgateway::start().await;
-    // Two replicas with the same file, as a fleet runs them: both register the same nodes, both may rebalance.
-    let config = consul_config(&consul, &[&a, &b]);
-    let mut replicas = [Gateway::start(&config).await, Gateway::start(&config).await];
-    for replica in &replicas {
-        wait_for_ring(replica, &[&a, &b]).await;
-    }
-
+/// Waits until exactly one of the two replicas is the leader and stays so for 3 s of polling; returns
+/// `(leader, follower)` indices.
+async fn one_stable_leader(replicas: &[Gateway; 2]) -> (usize, usize) {
     // Exactly one leader, and it stays the same one for 3 s of polling.
     let stable_since: std::cell::Cell<Option<(Instant, usize)>> = std::cell::Cell::new(None);
     wait_until(SETTLE_TIMEOUT, POLL, || {
-        let replicas = &replicas;
         let stable_since = &stable_since;
         async move {
             let now = leaders(&[&replicas[0], &replicas[1]]).await;
@@ -219,10 +209,25 @@ async fn two_replicas_with_consul_elect_one_rebalancer_and_it_fails_over() {
             log_tail(&replicas[1], 15)
         )
     });
-    let (leader, follower) = match stable_since.get() {
+    match stable_since.get() {
         Some((_, 0)) => (0, 1),
         _ => (1, 0),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_consul_elect_one_rebalancer_and_it_fails_over() {
+    let consul = Consul::start().await;
+    let a = Pushgateway::start().await;
+    let b = Pushgateway::start().await;
+    // Two replicas with the same file, as a fleet runs them: both register the same nodes, both may rebalance.
+    let config = consul_config(&consul, &[&a, &b]);
+    let mut replicas = [Gateway::start(&config).await, Gateway::start(&config).await];
+    for replica in &replicas {
+        wait_for_ring(replica, &[&a, &b]).await;
+    }
+
+    let (leader, follower) = one_stable_leader(&replicas).await;
     let leader_ring = replicas[leader].ring().await;
     assert!(
         leader_ring["rebalance"]["last_pass"]["outcome"].is_string(),
@@ -286,10 +291,64 @@ async fn two_replicas_with_consul_elect_one_rebalancer_and_it_fails_over() {
     })
     .await
     .expect("the new leader runs passes");
-    // A released lock is taken over at once; an unreleased one only after the session TTL (15 s) expires.
+    // A released lock is taken over at once; an unreleased one only after the session TTL (10 s) expires.
     assert!(
         failover < dynamic_sharding::consul::leader::SESSION_TTL,
         "failover took {failover:?}: the stopped leader did not release the lock, it expired"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_leader_is_replaced_once_its_consul_session_expires() {
+    let consul = Consul::start().await;
+    let a = Pushgateway::start().await;
+    let b = Pushgateway::start().await;
+    let config = consul_config(&consul, &[&a, &b]);
+    let replicas = [Gateway::start(&config).await, Gateway::start(&config).await];
+    for replica in &replicas {
+        wait_for_ring(replica, &[&a, &b]).await;
+    }
+    let (leader, follower) = one_stable_leader(&replicas).await;
+
+    // SIGKILL: no release, no session destroy. The lock stays until Consul invalidates the session (TTL, up to
+    // twice as long in practice) plus the lock delay; until then the follower must not take over.
+    let killed_at = Instant::now();
+    replicas[leader].signal("KILL");
+    let survivor = &replicas[follower];
+    let ttl = dynamic_sharding::consul::leader::SESSION_TTL;
+    let bound = ttl * 2 + dynamic_sharding::consul::leader::LOCK_DELAY + secs(15);
+    wait_until(bound, POLL, || async {
+        survivor.ring().await["rebalance"]["leader"] == true
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "the survivor never became leader after the leader was SIGKILLed ({e})\n{}",
+            log_tail(survivor, 20)
+        )
+    });
+    let failover = killed_at.elapsed();
+    eprintln!("leadership moved {failover:?} after SIGKILL of the leader (session TTL {ttl:?})");
+    wait_until(secs(30), POLL, || async {
+        survivor.ring().await["rebalance"]["last_pass"]["outcome"].is_string()
+    })
+    .await
+    .expect("the new leader runs passes");
+    let lock_key = dynamic_sharding::app::rebalance_lock_key("pushgateway");
+    let lock = consul.get_json(&format!("/v1/kv/{lock_key}")).await;
+    let sessions = consul.get_json("/v1/session/list").await;
+    let survivor_sessions: Vec<&serde_json::Value> = sessions
+        .as_array()
+        .map(|all| all.iter().map(|s| &s["ID"]).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        survivor_sessions.len(),
+        1,
+        "the crashed leader's session expired: {sessions}"
+    );
+    assert_eq!(
+        &lock[0]["Session"], survivor_sessions[0],
+        "the lock is held by the survivor's session: {lock}"
     );
 }
 

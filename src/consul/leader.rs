@@ -15,8 +15,9 @@ use super::index::{backoff, next_index, pause_before_next};
 use super::{ConsulClient, ConsulError, SessionRequest};
 use crate::shutdown::Shutdown;
 
-/// Consul invalidates a session that was not renewed for this long (up to twice as long in practice).
-pub const SESSION_TTL: Duration = Duration::from_secs(15);
+/// Consul invalidates a session that was not renewed for this long (up to twice as long in practice), so a crashed
+/// leader is replaced after 10-20 s. 10 s is the shortest TTL Consul accepts.
+pub const SESSION_TTL: Duration = Duration::from_secs(10);
 /// After a session is invalidated, Consul refuses the lock to everyone for this long, so an old leader that
 /// has not noticed yet stops before a new one starts.
 pub const LOCK_DELAY: Duration = Duration::from_secs(1);
