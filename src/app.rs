@@ -154,7 +154,13 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         "dynamic-sharding listening"
     );
     let (stop_serving_tx, stop_serving_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, gateway::router(state)).with_graceful_shutdown(async {
+    let server = axum::serve(
+        listener,
+        axum::ServiceExt::<http::Request<axum::body::Body>>::into_make_service(
+            gateway::GatewayService::new(state),
+        ),
+    )
+    .with_graceful_shutdown(async {
         let _ = stop_serving_rx.await;
     });
     let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));

@@ -12,12 +12,15 @@ pub mod push;
 pub mod read;
 pub mod sd;
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::routing::{any, get};
-use http::{header, StatusCode};
+use futures_util::future::Either;
+use http::{header, HeaderValue, StatusCode};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
@@ -51,7 +54,50 @@ pub struct AppState {
     pub rebalance: Rebalancer,
 }
 
-pub fn router(state: AppState) -> axum::Router {
+/// The gateway's whole HTTP service: push paths go straight to [`push::PushService`], everything else through
+/// the axum [`router`]. Pushes are nearly all the traffic; skipping the router's path matching (and the
+/// URL-parameter map it inserts into every request's extensions) saves a few percent of CPU per push.
+#[derive(Clone)]
+pub struct GatewayService {
+    push: push::PushService,
+    api: axum::Router,
+}
+
+impl GatewayService {
+    pub fn new(state: AppState) -> GatewayService {
+        let push = push::PushService::new(state.clone());
+        GatewayService {
+            api: router(push.clone(), state),
+            push,
+        }
+    }
+}
+
+impl tower::Service<http::Request<Body>> for GatewayService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Either<
+        <push::PushService as tower::Service<http::Request<Body>>>::Future,
+        <axum::Router as tower::Service<http::Request<Body>>>::Future,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both inner services are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if push::is_push_path(request.uri().path()) {
+            Either::Left(self.push.call(request))
+        } else {
+            Either::Right(self.api.call(request))
+        }
+    }
+}
+
+/// The routes the gateway answers itself; any other path falls back to `push` (which answers 404 for paths
+/// that are not pushes either, like the Pushgateway).
+pub fn router(push: push::PushService, state: AppState) -> axum::Router {
     axum::Router::new()
         .route("/-/healthy", get(admin::healthy).head(admin::healthy))
         .route("/-/ready", get(admin::ready).head(admin::ready))
@@ -66,7 +112,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/api/v1/admin/wipe", any(read::wipe))
         // Push paths are matched by hand: the Pushgateway's grammar (base64 job segment, path cleaning) does not
         // fit a route pattern, and the raw path is needed undecoded.
-        .fallback_service(push::PushService::new(state.clone()))
+        .fallback_service(push)
         .with_state(state)
 }
 
@@ -76,11 +122,15 @@ pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> http::Respons
     if !body.ends_with('\n') {
         body.push('\n');
     }
-    http::Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Body::from(body))
-        .unwrap_or_default()
+    // Built directly rather than with `Response::builder()`, whose `.header(name, "…")` copies and re-validates
+    // the value on every call: this runs once per redirect and per rejected push.
+    let mut response = http::Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// A JSON response.

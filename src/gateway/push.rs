@@ -79,7 +79,7 @@ async fn dispatch(state: &AppState, request: Request<Body>) -> Response<Body> {
 }
 
 /// `/metrics/job` itself is a 404 on the Pushgateway; everything below it is ours to parse.
-fn is_push_path(path: &str) -> bool {
+pub(crate) fn is_push_path(path: &str) -> bool {
     match path.strip_prefix("/metrics/job") {
         Some(rest) => rest.starts_with('/') || rest.starts_with("@base64/"),
         None => false,
@@ -230,14 +230,29 @@ fn owner_info(request: &Request<Body>, key: &GroupingKey, owner: &str) -> Respon
 }
 
 fn redirect(request: &Request<Body>, owner: &str) -> Response<Body> {
-    let location = format!("http://{owner}{}", path_and_query(request));
-    match HeaderValue::from_str(&location) {
+    const SCHEME: &str = "http://";
+    const BODY_PREFIX: &str = "Temporary Redirect: ";
+    let target = path_and_query(request);
+    // One buffer holds the body; the Location header shares its tail (no second copy, no formatting machinery).
+    let mut body =
+        String::with_capacity(BODY_PREFIX.len() + SCHEME.len() + owner.len() + target.len() + 1);
+    body.push_str(BODY_PREFIX);
+    body.push_str(SCHEME);
+    body.push_str(owner);
+    body.push_str(target);
+    body.push('\n');
+    let body = bytes::Bytes::from(body);
+    let location = body.slice(BODY_PREFIX.len()..body.len() - 1);
+    match HeaderValue::from_maybe_shared(location) {
         Ok(value) => {
-            let mut response = text(
-                StatusCode::TEMPORARY_REDIRECT,
-                format!("Temporary Redirect: {location}"),
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
             );
-            response.headers_mut().insert(header::LOCATION, value);
+            headers.insert(header::LOCATION, value);
             response
         }
         Err(_) => text(
