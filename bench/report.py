@@ -236,6 +236,7 @@ def main():
         out.append(table(["process", "peak RSS MiB"], [[proxy, f"{kb / 1024:.1f}"] for proxy, kb in sorted(seen.items())]))
         out.append("")
 
+    out += instructions_section(meta)
     out += criterion_section(meta)
     out += targets_section(rows)
     out += profiling_log()
@@ -259,6 +260,40 @@ def fmt_ns(ns):
     if ns >= 1e3:
         return f"{ns / 1e3:,.2f} µs"
     return f"{ns:,.1f} ns"
+
+
+def instructions_section(meta):
+    """User-space instructions per successful push of each proxy under callgrind (run.sh's `instructions`)."""
+    path = meta.get("instructions")
+    if not path:
+        return []
+    try:
+        with open(path) as instructions_file:
+            results = {r["name"]: r for r in json.load(instructions_file)}
+    except (OSError, ValueError) as error:
+        return ["## Instructions per push (callgrind)", "", f"Not available: {error}.", ""]
+
+    def per_push(name):
+        r = results.get(name)
+        return r["instructions"] / r["ok"] if r and r["ok"] and r["instructions"] else None
+
+    rows = []
+    for name, reference in [("dynamic-sharding", "nginx"), ("nginx", "nginx"), ("haproxy", "nginx"),
+                            ("dynamic-sharding-redirect", "nginx-redirect"), ("nginx-redirect", "nginx-redirect")]:
+        value, base = per_push(name), per_push(reference)
+        if value is None:
+            continue
+        rows.append([name, f"{value:,.0f}", ratio(value, base) if base else "–", f"{results[name]['ok']:,}"])
+    if not rows:
+        return []
+    return ["## Instructions per push (callgrind)", "",
+            "Each proxy alone under `valgrind --tool=callgrind` (one process, one thread), four nginx `return 200` "
+            f"upstreams, `ds-loadgen -c 4`: 500 pushes unmeasured, then {meta.get('instruction_requests', '?')} "
+            "measured. User-space instructions only: the kernel's share (loopback TCP, the same system calls for "
+            "every proxy) is not counted. Unlike the timed tables, these counts do not depend on how busy the "
+            "machine is, so they are the figures to compare between runs. Ratios: proxies to nginx "
+            "`hash $request_uri consistent`, redirects to nginx `return 307`.", "",
+            table(["case", "instructions per push", "vs nginx", "pushes measured"], rows), ""]
 
 
 def criterion_section(meta):

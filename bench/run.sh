@@ -6,7 +6,9 @@
 # drift of the machine spreads over all cases instead of favouring one.
 #
 # Environment (defaults in brackets):
-#   SCENARIOS       which to run, any of: overhead latency redirect pushgateway churn  [all]
+#   SCENARIOS       which to run, any of: overhead latency redirect pushgateway churn instructions  [all]
+#                   (instructions: user-space instructions per request of each proxy under callgrind, which
+#                   counts the same whatever else the machine does; INSTRUCTION_REQUESTS pushes per case [5000])
 #   DURATION        seconds per measured run                                          [10]
 #   LOW_C_DURATION  seconds per run of the C=1 latency scenario                       [5]
 #   WARMUP          seconds of unmeasured load per case before the rounds             [2]
@@ -27,7 +29,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND_LINE="$0${*:+ $*}"
-SCENARIOS=${SCENARIOS:-"overhead latency redirect pushgateway churn"}
+SCENARIOS=${SCENARIOS:-"overhead latency redirect pushgateway churn instructions"}
+INSTRUCTION_REQUESTS=${INSTRUCTION_REQUESTS:-5000}
 DURATION=${DURATION:-10}
 LOW_C_DURATION=${LOW_C_DURATION:-5}
 WARMUP=${WARMUP:-2}
@@ -55,8 +58,8 @@ die() { log "error: $*"; exit 1; }
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 for scenario in $SCENARIOS; do
-  case $scenario in overhead | latency | redirect | pushgateway | churn) ;;
-    *) die "unknown scenario '$scenario' in SCENARIOS; use: overhead latency redirect pushgateway churn" ;;
+  case $scenario in overhead | latency | redirect | pushgateway | churn | instructions) ;;
+    *) die "unknown scenario '$scenario' in SCENARIOS; use: overhead latency redirect pushgateway churn instructions" ;;
   esac
 done
 [[ $(id -u) == 0 || $SKIP_INSTALL == 1 ]] || die "run as root (it installs packages), or set SKIP_INSTALL=1"
@@ -76,6 +79,7 @@ install_dependencies() {
   command -v jq >/dev/null || missing+=(jq)
   command -v python3 >/dev/null || missing+=(python3)
   command -v taskset >/dev/null || missing+=(util-linux)
+  command -v callgrind_control >/dev/null || missing+=(valgrind)
   if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     apt-get update -qq
@@ -545,11 +549,85 @@ run_criterion() {
   printf '%s\n' "${entries[@]}" | jq -s . >"$WORK/criterion.json"
 }
 
+# ---------------------------------------------------------------- instructions per request (callgrind)
+# Each proxy runs once more, alone, under `valgrind --tool=callgrind` (one process, one thread: nginx with
+# master_process off, HAProxy with nbthread 1, the gateway with --runtime.worker-threads 1), over the same four
+# upstreams. After 500 unmeasured pushes the counters are zeroed, INSTRUCTION_REQUESTS pushes run (C=4), and the
+# counters are dumped. Kernel work (loopback TCP) is not counted: the system calls per push are the same for
+# every proxy here (see bench/PROFILING.md), so this compares the work each one does in user space.
+measure_instructions() { # NAME EXPECTED_STATUS(or empty) PORT READY_PATH CMD...
+  local name=$1 expect=$2 port=$3 ready=$4
+  shift 4
+  local out=$WORK/callgrind/$name.out
+  start "cg-$name" valgrind --tool=callgrind --callgrind-out-file="$out" "$@"
+  local expect_args=()
+  [[ -n $expect ]] && expect_args=(--expect-status "$expect")
+  local answered=0
+  if [[ -n $ready ]]; then
+    wait_http "http://127.0.0.1:$port$ready" 60 "cg-$name" && answered=1
+  else
+    wait_listening "$port" 60 && answered=1
+  fi
+  if ((answered == 0)); then
+    log "skipping instructions for $name: it did not answer under valgrind; see $WORK/logs/cg-$name.log"
+    stop "cg-$name"
+    return
+  fi
+  local pid
+  pid=$(pid_of "cg-$name")
+  "$LOADGEN" --target "http://127.0.0.1:$port" -c 4 -n 500 "${expect_args[@]}" >/dev/null 2>&1 || true
+  callgrind_control -z "$pid" >/dev/null
+  "$LOADGEN" --target "http://127.0.0.1:$port" -c 4 -n "$INSTRUCTION_REQUESTS" "${expect_args[@]}" \
+    --label "$name" --json "$WORK/callgrind/$name.load" >/dev/null 2>&1 || true
+  callgrind_control -d "$pid" >/dev/null
+  stop "cg-$name"
+  local total ok
+  total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  ok=$(jq '.ok' "$WORK/callgrind/$name.load" 2>/dev/null || echo 0)
+  jq -n --arg name "$name" --argjson instructions "${total:-0}" --argjson ok "${ok:-0}" \
+    '$ARGS.named' >"$WORK/callgrind/$name.json"
+  log "instructions: $name ${total:-?} over ${ok:-0} successful pushes"
+}
+
+run_instructions() {
+  mkdir -p "$WORK/callgrind"
+  local cg_port
+  # The configs of the timed cases, run as one process, with only the server under test listening.
+  alloc_port cg_port
+  sed -e "s/^daemon off;/daemon off;\nmaster_process off;/" -e "s/listen 127.0.0.1:$NGINX_HASH_PORT;/listen 127.0.0.1:$cg_port;/" \
+    -e "/listen 127.0.0.1:$NGINX_REDIRECT_PORT;/d" -e "s|nginx-proxy.pid|nginx-cg-proxy.pid|" \
+    "$WORK/conf/nginx-proxy.conf" >"$WORK/conf/nginx-cg-proxy.conf"
+  measure_instructions nginx "" "$cg_port" /-/healthy nginx -e "$WORK/logs/nginx-cg.error.log" -p "$WORK/conf" -c "$WORK/conf/nginx-cg-proxy.conf"
+  alloc_port cg_port
+  sed -e "s/^daemon off;/daemon off;\nmaster_process off;/" -e "s/listen 127.0.0.1:$NGINX_REDIRECT_PORT;/listen 127.0.0.1:$cg_port;/" \
+    -e "/listen 127.0.0.1:$NGINX_HASH_PORT;/d" -e "s|nginx-proxy.pid|nginx-cg-redirect.pid|" \
+    "$WORK/conf/nginx-proxy.conf" >"$WORK/conf/nginx-cg-redirect.conf"
+  # nginx answers 307 on every path; wait for it to listen instead of for a 200.
+  measure_instructions nginx-redirect 307 "$cg_port" "" nginx -e "$WORK/logs/nginx-cg.error.log" -p "$WORK/conf" -c "$WORK/conf/nginx-cg-redirect.conf"
+  alloc_port cg_port
+  sed -e "s/bind 127.0.0.1:$HAPROXY_PORT/bind 127.0.0.1:$cg_port/" "$WORK/conf/haproxy.cfg" >"$WORK/conf/haproxy-cg.cfg"
+  measure_instructions haproxy "" "$cg_port" /-/healthy haproxy -db -f "$WORK/conf/haproxy-cg.cfg"
+  if [[ -x $GATEWAY ]]; then
+    local mode name expect servers
+    servers=$(printf '"127.0.0.1:%s", ' "${UPSTREAM_PORTS[@]}")
+    for mode in proxy redirect; do
+      alloc_port cg_port
+      printf 'mode: %s\npushgateway:\n  servers: [%s]\nhealth_check: {interval: 2s, timeout: 1s}\n' \
+        "$mode" "${servers%, }" >"$WORK/conf/ds-cg-$mode.yaml"
+      name=dynamic-sharding expect=""
+      [[ $mode == redirect ]] && name=dynamic-sharding-redirect expect=307
+      measure_instructions "$name" "$expect" "$cg_port" /-/ready "$GATEWAY" --config.file="$WORK/conf/ds-cg-$mode.yaml" \
+        --web.listen-address="127.0.0.1:$cg_port" --log.level=warn --runtime.worker-threads=1
+    done
+  fi
+  jq -s . "$WORK"/callgrind/*.json >"$WORK/instructions.json"
+}
+
 # ---------------------------------------------------------------- main
 log "work directory $WORK; scenarios: $SCENARIOS"
 if [[ $CRITERION == 1 ]]; then run_criterion; fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-if wants overhead || wants latency || wants redirect; then
+if wants overhead || wants latency || wants redirect || wants instructions; then
   start_upstreams
   start_nginx_proxy
   start_haproxy
@@ -566,7 +644,11 @@ if wants pushgateway || wants churn; then
   if wants churn; then start_gateway ds-churn proxy "$GATEWAY_THREADS" "${PGW_B_PORTS[@]}"; fi
 fi
 plan_cases
-((${#CASES[@]})) || die "no case to run"
+if wants instructions; then
+  log "measuring instructions per push under callgrind ($INSTRUCTION_REQUESTS pushes per proxy)"
+  run_instructions
+fi
+((${#CASES[@]})) || wants instructions || die "no case to run"
 
 log "warming up ${#CASES[@]} cases for ${WARMUP}s each"
 for case_line in "${CASES[@]}"; do run_case "$case_line" 0; done
@@ -595,12 +677,15 @@ jq -n \
   --arg revision "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')" \
   --arg pinned "$( ((NPROC >= 2)) && echo 'client on cpu 1, proxies on cpu 0, upstreams unpinned' || echo 'not pinned (1 cpu)')" \
   --arg skipped "${skipped[*]:-}" \
-  --arg all_scenarios "overhead latency redirect pushgateway churn" \
+  --arg all_scenarios "overhead latency redirect pushgateway churn instructions" \
+  --arg instructions "$([[ -s $WORK/instructions.json ]] && echo "$WORK/instructions.json")" \
+  --arg instruction_requests "$INSTRUCTION_REQUESTS" \
   --arg scenarios "$SCENARIOS" \
   --arg criterion "$([[ -s $WORK/criterion.json ]] && echo "$WORK/criterion.json")" \
   --arg criterion_command "cargo bench --bench ring --bench grouping -- $CRITERION_ARGS" \
-  --argjson body_bytes "$(jq -s '.[0].body_bytes // 0' "$WORK"/results/*.json)" \
+  --argjson body_bytes "$(cat "$WORK"/results/*.json /dev/null 2>/dev/null | jq -s '.[0].body_bytes // 0')" \
   '$ARGS.named' >"$WORK/meta.json"
 rm -f "$WORK/results/warmup.json"
+shopt -s nullglob
 python3 "$REPO/bench/report.py" "$WORK/meta.json" "$WORK"/results/*.json >"$RESULTS"
 log "wrote $RESULTS"
