@@ -697,19 +697,36 @@ fn numbered_nodes(count: usize) -> Vec<String> {
 
 #[test]
 fn incremental_rebuild_when_a_slots_owner_and_runner_up_both_leave() {
-    let before = sorted(&numbered_nodes(6));
-    let table = rendezvous::RendezvousTable::build(&before);
-    let (owners, runners_up) = table.slots();
-    let (owner, runner_up) = (owners[0] as usize, runners_up[0] as usize);
-    let after: Vec<String> = before
-        .iter()
-        .enumerate()
-        .filter(|(index, _)| *index != owner && *index != runner_up)
-        .map(|(_, node)| node.clone())
-        .collect();
-    assert_eq!(after.len(), 4);
-    assert_eq!(incremental_difference(&before, &after), None);
-    assert_eq!(ring_rebuild_difference(&before, &after), None);
+    // 40 nodes is past the size below which `Ring::rebuild` takes the full build, so both paths are checked.
+    for count in [6, 40] {
+        let before = sorted(&numbered_nodes(count));
+        let table = rendezvous::RendezvousTable::build(&before);
+        let (owners, runners_up) = table.slots();
+        let (owner, runner_up) = (owners[0] as usize, runners_up[0] as usize);
+        let mut after: Vec<String> = before
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != owner && *index != runner_up)
+            .map(|(_, node)| node.clone())
+            .collect();
+        assert_eq!(after.len(), count - 2);
+        assert_eq!(
+            incremental_difference(&before, &after),
+            None,
+            "{count} nodes"
+        );
+        assert_eq!(
+            ring_rebuild_difference(&before, &after),
+            None,
+            "{count} nodes"
+        );
+        after.push("10.9.9.9:9091".to_string());
+        assert_eq!(
+            incremental_difference(&before, &after),
+            None,
+            "{count} nodes, one added"
+        );
+    }
 }
 
 #[test]
