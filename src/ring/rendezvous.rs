@@ -20,7 +20,7 @@
 //!   is exact because every other old node scored below both and a node's score does not depend on the others.
 //!   Only slots that lost their owner or runner-up are scored over all nodes. Indices are remapped to the new
 //!   sorted list. At 100 nodes with one node out and one in, that is about 3 scores per slot instead of 100
-//!   (5x faster than the full build; 40x at 1000 nodes). Large changes (more than a quarter of the nodes), small
+//!   (4.5x faster than the full build; 46x at 1000 nodes, see `bench/RESULTS.md`). Large changes (more than a quarter of the nodes), small
 //!   rings (fewer than 16 nodes, where the vectorized full build is as fast) and a previous ring without
 //!   runners-up (fewer than 2 nodes) take the full build. Tests check the update against the full build.
 
@@ -127,8 +127,9 @@ impl RendezvousTable {
     }
 }
 
-/// Below this many nodes [`RendezvousTable::rebuild`] takes the full build: the vectorized full build is then
-/// as fast as the incremental update (about 1 ms at 10 nodes either way, see `bench/RESULTS.md`).
+/// Below this many nodes [`RendezvousTable::rebuild`] takes the full build: the update's cost barely depends on
+/// the node count, the vectorized full build's grows with it, and they cross at about 15 nodes (at 10 nodes the
+/// update took 1.51 ms and the full build 1.13 ms in one run, see `bench/RESULTS.md`).
 const MIN_NODES_FOR_UPDATE: usize = 16;
 
 /// How the sorted node list changed between two rings.
