@@ -1,6 +1,7 @@
 //! Criterion benchmarks for the consistent-hash rings: lookup (owner, and owner + successor as the proxy path
 //! does with retries on) at 3/10/100/1000 nodes for both algorithms, and the rebuild that runs on every
-//! membership change. Run briefly with `cargo bench --bench ring -- --warm-up-time 1 --measurement-time 3`.
+//! membership change (from scratch, and incrementally from the previous ring for one node out, one in). Run
+//! briefly with `cargo bench --bench ring -- --warm-up-time 1 --measurement-time 3`.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use dynamic_sharding::grouping::{decoded_path, parse_push_path};
@@ -83,5 +84,23 @@ fn rebuild(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, lookup, rebuild);
+/// The rebuild the ring builder does on a typical membership change (one node leaves, another joins), derived
+/// from the previous ring; compare with `ring_build/rendezvous`, the full build of the same size.
+fn incremental_rebuild(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ring_rebuild_incremental/rendezvous");
+    group.sample_size(10);
+    for count in [10, 100, 1000] {
+        let before = nodes(count);
+        let previous = Ring::build(Algorithm::Rendezvous, &before);
+        let mut after = before.clone();
+        after.remove(count / 2);
+        after.push("10.9.9.9:9091".to_string());
+        group.bench_with_input(BenchmarkId::from_parameter(count), &after, |b, after| {
+            b.iter(|| previous.rebuild(Algorithm::Rendezvous, black_box(after)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookup, rebuild, incremental_rebuild);
 criterion_main!(benches);

@@ -30,8 +30,18 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    fn new(algorithm: Algorithm, nodes: &[String], generation: u64) -> RoutingTable {
-        let ring = Ring::build(algorithm, nodes);
+    /// The table for `nodes`; with `previous`, the ring is derived from the previous one (same result as a
+    /// fresh build, less work after a small membership change).
+    fn new(
+        algorithm: Algorithm,
+        nodes: &[String],
+        generation: u64,
+        previous: Option<&Ring>,
+    ) -> RoutingTable {
+        let ring = match previous {
+            Some(previous) => previous.rebuild(algorithm, nodes),
+            None => Ring::build(algorithm, nodes),
+        };
         RoutingTable {
             routes: ring
                 .nodes()
@@ -72,6 +82,7 @@ pub fn spawn(
         algorithm,
         &membership.borrow_and_update().healthy_nodes(),
         0,
+        None,
     ));
     let handle = RingHandle(Arc::new(ArcSwap::new(initial.clone())));
     let (table_tx, table_rx) = watch::channel(initial);
@@ -94,6 +105,7 @@ pub fn spawn(
                 algorithm,
                 &healthy,
                 current.generation + 1,
+                Some(&current.ring),
             ));
             let elapsed = started.elapsed();
             if current.ring.algorithm() != algorithm {

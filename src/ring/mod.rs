@@ -95,12 +95,28 @@ impl Ring {
     /// Builds the ring for `nodes`. Duplicates are dropped and the order of `nodes` does not matter: the same
     /// set always yields the same ring.
     pub fn build(algorithm: Algorithm, nodes: &[String]) -> Ring {
-        let mut sorted_nodes = nodes.to_vec();
-        sorted_nodes.sort_unstable();
-        sorted_nodes.dedup();
+        let sorted_nodes = sorted_unique(nodes);
         let table = match algorithm {
             Algorithm::Rendezvous => Table::Rendezvous(RendezvousTable::build(&sorted_nodes)),
             Algorithm::GoCompatible => Table::GoCompatible(GoRing::build(&sorted_nodes)),
+        };
+        Ring {
+            algorithm,
+            nodes: sorted_nodes,
+            table,
+        }
+    }
+
+    /// The ring for `nodes`, exactly what [`Ring::build`] returns, derived from this ring where that is
+    /// cheaper: a [`Algorithm::Rendezvous`] ring after a small membership change rescoring only the slots the
+    /// change can affect (see `ring/rendezvous.rs`). Other cases build from scratch.
+    pub fn rebuild(&self, algorithm: Algorithm, nodes: &[String]) -> Ring {
+        let sorted_nodes = sorted_unique(nodes);
+        let table = match (&self.table, algorithm) {
+            (Table::Rendezvous(previous), Algorithm::Rendezvous) => Table::Rendezvous(
+                RendezvousTable::rebuild(&self.nodes, previous, &sorted_nodes),
+            ),
+            _ => return Ring::build(algorithm, &sorted_nodes),
         };
         Ring {
             algorithm,
@@ -172,6 +188,14 @@ impl Ring {
     fn node(&self, index: usize) -> Option<&str> {
         self.nodes.get(index).map(String::as_str)
     }
+}
+
+/// The ring's node list: sorted (index order is name order, which tie-breaks rely on) and deduplicated.
+fn sorted_unique(nodes: &[String]) -> Vec<String> {
+    let mut sorted_nodes = nodes.to_vec();
+    sorted_nodes.sort_unstable();
+    sorted_nodes.dedup();
+    sorted_nodes
 }
 
 impl fmt::Debug for Ring {

@@ -607,3 +607,227 @@ proptest! {
 fn sample_keys_strategy() -> impl Strategy<Value = Vec<Vec<u8>>> {
     Just(sample_keys(500))
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Incremental rebuild: must equal the full build, slot for slot
+// ---------------------------------------------------------------------------------------------------------------
+
+fn sorted(nodes: &[String]) -> Vec<String> {
+    let mut sorted = nodes.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    sorted
+}
+
+/// The first slot where two rendezvous tables differ, described for a failure message; `None` when equal.
+fn table_difference(
+    actual: &rendezvous::RendezvousTable,
+    expected: &rendezvous::RendezvousTable,
+) -> Option<String> {
+    let ((owners, runners_up), (expected_owners, expected_runners_up)) =
+        (actual.slots(), expected.slots());
+    if owners.len() != expected_owners.len() || runners_up.len() != expected_runners_up.len() {
+        return Some(format!(
+            "table sizes differ: {} owners and {} runners-up, expected {} and {}",
+            owners.len(),
+            runners_up.len(),
+            expected_owners.len(),
+            expected_runners_up.len()
+        ));
+    }
+    let owner_slot = (0..owners.len()).find(|&slot| owners[slot] != expected_owners[slot]);
+    let runner_up_slot =
+        (0..runners_up.len()).find(|&slot| runners_up[slot] != expected_runners_up[slot]);
+    match (owner_slot, runner_up_slot) {
+        (Some(slot), _) => Some(format!(
+            "slot {slot}: owner {}, expected {}",
+            owners[slot], expected_owners[slot]
+        )),
+        (None, Some(slot)) => Some(format!(
+            "slot {slot}: runner-up {}, expected {}",
+            runners_up[slot], expected_runners_up[slot]
+        )),
+        (None, None) => None,
+    }
+}
+
+fn rendezvous_table(ring: &Ring) -> &rendezvous::RendezvousTable {
+    match &ring.table {
+        super::Table::Rendezvous(table) => table,
+        super::Table::GoCompatible(_) => panic!("expected a rendezvous ring, got {ring:?}"),
+    }
+}
+
+/// `Ring::rebuild` from a ring over `before` must give the ring `Ring::build` gives for `after`.
+fn ring_rebuild_difference(before: &[String], after: &[String]) -> Option<String> {
+    let previous = Ring::build(Algorithm::Rendezvous, before);
+    let rebuilt = previous.rebuild(Algorithm::Rendezvous, after);
+    let full = Ring::build(Algorithm::Rendezvous, after);
+    if rebuilt.nodes() != full.nodes() {
+        return Some(format!(
+            "nodes {:?}, expected {:?}",
+            rebuilt.nodes(),
+            full.nodes()
+        ));
+    }
+    table_difference(rendezvous_table(&rebuilt), rendezvous_table(&full))
+}
+
+/// The incremental update itself (no size rule) from a table over `before` to `after`, against the full build.
+fn incremental_difference(before: &[String], after: &[String]) -> Option<String> {
+    let (before, after) = (sorted(before), sorted(after));
+    let previous = rendezvous::RendezvousTable::build(&before);
+    let full = rendezvous::RendezvousTable::build(&after);
+    match rendezvous::RendezvousTable::rebuild_incrementally(&before, &previous, &after) {
+        Some(updated) => table_difference(&updated, &full),
+        None if before.len() < 2 || after.len() < 2 => None,
+        None => Some(format!(
+            "no incremental update from {} to {} nodes",
+            before.len(),
+            after.len()
+        )),
+    }
+}
+
+fn numbered_nodes(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|index| format!("10.1.{}.{}:9091", index / 250, index % 250 + 1))
+        .collect()
+}
+
+#[test]
+fn incremental_rebuild_when_a_slots_owner_and_runner_up_both_leave() {
+    // 40 nodes is past the size below which `Ring::rebuild` takes the full build, so both paths are checked.
+    for count in [6, 40] {
+        let before = sorted(&numbered_nodes(count));
+        let table = rendezvous::RendezvousTable::build(&before);
+        let (owners, runners_up) = table.slots();
+        let (owner, runner_up) = (owners[0] as usize, runners_up[0] as usize);
+        let mut after: Vec<String> = before
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != owner && *index != runner_up)
+            .map(|(_, node)| node.clone())
+            .collect();
+        assert_eq!(after.len(), count - 2);
+        assert_eq!(
+            incremental_difference(&before, &after),
+            None,
+            "{count} nodes"
+        );
+        assert_eq!(
+            ring_rebuild_difference(&before, &after),
+            None,
+            "{count} nodes"
+        );
+        after.push("10.9.9.9:9091".to_string());
+        assert_eq!(
+            incremental_difference(&before, &after),
+            None,
+            "{count} nodes, one added"
+        );
+    }
+}
+
+#[test]
+fn incremental_rebuild_down_to_one_node_and_to_none() {
+    let before = numbered_nodes(5);
+    for kept in [2, 1, 0] {
+        let after = before[..kept].to_vec();
+        assert_eq!(
+            incremental_difference(&before, &after),
+            None,
+            "down to {kept}"
+        );
+        assert_eq!(
+            ring_rebuild_difference(&before, &after),
+            None,
+            "down to {kept}"
+        );
+    }
+}
+
+#[test]
+fn incremental_rebuild_from_an_empty_or_one_node_ring() {
+    let nodes = numbered_nodes(7);
+    for before_count in [0, 1, 2] {
+        let before = nodes[..before_count].to_vec();
+        assert_eq!(
+            ring_rebuild_difference(&before, &nodes),
+            None,
+            "from {before_count} nodes"
+        );
+        assert_eq!(
+            incremental_difference(&before, &nodes),
+            None,
+            "from {before_count} nodes"
+        );
+    }
+}
+
+#[test]
+fn incremental_rebuild_of_a_hundred_nodes_one_out_one_in() {
+    let before = numbered_nodes(100);
+    let mut after = before[1..].to_vec();
+    after.push("10.9.9.9:9091".to_string());
+    assert_eq!(ring_rebuild_difference(&before, &after), None);
+    // Unchanged membership reuses nothing wrongly either.
+    assert_eq!(ring_rebuild_difference(&before, &before), None);
+}
+
+#[test]
+fn rebuild_across_algorithms_equals_a_fresh_build() {
+    let before = numbered_nodes(12);
+    let after = numbered_nodes(13);
+    let keys = sample_keys(2_000);
+    for from in Algorithm::ALL {
+        for to in Algorithm::ALL {
+            let rebuilt = Ring::build(from, &before).rebuild(to, &after);
+            let fresh = Ring::build(to, &after);
+            assert_eq!(rebuilt.algorithm(), to);
+            assert_eq!(rebuilt.nodes(), fresh.nodes());
+            assert_same_routes(&rebuilt, &fresh, &keys);
+        }
+    }
+}
+
+/// A node set and a change to it: some nodes removed (optionally all but 0, 1 or 2), some added.
+fn membership_change() -> impl Strategy<Value = (Vec<String>, Vec<String>)> {
+    (
+        proptest::collection::btree_set(node_name(), 0..40),
+        proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+        proptest::collection::btree_set(node_name(), 0..4),
+        prop_oneof![3 => Just(usize::MAX), 1 => 0usize..=2],
+    )
+        .prop_map(|(before, removed_picks, added, keep_at_most)| {
+            let before: Vec<String> = before.into_iter().collect();
+            let removed: Vec<&String> = if before.is_empty() {
+                Vec::new()
+            } else {
+                removed_picks.iter().map(|pick| pick.get(&before)).collect()
+            };
+            let mut after: Vec<String> = before
+                .iter()
+                .filter(|node| !removed.contains(node))
+                .take(keep_at_most)
+                .cloned()
+                .collect();
+            after.extend(added);
+            (before, after)
+        })
+}
+
+proptest! {
+    // Each case builds four 2^16-slot tables in a debug build.
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn incremental_update_equals_full_build((before, after) in membership_change()) {
+        prop_assert_eq!(incremental_difference(&before, &after), None);
+    }
+
+    #[test]
+    fn ring_rebuild_equals_full_build((before, after) in membership_change()) {
+        prop_assert_eq!(ring_rebuild_difference(&before, &after), None);
+    }
+}
