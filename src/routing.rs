@@ -30,13 +30,27 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    fn new(algorithm: Algorithm, nodes: &[String], generation: u64) -> RoutingTable {
+    /// `previous` lends its nodes' connection pools to the same nodes in the new table.
+    fn new(
+        algorithm: Algorithm,
+        nodes: &[String],
+        generation: u64,
+        previous: Option<&RoutingTable>,
+    ) -> RoutingTable {
         let ring = Ring::build(algorithm, nodes);
+        let previous_pool = |node: &str| {
+            previous?
+                .routes
+                .iter()
+                .find(|route| &*route.name == node)?
+                .pool
+                .clone()
+        };
         RoutingTable {
             routes: ring
                 .nodes()
                 .iter()
-                .map(|node| Arc::new(NodeRoute::new(node)))
+                .map(|node| Arc::new(NodeRoute::new(node, previous_pool(node))))
                 .collect(),
             unserved: RequestCounters::new(Arc::from("")),
             ring,
@@ -72,6 +86,7 @@ pub fn spawn(
         algorithm,
         &membership.borrow_and_update().healthy_nodes(),
         0,
+        None,
     ));
     let handle = RingHandle(Arc::new(ArcSwap::new(initial.clone())));
     let (table_tx, table_rx) = watch::channel(initial);
@@ -94,6 +109,7 @@ pub fn spawn(
                 algorithm,
                 &healthy,
                 current.generation + 1,
+                Some(&current),
             ));
             let elapsed = started.elapsed();
             if current.ring.algorithm() != algorithm {

@@ -21,7 +21,7 @@ use crate::grouping::{self, GroupingKey};
 use crate::node_route::NodeRoute;
 use crate::ring::Algorithm;
 use crate::telemetry::{ErrorLabels, NodeLabels};
-use crate::upstream::{self, UpstreamError};
+use crate::upstream::UpstreamError;
 
 /// The response header naming the node that served a proxied push.
 pub const NODE_HEADER: &str = "x-dynamic-sharding-node";
@@ -412,23 +412,30 @@ async fn forward(
     body: Bytes,
     node: &NodeRoute,
 ) -> Result<Response<Body>, UpstreamError> {
-    let Some(uri) = node.upstream_uri(target) else {
-        return Err(UpstreamError::Request(format!(
+    let started = Instant::now();
+    let result = match &node.pool {
+        Some(pool) => {
+            // Origin-form (`/path?query`): the node's pool connects to it and sets `Host`.
+            let mut upstream_request = Request::new(Full::new(body));
+            *upstream_request.method_mut() = method.clone();
+            *upstream_request.uri_mut() = target
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+                .into();
+            *upstream_request.headers_mut() = headers;
+            let timeout = config.proxy.upstream_timeout;
+            tokio::time::timeout(
+                timeout,
+                pool.send(upstream_request, config.proxy.connect_timeout),
+            )
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout(timeout)))
+        }
+        None => Err(UpstreamError::Request(format!(
             "node address {:?} is not a valid host:port",
             node.name
-        )));
+        ))),
     };
-    let mut upstream_request = Request::new(Full::new(body));
-    *upstream_request.method_mut() = method.clone();
-    *upstream_request.uri_mut() = uri;
-    *upstream_request.headers_mut() = headers;
-    let started = Instant::now();
-    let result = upstream::send(
-        &state.client,
-        upstream_request,
-        config.proxy.upstream_timeout,
-    )
-    .await;
     match result {
         Ok(upstream_response) => {
             node.upstream_duration(&state.metrics.upstream_duration)
