@@ -235,9 +235,14 @@ impl NodePool {
         let (parts, mut body) = response.into_parts();
         let mut collected = Vec::new();
         loop {
-            let frame = poll_fn(|cx| {
-                connection.poll_driver(cx);
-                Pin::new(&mut body).poll_frame(cx)
+            // hyper usually has the whole (small) body in hand by the time the head is parsed: ask the body
+            // first and do the connection's I/O only when it has to wait.
+            let frame = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(frame) => Poll::Ready(frame),
+                Poll::Pending => {
+                    connection.poll_driver(cx);
+                    Pin::new(&mut body).poll_frame(cx)
+                }
             })
             .await;
             match frame {
@@ -255,12 +260,15 @@ impl NodePool {
             }
         }
         drop(body);
-        // One more turn lets hyper finish the message and make the connection idle (ready for the next request).
-        poll_fn(|cx| {
-            connection.poll_driver(cx);
-            Poll::Ready(())
-        })
-        .await;
+        if !connection.sender.is_ready() {
+            // One more turn lets hyper finish the message and make the connection idle (ready for the next
+            // request); a connection still not ready after it is not kept.
+            poll_fn(|cx| {
+                connection.poll_driver(cx);
+                Poll::Ready(())
+            })
+            .await;
+        }
         if connection.driver.is_some() && connection.sender.is_ready() {
             self.checkin(connection);
         }
