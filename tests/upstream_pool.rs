@@ -12,13 +12,13 @@ use reqwest::{Method, StatusCode};
 const NODE_HEADER: &str = "x-dynamic-sharding-node";
 const BODY: &str = "# TYPE pool_gauge gauge\npool_gauge 1\n";
 
-/// Proxy mode over `nodes`, with health checks so rare that no probe marks a restarting node unhealthy during a
+/// Proxy mode with the per-node pool (`proxy.per_node_pool`) over `nodes`, with health checks so rare that no probe marks a restarting node unhealthy during a
 /// test: the ring (and so each node's pool) stays the same throughout.
 fn proxy_config(nodes: &[Pushgateway]) -> String {
     let servers: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.addr())).collect();
     format!(
         "mode: proxy\npushgateway:\n  servers: [{}]\nhealth_check: {{interval: 30s, timeout: 2s, \
-         unhealthy_threshold: 3, healthy_threshold: 1}}\n",
+         unhealthy_threshold: 3, healthy_threshold: 1}}\nproxy: {{per_node_pool: true}}\n",
         servers.join(", ")
     )
 }

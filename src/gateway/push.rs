@@ -21,7 +21,7 @@ use crate::grouping::{self, GroupingKey};
 use crate::node_route::NodeRoute;
 use crate::ring::Algorithm;
 use crate::telemetry::{ErrorLabels, NodeLabels};
-use crate::upstream::UpstreamError;
+use crate::upstream::{self, UpstreamError};
 
 /// The response header naming the node that served a proxied push.
 pub const NODE_HEADER: &str = "x-dynamic-sharding-node";
@@ -414,7 +414,7 @@ async fn forward(
 ) -> Result<Response<Body>, UpstreamError> {
     let started = Instant::now();
     let result = match &node.pool {
-        Some(pool) => {
+        Some(pool) if config.proxy.per_node_pool => {
             // Origin-form (`/path?query`): the node's pool connects to it and sets `Host`.
             let mut upstream_request = Request::new(Full::new(body));
             *upstream_request.method_mut() = method.clone();
@@ -431,10 +431,24 @@ async fn forward(
             .await
             .unwrap_or(Err(UpstreamError::Timeout(timeout)))
         }
-        None => Err(UpstreamError::Request(format!(
-            "node address {:?} is not a valid host:port",
-            node.name
-        ))),
+        _ => match node.upstream_uri(target) {
+            Some(uri) => {
+                let mut upstream_request = Request::new(Full::new(body));
+                *upstream_request.method_mut() = method.clone();
+                *upstream_request.uri_mut() = uri;
+                *upstream_request.headers_mut() = headers;
+                upstream::send(
+                    &state.client,
+                    upstream_request,
+                    config.proxy.upstream_timeout,
+                )
+                .await
+            }
+            None => Err(UpstreamError::Request(format!(
+                "node address {:?} is not a valid host:port",
+                node.name
+            ))),
+        },
     };
     match result {
         Ok(upstream_response) => {
