@@ -424,10 +424,12 @@ async fn forward(
                 .into();
             *upstream_request.headers_mut() = headers;
             let timeout = config.proxy.upstream_timeout;
-            tokio::time::timeout(
+            // Boxed: the exchange holds a whole connection, and inline it would enlarge this future, and so
+            // the shared client's path too (+900 instructions per push in callgrind).
+            Box::pin(tokio::time::timeout(
                 timeout,
                 pool.send(upstream_request, config.proxy.connect_timeout),
-            )
+            ))
             .await
             .unwrap_or(Err(UpstreamError::Timeout(timeout)))
         }
