@@ -213,6 +213,7 @@ struct RawProxy {
     client_body_timeout: Option<PromDuration>,
     retry: Option<bool>,
     shutdown_timeout: Option<PromDuration>,
+    per_node_pool: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -349,6 +350,9 @@ pub struct ProxyConfig {
     pub retry: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// Proxied pushes use the per-node, handler-driven connection pool (`upstream_pool`); `false` falls back to
+    /// the shared client. On by default: 11% fewer instructions and 3-7% less CPU per push (bench/PROFILING.md).
+    pub per_node_pool: bool,
 }
 
 impl Default for ProxyConfig {
@@ -360,6 +364,7 @@ impl Default for ProxyConfig {
             client_body_timeout: Duration::from_secs(30),
             retry: true,
             shutdown_timeout: Duration::from_secs(15),
+            per_node_pool: true,
         }
     }
 }
@@ -505,6 +510,9 @@ impl Config {
             shutdown_timeout: raw_proxy
                 .shutdown_timeout
                 .map_or(proxy_defaults.shutdown_timeout, |d| d.0),
+            per_node_pool: raw_proxy
+                .per_node_pool
+                .unwrap_or(proxy_defaults.per_node_pool),
         };
         if proxy.max_body_size == 0 {
             return Err(invalid(
@@ -830,6 +838,14 @@ mod tests {
             ("consul_server: {addr: a:1, tsl: {}}", "tsl"),
         ];
         assert_each_error_mentions(&cases);
+    }
+
+    #[test]
+    fn the_per_node_pool_is_the_default_and_can_be_turned_off() {
+        let servers = "pushgateway: {servers: ['a:1']}\n";
+        assert!(Config::parse(servers).unwrap().proxy.per_node_pool);
+        let off = Config::parse(&format!("{servers}proxy: {{per_node_pool: false}}\n")).unwrap();
+        assert!(!off.proxy.per_node_pool);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`, HTTP SD, and the read
 //!   API fanned out to every node).
 //! - [`upstream`]: the pooled HTTP client towards Pushgateways.
+//! - [`upstream_pool`]: per-node connection pools for proxied pushes, driven by the handler (no task per connection).
 //! - [`rebalance`]: moves groups to their owner after ring changes, so every group is on exactly one node.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
 //! - [`app`]: wiring, reload and graceful shutdown.
@@ -28,3 +29,4 @@ pub mod routing;
 pub mod shutdown;
 pub mod telemetry;
 pub mod upstream;
+pub mod upstream_pool;

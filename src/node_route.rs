@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::telemetry::{MethodLabel, NodeLabels, RequestLabels};
+use crate::upstream_pool::NodePool;
 
 /// Methods and status codes nearly every push has; other combinations go through `get_or_create`.
 const CACHED_METHODS: [Method; 3] = [Method::PUT, Method::POST, Method::DELETE];
@@ -70,13 +71,21 @@ pub struct NodeRoute {
     pub header_value: Option<HeaderValue>,
     pub requests: RequestCounters,
     upstream_duration: OnceLock<Histogram>,
+    /// Keep-alive connections for proxied pushes; `None` exactly when `authority` is. Shared with the next
+    /// table's route for the same node, so a ring rebuild keeps the node's warm connections.
+    pub pool: Option<Arc<NodePool>>,
 }
 
 impl NodeRoute {
-    pub fn new(name: &str) -> NodeRoute {
+    /// `pool` is the node's pool in the previous table, if any; otherwise a new, empty one is made.
+    pub fn new(name: &str, pool: Option<Arc<NodePool>>) -> NodeRoute {
         let name: Arc<str> = Arc::from(name);
+        let authority: Option<Authority> = name.parse().ok();
         NodeRoute {
-            authority: name.parse().ok(),
+            pool: authority
+                .as_ref()
+                .map(|authority| pool.unwrap_or_else(|| Arc::new(NodePool::new(authority)))),
+            authority,
             header_value: HeaderValue::from_str(&name).ok(),
             requests: RequestCounters::new(name.clone()),
             upstream_duration: OnceLock::new(),
@@ -118,7 +127,7 @@ mod tests {
 
     #[test]
     fn upstream_uri_joins_node_and_target() {
-        let route = NodeRoute::new("127.0.0.1:9091");
+        let route = NodeRoute::new("127.0.0.1:9091", None);
         let target: PathAndQuery = "/metrics/job/a?x=1".parse().unwrap();
         let uri = route.upstream_uri(Some(&target)).unwrap();
         assert_eq!(uri.to_string(), "http://127.0.0.1:9091/metrics/job/a?x=1");
@@ -130,7 +139,9 @@ mod tests {
 
     #[test]
     fn an_invalid_address_has_no_uri() {
-        assert!(NodeRoute::new("bad host:1").upstream_uri(None).is_none());
+        assert!(NodeRoute::new("bad host:1", None)
+            .upstream_uri(None)
+            .is_none());
     }
 
     #[test]

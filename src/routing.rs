@@ -30,23 +30,30 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// The table for `nodes`; with `previous`, the ring is derived from the previous one (same result as a
-    /// fresh build, less work after a small membership change).
+    /// The table for `nodes`. With `previous`, the ring is derived from the previous one (same result as a
+    /// fresh build, less work after a small membership change), and the previous table lends its nodes'
+    /// connection pools to the same nodes in the new one.
     fn new(
         algorithm: Algorithm,
         nodes: &[String],
         generation: u64,
-        previous: Option<&Ring>,
+        previous: Option<&RoutingTable>,
     ) -> RoutingTable {
         let ring = match previous {
-            Some(previous) => previous.rebuild(algorithm, nodes),
+            Some(previous) => previous.ring.rebuild(algorithm, nodes),
             None => Ring::build(algorithm, nodes),
+        };
+        // `routes` is parallel to `ring.nodes()`, which is sorted: a binary search finds a node's old route.
+        let previous_pool = |node: &String| {
+            let previous = previous?;
+            let index = previous.ring.nodes().binary_search(node).ok()?;
+            previous.routes.get(index)?.pool.clone()
         };
         RoutingTable {
             routes: ring
                 .nodes()
                 .iter()
-                .map(|node| Arc::new(NodeRoute::new(node)))
+                .map(|node| Arc::new(NodeRoute::new(node, previous_pool(node))))
                 .collect(),
             unserved: RequestCounters::new(Arc::from("")),
             ring,
@@ -105,7 +112,7 @@ pub fn spawn(
                 algorithm,
                 &healthy,
                 current.generation + 1,
-                Some(&current.ring),
+                Some(&current),
             ));
             let elapsed = started.elapsed();
             if current.ring.algorithm() != algorithm {
