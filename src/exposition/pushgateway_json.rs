@@ -32,8 +32,11 @@ pub struct Group {
     pub push_time_seconds: Option<f64>,
     /// Unix seconds of the last failed push; `Some(0.0)` if none failed.
     pub push_failure_time_seconds: Option<f64>,
-    /// The group's metrics as a text exposition (format 0.0.4), families sorted by name.
+    /// The group's metrics as a text exposition (format 0.0.4), families sorted by name; empty when not
+    /// rendered (see `body_rendered`).
     pub body: String,
+    /// False when the caller of [`parse_api_metrics_with`] did not want this group's body.
+    pub body_rendered: bool,
 }
 
 /// Why an `/api/v1/metrics` answer could not be turned into groups.
@@ -120,14 +123,31 @@ struct ApiMetric {
 
 /// Parses a `GET /api/v1/metrics` answer into its groups, in the order given.
 pub fn parse_api_metrics(json: &[u8]) -> Result<Vec<Group>, ApiMetricsError> {
+    parse_api_metrics_with(json, |_| true)
+}
+
+/// [`parse_api_metrics`], rendering a group's body only when `wants_body(labels)` says so; other groups get an
+/// empty body and `body_rendered: false`. The rebalancer renders only the groups it may copy: a node lists
+/// mostly groups it owns, and rendering them all was most of a pass's memory.
+pub fn parse_api_metrics_with(
+    json: &[u8],
+    wants_body: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> Result<Vec<Group>, ApiMetricsError> {
     let answer: ApiAnswer = serde_json::from_slice(json)?;
     if answer.status != "success" {
         return Err(ApiMetricsError::Status(answer.status));
     }
-    answer.data.into_iter().map(group_from_api).collect()
+    answer
+        .data
+        .into_iter()
+        .map(|group| {
+            let render = wants_body(&group.labels);
+            group_from_api(group, render)
+        })
+        .collect()
 }
 
-fn group_from_api(group: ApiGroup) -> Result<Group, ApiMetricsError> {
+fn group_from_api(group: ApiGroup, render_body: bool) -> Result<Group, ApiMetricsError> {
     let group_name = display_labels(&group.labels);
     let mut body = String::new();
     let mut push_time_seconds = None;
@@ -157,7 +177,9 @@ fn group_from_api(group: ApiGroup) -> Result<Group, ApiMetricsError> {
             }
             continue;
         }
-        render_family(name, family, metric_type, &context, &mut body)?;
+        if render_body {
+            render_family(name, family, metric_type, &context, &mut body)?;
+        }
     }
     Ok(Group {
         labels: group.labels,
@@ -165,6 +187,7 @@ fn group_from_api(group: ApiGroup) -> Result<Group, ApiMetricsError> {
         push_time_seconds,
         push_failure_time_seconds,
         body,
+        body_rendered: render_body,
     })
 }
 

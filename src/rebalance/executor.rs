@@ -6,6 +6,8 @@
 //! during the pass is skipped (see [`guard`](super::guard)). A delete only follows a copy that succeeded, so a
 //! failure anywhere leaves the group where it was.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,8 +18,10 @@ use http_body_util::Full;
 
 use super::guard::MoveCoordinator;
 use super::planner::{Action, ListedGroup, NodeListing};
-use crate::exposition::pushgateway_json::parse_api_metrics;
+use crate::exposition::pushgateway_json::parse_api_metrics_with;
 use crate::grouping::GroupingKey;
+use crate::ring::Ring;
+use crate::routing::RoutingTable;
 use crate::upstream::{self, HttpClient};
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -296,10 +300,13 @@ impl Executor<'_> {
 }
 
 /// `GET /api/v1/metrics` on `node`, turned into the planner's input.
+/// Lists `node`'s groups. Bodies are rendered only for groups that `ring` does not place on `node` (the only
+/// ones a pass may copy from it), so a pass does not hold a second copy of every group it listed.
 pub async fn list_node(
     client: &HttpClient,
     node: &str,
     timeout: Duration,
+    ring: Arc<RoutingTable>,
 ) -> Result<NodeListing, NodeRequestError> {
     let path = "/api/v1/metrics";
     let response = upstream::get(client, node, path, timeout)
@@ -322,7 +329,7 @@ pub async fn list_node(
     let body = response.into_body();
     let owned_node = node.to_string();
     // Parsing thousands of groups is CPU work; keep it off the async workers.
-    tokio::task::spawn_blocking(move || listing_from_json(&owned_node, &body))
+    tokio::task::spawn_blocking(move || listing_from_json(&owned_node, &body, &ring.ring))
         .await
         .map_err(|e| NodeRequestError::Listing {
             node: node.to_string(),
@@ -330,10 +337,20 @@ pub async fn list_node(
         })?
 }
 
-fn listing_from_json(node: &str, json: &[u8]) -> Result<NodeListing, NodeRequestError> {
-    let groups = parse_api_metrics(json).map_err(|e| NodeRequestError::Listing {
-        node: node.to_string(),
-        message: e.to_string(),
+fn listing_from_json(
+    node: &str,
+    json: &[u8],
+    ring: &Ring,
+) -> Result<NodeListing, NodeRequestError> {
+    let owned_here = |labels: &BTreeMap<String, String>| {
+        GroupingKey::from_labels(labels.clone())
+            .is_ok_and(|key| ring.owner(&key.ring_key()) == Some(node))
+    };
+    let groups = parse_api_metrics_with(json, |labels| !owned_here(labels)).map_err(|e| {
+        NodeRequestError::Listing {
+            node: node.to_string(),
+            message: e.to_string(),
+        }
     })?;
     let mut listed = Vec::with_capacity(groups.len());
     for group in groups {
@@ -341,7 +358,7 @@ fn listing_from_json(node: &str, json: &[u8]) -> Result<NodeListing, NodeRequest
             Ok(key) => listed.push(ListedGroup {
                 key,
                 push_time_seconds: group.push_time_seconds.unwrap_or(0.0),
-                body: group.body,
+                body: group.body_rendered.then_some(group.body),
             }),
             // The Pushgateway accepted it, so this should not happen; never move what we cannot address.
             Err(error) => {

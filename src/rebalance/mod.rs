@@ -259,7 +259,7 @@ impl Task {
         };
         let list_timeout = config.proxy.upstream_timeout.max(MIN_LIST_TIMEOUT);
         let nodes = self.nodes_to_list(&table);
-        let mut listed = self.list(&nodes, list_timeout, &mut report).await;
+        let mut listed = self.list(&nodes, &table, list_timeout, &mut report).await;
         let mut plan = planner::plan(
             std::mem::take(&mut listed.listings),
             &table.ring,
@@ -273,7 +273,7 @@ impl Task {
             let max_wait = config.proxy.upstream_timeout * 2 + Duration::from_secs(1);
             match self.rebalancer.coordinator.begin_pass(max_wait).await {
                 Ok(()) => {
-                    listed = self.list(&nodes, list_timeout, &mut report).await;
+                    listed = self.list(&nodes, &table, list_timeout, &mut report).await;
                     plan = planner::plan(
                         std::mem::take(&mut listed.listings),
                         &table.ring,
@@ -347,11 +347,19 @@ impl Task {
     }
 
     /// Lists every ring node and draining node concurrently; failures are logged and counted.
-    async fn list(&self, nodes: &PassNodes, timeout: Duration, report: &mut PassReport) -> Listed {
+    async fn list(
+        &self,
+        nodes: &PassNodes,
+        table: &Arc<RoutingTable>,
+        timeout: Duration,
+        report: &mut PassReport,
+    ) -> Listed {
         let all: Vec<&String> = nodes.ring.iter().chain(&nodes.draining).collect();
         let requests: Vec<BoxFuture<'_, _>> = all
             .iter()
-            .map(|node| executor::list_node(&self.deps.client, node, timeout).boxed())
+            .map(|node| {
+                executor::list_node(&self.deps.client, node, timeout, table.clone()).boxed()
+            })
             .collect();
         let results = join_all(requests).await;
         let mut listings = Vec::new();

@@ -23,8 +23,9 @@ pub struct ListedGroup {
     pub key: GroupingKey,
     /// Unix seconds of the last successful push on that node; 0 when none succeeded.
     pub push_time_seconds: f64,
-    /// The group's metrics as a text-format `PUT` body.
-    pub body: String,
+    /// The group's metrics as a text-format `PUT` body; `None` when the listing did not render it because the
+    /// node owned the group (a copy on its owner is never a source).
+    pub body: Option<String>,
 }
 
 /// Everything one node holds, as listed at the start of a pass.
@@ -157,13 +158,21 @@ pub fn plan(
                     delete_from,
                 }
             }
-            _ => Action::Move {
-                key: newest.key,
-                owner,
-                source,
-                source_push_time: newest.push_time_seconds,
-                body: newest.body,
-                delete_from,
+            // A wrong copy always has its body (only owners' copies are listed without); should the ring used for
+            // listing ever differ from this one, leave the group alone rather than copy an empty body.
+            _ => match newest.body {
+                Some(body) => Action::Move {
+                    key: newest.key,
+                    owner,
+                    source,
+                    source_push_time: newest.push_time_seconds,
+                    body,
+                    delete_from,
+                },
+                None => {
+                    result.owner_not_listed += 1;
+                    continue;
+                }
             },
         };
         result.actions.push(action);
@@ -201,8 +210,54 @@ mod tests {
         ListedGroup {
             key: key.clone(),
             push_time_seconds: push_time,
-            body: body.to_string(),
+            body: Some(body.to_string()),
         }
+    }
+
+    #[test]
+    fn a_wrong_copy_without_its_body_is_never_copied_but_stale_ones_are_still_deleted() {
+        let ring = Ring::build(Algorithm::Rendezvous, &nodes(&["a", "b"]));
+        let k = key_owned_by(&ring, "a");
+        let unrendered = |time: f64| ListedGroup {
+            body: None,
+            ..group(&k, time, "")
+        };
+        let listings = |on_a: Vec<ListedGroup>, on_b: Vec<ListedGroup>| {
+            vec![
+                NodeListing {
+                    node: "a".into(),
+                    groups: on_a,
+                },
+                NodeListing {
+                    node: "b".into(),
+                    groups: on_b,
+                },
+            ]
+        };
+        // Owned by "a", newer on "b", but "b" listed it without its body: nothing may be copied.
+        let newer_elsewhere = plan(
+            listings(vec![group(&k, 1.0, "x 1\n")], vec![unrendered(2.0)]),
+            &ring,
+            100.0,
+            None,
+        );
+        assert_eq!(newer_elsewhere.actions, vec![]);
+        assert_eq!(newer_elsewhere.owner_not_listed, 1);
+        // Older on the wrong node: deleting it needs no body.
+        let stale_elsewhere = plan(
+            listings(vec![group(&k, 5.0, "x 5\n")], vec![unrendered(1.0)]),
+            &ring,
+            100.0,
+            None,
+        );
+        assert_eq!(
+            stale_elsewhere.actions,
+            vec![Action::DeleteStale {
+                key: k.clone(),
+                owner: "a".into(),
+                delete_from: nodes(&["b"]),
+            }]
+        );
     }
 
     fn nodes(names: &[&str]) -> Vec<String> {
