@@ -359,9 +359,7 @@ impl Watcher {
 
     /// Asks the registrar for a pass and waits for it (at most [`REASSERT_WAIT`]); `false` on shutdown.
     async fn reassert_and_wait(&mut self, shutdown: &mut Shutdown) -> bool {
-        tracing::debug!(
-            "Consul answered after an outage; re-asserting registrations before trusting it"
-        );
+        tracing::info!("Consul answered after an outage or with an index that went backwards (an agent that may have lost its state); re-asserting registrations before trusting it");
         let before = *self.registrar_passes.borrow_and_update();
         self.reassert.notify_one();
         let passes = &mut self.registrar_passes;
@@ -388,9 +386,10 @@ impl Watcher {
     fn answered(&mut self, sent: u64, answered: u64, instances: &[ServiceInstance]) {
         self.last_contact = Some(SystemTime::now());
         match self.reachable {
+            // With `register: true` the registrar has already re-asserted before this answer was asked for
+            // (`reassert_and_wait`); without it there is no registrar to ask.
             Some(false) => {
-                tracing::info!(consul = %self.client.base_url(), "Consul is reachable again");
-                self.reassert.notify_one();
+                tracing::info!(consul = %self.client.base_url(), "Consul is reachable again")
             }
             None => {
                 tracing::info!(consul = %self.client.base_url(), service = %self.started_with.service_name, "watching Consul")
@@ -401,9 +400,8 @@ impl Watcher {
             tracing::info!(
                 previous = sent,
                 now = answered,
-                "Consul's index went backwards (restarted or restored agent); re-asserting registrations"
+                "Consul's index went backwards (restarted or restored agent); following it from there"
             );
-            self.reassert.notify_one();
         }
         self.reachable = Some(true);
         self.metrics.consul_up.set(1);
