@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::routing::{any, get};
+use bytes::Bytes;
 use futures_util::future::Either;
 use http::{header, HeaderValue, StatusCode};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -122,6 +123,11 @@ pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> http::Respons
     if !body.ends_with('\n') {
         body.push('\n');
     }
+    text_lines(status, Bytes::from(body))
+}
+
+/// A plain-text response from a body that already ends with a newline.
+pub(crate) fn text_lines(status: StatusCode, body: Bytes) -> http::Response<Body> {
     // Built directly rather than with `Response::builder()`, whose `.header(name, "…")` copies and re-validates
     // the value on every call: this runs once per redirect and per rejected push.
     let mut response = http::Response::new(Body::from(body));

@@ -15,7 +15,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
-use super::{json, text, AppState};
+use super::{json, text, text_lines, AppState};
 use crate::config::{Config, Mode};
 use crate::grouping::{self, GroupingKey};
 use crate::node_route::NodeRoute;
@@ -245,14 +245,8 @@ fn redirect(request: &Request<Body>, owner: &str) -> Response<Body> {
     let location = body.slice(BODY_PREFIX.len()..body.len() - 1);
     match HeaderValue::from_maybe_shared(location) {
         Ok(value) => {
-            let mut response = Response::new(Body::from(body));
-            *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            headers.insert(header::LOCATION, value);
+            let mut response = text_lines(StatusCode::TEMPORARY_REDIRECT, body);
+            response.headers_mut().insert(header::LOCATION, value);
             response
         }
         Err(_) => text(
