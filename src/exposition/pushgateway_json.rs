@@ -32,11 +32,9 @@ pub struct Group {
     pub push_time_seconds: Option<f64>,
     /// Unix seconds of the last failed push; `Some(0.0)` if none failed.
     pub push_failure_time_seconds: Option<f64>,
-    /// The group's metrics as a text exposition (format 0.0.4), families sorted by name; empty when not
-    /// rendered (see `body_rendered`).
-    pub body: String,
-    /// False when the caller of [`parse_api_metrics_with`] did not want this group's body.
-    pub body_rendered: bool,
+    /// The group's metrics as a text exposition (format 0.0.4), families sorted by name; `None` when the caller
+    /// of [`parse_api_metrics_with`] did not want it rendered.
+    pub body: Option<String>,
 }
 
 /// Why an `/api/v1/metrics` answer could not be turned into groups.
@@ -127,7 +125,7 @@ pub fn parse_api_metrics(json: &[u8]) -> Result<Vec<Group>, ApiMetricsError> {
 }
 
 /// [`parse_api_metrics`], rendering a group's body only when `wants_body(labels)` says so; other groups get an
-/// empty body and `body_rendered: false`. The rebalancer renders only the groups it may copy: a node lists
+/// `body: None`. The rebalancer renders only the groups it may copy: a node lists
 /// mostly groups it owns, and rendering them all was most of a pass's memory.
 pub fn parse_api_metrics_with(
     json: &[u8],
@@ -186,8 +184,7 @@ fn group_from_api(group: ApiGroup, render_body: bool) -> Result<Group, ApiMetric
         last_push_successful: group.last_push_successful,
         push_time_seconds,
         push_failure_time_seconds,
-        body,
-        body_rendered: render_body,
+        body: render_body.then_some(body),
     })
 }
 

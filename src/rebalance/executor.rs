@@ -358,7 +358,7 @@ fn listing_from_json(
             Ok(key) => listed.push(ListedGroup {
                 key,
                 push_time_seconds: group.push_time_seconds.unwrap_or(0.0),
-                body: group.body_rendered.then_some(group.body),
+                body: group.body,
             }),
             // The Pushgateway accepted it, so this should not happen; never move what we cannot address.
             Err(error) => {
