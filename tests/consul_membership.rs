@@ -249,14 +249,7 @@ async fn an_instance_registered_directly_in_consul_joins_the_ring() {
         "Port": foreign.port(),
         "Check": {"HTTP": format!("{}/-/healthy", foreign.url()), "Interval": "1s", "Timeout": "500ms"},
     });
-    let reply = consul
-        .request(
-            Method::PUT,
-            "/v1/agent/service/register",
-            &registration.to_string(),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    consul.register_service(&registration).await;
 
     wait_for_ring(&gateway, &sorted_addrs(&[&configured, &foreign]), secs(20)).await;
 }

@@ -51,19 +51,7 @@ async fn register_directly(
         "Port": node.port(),
         "Checks": checks,
     });
-    let reply = consul
-        .request(
-            Method::PUT,
-            "/v1/agent/service/register",
-            &registration.to_string(),
-        )
-        .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "registering {service_id}: {}",
-        reply.body
-    );
+    consul.register_service(&registration).await;
 }
 
 /// Sets a TTL check's state (`pass` or `fail`) through the agent API.
@@ -175,6 +163,34 @@ async fn leaders(gateways: &[&Gateway]) -> Vec<bool> {
     leaders
 }
 
+/// Waits (at most `timeout`) until `survivor` is the rebalance leader, then until it has run a pass; returns how
+/// long after `since` it became leader. `cause` names what happened to the old leader, for messages.
+async fn wait_for_takeover(
+    survivor: &Gateway,
+    since: Instant,
+    timeout: Duration,
+    cause: &str,
+) -> Duration {
+    wait_until(timeout, POLL, || async {
+        survivor.ring().await["rebalance"]["leader"] == true
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "the survivor never became leader after {cause} ({e})\n{}",
+            log_tail(survivor, 20)
+        )
+    });
+    let failover = since.elapsed();
+    eprintln!("rebalance leadership moved {failover:?} after {cause}");
+    wait_until(secs(30), POLL, || async {
+        survivor.ring().await["rebalance"]["last_pass"]["outcome"].is_string()
+    })
+    .await
+    .expect("the new leader runs passes");
+    failover
+}
+
 /// Waits until exactly one of the two replicas is the leader and stays so for 3 s of polling; returns
 /// `(leader, follower)` indices.
 async fn one_stable_leader(replicas: &[Gateway; 2]) -> (usize, usize) {
@@ -273,24 +289,13 @@ async fn two_replicas_with_consul_elect_one_rebalancer_and_it_fails_over() {
         "only the survivor's session is left after the leader stopped: {sessions}\n{}",
         log_tail(&replicas[leader], 10)
     );
-    let survivor = &replicas[follower];
-    wait_until(secs(60), POLL, || async {
-        survivor.ring().await["rebalance"]["leader"] == true
-    })
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "the other replica never became leader ({e})\n{}",
-            log_tail(survivor, 20)
-        )
-    });
-    let failover = stopped_at.elapsed();
-    eprintln!("rebalance leadership failed over {failover:?} after SIGTERM to the leader");
-    wait_until(secs(30), POLL, || async {
-        survivor.ring().await["rebalance"]["last_pass"]["outcome"].is_string()
-    })
-    .await
-    .expect("the new leader runs passes");
+    let failover = wait_for_takeover(
+        &replicas[follower],
+        stopped_at,
+        secs(60),
+        "SIGTERM to the leader",
+    )
+    .await;
     // A released lock is taken over at once; an unreleased one only after the session TTL (10 s) expires.
     assert!(
         failover < dynamic_sharding::consul::leader::SESSION_TTL,
@@ -314,40 +319,35 @@ async fn a_crashed_leader_is_replaced_once_its_consul_session_expires() {
     // twice as long in practice) plus the lock delay; until then the follower must not take over.
     let killed_at = Instant::now();
     replicas[leader].signal("KILL");
-    let survivor = &replicas[follower];
     let ttl = dynamic_sharding::consul::leader::SESSION_TTL;
     let bound = ttl * 2 + dynamic_sharding::consul::leader::LOCK_DELAY + secs(15);
-    wait_until(bound, POLL, || async {
-        survivor.ring().await["rebalance"]["leader"] == true
-    })
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "the survivor never became leader after the leader was SIGKILLed ({e})\n{}",
-            log_tail(survivor, 20)
-        )
-    });
-    let failover = killed_at.elapsed();
-    eprintln!("leadership moved {failover:?} after SIGKILL of the leader (session TTL {ttl:?})");
-    wait_until(secs(30), POLL, || async {
-        survivor.ring().await["rebalance"]["last_pass"]["outcome"].is_string()
-    })
-    .await
-    .expect("the new leader runs passes");
+    let failover = wait_for_takeover(
+        &replicas[follower],
+        killed_at,
+        bound,
+        "SIGKILL of the leader",
+    )
+    .await;
+    // The dead leader renewed its session at most TTL/3 before the kill, and Consul never invalidates a session
+    // sooner than TTL after its last renewal.
+    assert!(
+        failover >= ttl * 2 / 3,
+        "the survivor took the lock {failover:?} after the kill, while the crashed leader's session was still valid"
+    );
     let lock_key = dynamic_sharding::app::rebalance_lock_key("pushgateway");
     let lock = consul.get_json(&format!("/v1/kv/{lock_key}")).await;
     let sessions = consul.get_json("/v1/session/list").await;
-    let survivor_sessions: Vec<&serde_json::Value> = sessions
+    let session_ids: Vec<&serde_json::Value> = sessions
         .as_array()
         .map(|all| all.iter().map(|s| &s["ID"]).collect())
         .unwrap_or_default();
     assert_eq!(
-        survivor_sessions.len(),
+        session_ids.len(),
         1,
         "the crashed leader's session expired: {sessions}"
     );
     assert_eq!(
-        &lock[0]["Session"], survivor_sessions[0],
+        &lock[0]["Session"], session_ids[0],
         "the lock is held by the survivor's session: {lock}"
     );
 }

@@ -767,6 +767,20 @@ impl Consul {
         .await
     }
 
+    /// Registers a service on the agent (`PUT /v1/agent/service/register`); panics unless Consul accepts it.
+    pub async fn register_service(&self, registration: &serde_json::Value) {
+        let body = registration.to_string();
+        let reply = self
+            .request(Method::PUT, "/v1/agent/service/register", &body)
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "registering {body}: {}",
+            reply.body
+        );
+    }
+
     /// `GET` a JSON document from the agent's HTTP API.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         get_json(&self.client, &format!("{}{path}", self.url())).await
