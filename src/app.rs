@@ -12,10 +12,12 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
+use crate::ambiguous::{self, Journal};
 use crate::config::{normalize_listen_addr, Config, ConfigError};
 use crate::consul::{self, ConsulClient, ConsulError};
 use crate::gateway::{self, AppState, ReloadRequest};
 use crate::membership::{self, static_probe};
+use crate::outlier::OutlierDetector;
 use crate::shutdown;
 use crate::telemetry::Metrics;
 use crate::upstream;
@@ -91,9 +93,17 @@ pub async fn run(options: Options) -> Result<(), AppError> {
             shutdown.clone(),
         ),
     };
+    let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
+    let outliers = OutlierDetector::new(
+        shared_config.clone(),
+        membership_rx.clone(),
+        metrics.faults.clone(),
+    );
+    outliers.spawn_expiry(shutdown.clone());
     let (ring, ring_changes) = crate::routing::spawn(
         membership_rx.clone(),
         config_rx.clone(),
+        outliers.clone(),
         metrics.clone(),
         shutdown.clone(),
     );
@@ -125,7 +135,16 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         shutdown: shutdown.clone(),
     });
 
-    let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
+    let journal = Journal::new(shared_config.clone(), metrics.faults.clone());
+    ambiguous::repair::spawn(ambiguous::repair::Dependencies {
+        journal: journal.clone(),
+        ring: ring.clone(),
+        client: client.clone(),
+        config: shared_config.clone(),
+        coordinator: rebalancer.coordinator.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    });
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let state = AppState {
         ring,
@@ -139,6 +158,8 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         admin_api_enabled: options.enable_admin_api,
         read_side: Default::default(),
         rebalance: rebalancer,
+        outliers,
+        journal,
     };
 
     let mut terminate = signal(SignalKind::terminate()).map_err(AppError::Signal)?;

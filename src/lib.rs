@@ -12,9 +12,13 @@
 //!   API fanned out to every node).
 //! - [`upstream`]: the pooled HTTP client towards Pushgateways.
 //! - [`upstream_pool`]: per-node connection pools for proxied pushes, driven by the handler (no task per connection).
+//! - [`outlier`]: passive failure detection: nodes whose pushes keep failing are ejected from the ring for a while.
+//! - [`ambiguous`]: pushes whose outcome on a node is unknown; the acknowledged value is written again once the
+//!   node could no longer apply a late write.
 //! - [`rebalance`]: moves groups to their owner after ring changes, so every group is on exactly one node.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
 //! - [`app`]: wiring, reload and graceful shutdown.
+pub mod ambiguous;
 pub mod app;
 pub mod config;
 pub mod consul;
@@ -23,6 +27,7 @@ pub mod gateway;
 pub mod grouping;
 pub mod membership;
 pub mod node_route;
+pub mod outlier;
 pub mod rebalance;
 pub mod ring;
 pub mod routing;

@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::outlier::NodeCounters;
 use crate::telemetry::{MethodLabel, NodeLabels, RequestLabels};
 use crate::upstream_pool::NodePool;
 
@@ -74,11 +75,13 @@ pub struct NodeRoute {
     /// Keep-alive connections for proxied pushes; `None` exactly when `authority` is. Shared with the next
     /// table's route for the same node, so a ring rebuild keeps the node's warm connections.
     pub pool: Option<Arc<NodePool>>,
+    /// Passive-health counters (consecutive failures, pushes in flight), shared across ring tables.
+    pub counters: Arc<NodeCounters>,
 }
 
 impl NodeRoute {
     /// `pool` is the node's pool in the previous table, if any; otherwise a new, empty one is made.
-    pub fn new(name: &str, pool: Option<Arc<NodePool>>) -> NodeRoute {
+    pub fn new(name: &str, pool: Option<Arc<NodePool>>, counters: Arc<NodeCounters>) -> NodeRoute {
         let name: Arc<str> = Arc::from(name);
         let authority: Option<Authority> = name.parse().ok();
         NodeRoute {
@@ -89,6 +92,7 @@ impl NodeRoute {
             header_value: HeaderValue::from_str(&name).ok(),
             requests: RequestCounters::new(name.clone()),
             upstream_duration: OnceLock::new(),
+            counters,
             name,
         }
     }
@@ -127,7 +131,7 @@ mod tests {
 
     #[test]
     fn upstream_uri_joins_node_and_target() {
-        let route = NodeRoute::new("127.0.0.1:9091", None);
+        let route = NodeRoute::new("127.0.0.1:9091", None, Default::default());
         let target: PathAndQuery = "/metrics/job/a?x=1".parse().unwrap();
         let uri = route.upstream_uri(Some(&target)).unwrap();
         assert_eq!(uri.to_string(), "http://127.0.0.1:9091/metrics/job/a?x=1");
@@ -139,7 +143,7 @@ mod tests {
 
     #[test]
     fn an_invalid_address_has_no_uri() {
-        assert!(NodeRoute::new("bad host:1", None)
+        assert!(NodeRoute::new("bad host:1", None, Default::default())
             .upstream_uri(None)
             .is_none());
     }

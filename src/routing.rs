@@ -3,7 +3,11 @@
 //! One task owns the rebuild: it watches the membership channel (and the config, for the algorithm) and builds
 //! a new immutable [`RoutingTable`] only when the healthy node set or the algorithm actually changed. Handlers
 //! `load()` the current table from an `ArcSwap`; the rebalancer subscribes to the same changes on a watch channel.
+//!
+//! The ring holds the healthy nodes minus those passive failure detection ejected ([`crate::outlier`]); should
+//! ejections ever leave no node, they are ignored rather than answer every push with 503.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -13,6 +17,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::membership::Membership;
 use crate::node_route::{NodeRoute, RequestCounters};
+use crate::outlier::OutlierDetector;
 use crate::ring::{Algorithm, Ring};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
@@ -38,6 +43,7 @@ impl RoutingTable {
         nodes: &[String],
         generation: u64,
         previous: Option<&RoutingTable>,
+        detector: &OutlierDetector,
     ) -> RoutingTable {
         let ring = match previous {
             Some(previous) => previous.ring.rebuild(algorithm, nodes),
@@ -53,7 +59,13 @@ impl RoutingTable {
             routes: ring
                 .nodes()
                 .iter()
-                .map(|node| Arc::new(NodeRoute::new(node, previous_pool(node))))
+                .map(|node| {
+                    Arc::new(NodeRoute::new(
+                        node,
+                        previous_pool(node),
+                        detector.counters(node),
+                    ))
+                })
                 .collect(),
             unserved: RequestCounters::new(Arc::from("")),
             ring,
@@ -81,15 +93,18 @@ impl RingHandle {
 pub fn spawn(
     mut membership: watch::Receiver<Arc<Membership>>,
     mut config: watch::Receiver<Arc<Config>>,
+    detector: OutlierDetector,
     metrics: Metrics,
     mut shutdown: Shutdown,
 ) -> (RingHandle, watch::Receiver<Arc<RoutingTable>>) {
+    let mut ejected = detector.subscribe();
     let algorithm = config.borrow_and_update().ring_algorithm;
     let initial = Arc::new(RoutingTable::new(
         algorithm,
         &membership.borrow_and_update().healthy_nodes(),
         0,
         None,
+        &detector,
     ));
     let handle = RingHandle(Arc::new(ArcSwap::new(initial.clone())));
     let (table_tx, table_rx) = watch::channel(initial);
@@ -99,10 +114,14 @@ pub fn spawn(
             tokio::select! {
                 changed = membership.changed() => if changed.is_err() { return },
                 changed = config.changed() => if changed.is_err() { return },
+                changed = ejected.changed() => if changed.is_err() { return },
                 _ = shutdown.recv() => return,
             }
             let algorithm = config.borrow_and_update().ring_algorithm;
-            let healthy = membership.borrow_and_update().healthy_nodes();
+            let healthy = ring_nodes(
+                membership.borrow_and_update().healthy_nodes(),
+                &ejected.borrow_and_update(),
+            );
             let current = task_handle.load_full();
             if current.ring.algorithm() == algorithm && current.ring.nodes() == healthy.as_slice() {
                 continue;
@@ -113,6 +132,7 @@ pub fn spawn(
                 &healthy,
                 current.generation + 1,
                 Some(&current),
+                &detector,
             ));
             let elapsed = started.elapsed();
             if current.ring.algorithm() != algorithm {
@@ -125,7 +145,7 @@ pub fn spawn(
                     new = %healthy.join(","),
                     generation = table.generation,
                     rebuild_us = elapsed.as_micros() as u64,
-                    "healthy node set changed, ring rebuilt"
+                    "ring node set changed, ring rebuilt"
                 );
             }
             metrics.ring_nodes.set(healthy.len() as i64);
@@ -135,4 +155,38 @@ pub fn spawn(
         }
     });
     (handle, table_rx)
+}
+
+/// The healthy nodes that are not ejected; all healthy nodes if ejections would leave none.
+fn ring_nodes(healthy: Vec<String>, ejected: &BTreeSet<String>) -> Vec<String> {
+    if ejected.is_empty() {
+        return healthy;
+    }
+    let kept: Vec<String> = healthy
+        .iter()
+        .filter(|node| !ejected.contains(*node))
+        .cloned()
+        .collect();
+    if kept.is_empty() {
+        healthy
+    } else {
+        kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejected_nodes_leave_the_ring_unless_none_would_remain() {
+        let healthy = || vec!["a".to_string(), "b".to_string()];
+        let ejected = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            ring_nodes(healthy(), &ejected(&["a"])),
+            vec!["b".to_string()]
+        );
+        assert_eq!(ring_nodes(healthy(), &ejected(&[])), healthy());
+        assert_eq!(ring_nodes(healthy(), &ejected(&["a", "b"])), healthy());
+    }
 }

@@ -169,6 +169,68 @@ pub struct Metrics {
     pub rebalance_failures: Family<RebalanceFailureLabels, Counter>,
     pub rebalance_last_pass_seconds: Gauge<f64, AtomicU64>,
     pub rebalance_last_pass_timestamp: Gauge<f64, AtomicU64>,
+    pub faults: FaultMetrics,
+}
+
+/// Passive failure detection and ambiguous-write repair (`crate::outlier`, `crate::ambiguous`).
+#[derive(Clone, Default)]
+pub struct FaultMetrics {
+    pub ejections: Family<NodeLabels, Counter>,
+    pub ejected: Family<NodeLabels, Gauge>,
+    pub in_flight_overflow: Family<NodeLabels, Counter>,
+    pub ambiguous_writes: Family<NodeLabels, Counter>,
+    pub ambiguous_pending: Gauge,
+    pub ambiguous_repaired: Counter,
+    pub ambiguous_forgotten: Family<ForgottenLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForgottenLabels {
+    /// `capacity` (ambiguous_writes.max_groups or max_bytes reached), `no_acknowledged_write` (no later push
+    /// was acknowledged, so there is nothing to restore) or `rejected` (the owner refused the repair).
+    pub reason: &'static str,
+}
+
+impl FaultMetrics {
+    fn register(registry: &mut Registry) -> FaultMetrics {
+        let metrics = FaultMetrics::default();
+        registry.register(
+            "node_ejections",
+            "Times a node was ejected from the ring because pushes to it failed in a row (outlier_detection)",
+            metrics.ejections.clone(),
+        );
+        registry.register(
+            "node_ejected",
+            "1 while a node is ejected from the ring by outlier detection",
+            metrics.ejected.clone(),
+        );
+        registry.register(
+            "push_in_flight_overflow",
+            "Pushes not sent to a node because it already had proxy.max_in_flight_per_node pushes in flight",
+            metrics.in_flight_overflow.clone(),
+        );
+        registry.register(
+            "ambiguous_writes",
+            "Pushes to a node that timed out or lost their connection after being sent: the node may still apply them",
+            metrics.ambiguous_writes.clone(),
+        );
+        registry.register(
+            "ambiguous_writes_pending",
+            "Groups with an ambiguous write whose acknowledged value is remembered until it is repaired",
+            metrics.ambiguous_pending.clone(),
+        );
+        registry.register(
+            "ambiguous_writes_repaired",
+            "Groups whose acknowledged value was written again after an ambiguous write could have landed",
+            metrics.ambiguous_repaired.clone(),
+        );
+        registry.register(
+            "ambiguous_writes_forgotten",
+            "Groups with an ambiguous write that were forgotten without a repair, by reason",
+            metrics.ambiguous_forgotten.clone(),
+        );
+        metrics
+    }
 }
 
 impl Metrics {
@@ -336,7 +398,10 @@ impl Metrics {
             build_info,
         );
 
+        let faults = FaultMetrics::register(&mut registry);
+
         Metrics {
+            faults,
             registry: Arc::new(registry),
             requests,
             upstream_duration,

@@ -47,6 +47,16 @@ impl UpstreamError {
         }
     }
 
+    /// The request may have reached the node, which may still apply it later.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, UpstreamError::Timeout(_) | UpstreamError::Reset(_))
+    }
+
+    /// The node itself failed (as opposed to a request the gateway could not build).
+    pub fn is_node_failure(&self) -> bool {
+        !matches!(self, UpstreamError::Request(_))
+    }
+
     pub(crate) fn from_client_error(err: hyper_util::client::legacy::Error) -> UpstreamError {
         // Show the root cause; hyper-util's own message is just "client error (Connect)".
         let mut cause = err.to_string();
@@ -63,26 +73,31 @@ impl UpstreamError {
     }
 }
 
+/// Sends `request` and reads the whole response, however long that takes.
+pub async fn exchange(
+    client: &HttpClient,
+    request: http::Request<Full<Bytes>>,
+) -> Result<http::Response<Bytes>, UpstreamError> {
+    let response = client
+        .request(request)
+        .await
+        .map_err(UpstreamError::from_client_error)?;
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| UpstreamError::Reset(e.to_string()))?
+        .to_bytes();
+    Ok(http::Response::from_parts(parts, body))
+}
+
 /// Sends `request` and reads the whole response within `timeout`.
 pub async fn send(
     client: &HttpClient,
     request: http::Request<Full<Bytes>>,
     timeout: Duration,
 ) -> Result<http::Response<Bytes>, UpstreamError> {
-    let exchange = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(UpstreamError::from_client_error)?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| UpstreamError::Reset(e.to_string()))?
-            .to_bytes();
-        Ok(http::Response::from_parts(parts, body))
-    };
-    tokio::time::timeout(timeout, exchange)
+    tokio::time::timeout(timeout, exchange(client, request))
         .await
         .map_err(|_| UpstreamError::Timeout(timeout))?
 }

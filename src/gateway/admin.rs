@@ -85,6 +85,8 @@ pub async fn ring(State(state): State<AppState>) -> Response<Body> {
         },
         "nodes": membership.nodes,
         "rebalance": state.rebalance.status_json(),
+        "outlier_detection": state.outliers.status(),
+        "ambiguous_writes": { "pending_groups": state.journal.len() },
     });
     json(StatusCode::OK, &body)
 }

@@ -24,9 +24,11 @@ use futures_util::future::Either;
 use http::{header, HeaderValue, StatusCode};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::ambiguous::Journal;
 use crate::config::Config;
 use crate::membership::static_probe::SuspectReporter;
 use crate::membership::Membership;
+use crate::outlier::OutlierDetector;
 use crate::rebalance::Rebalancer;
 use crate::routing::RingHandle;
 use crate::telemetry::Metrics;
@@ -53,6 +55,10 @@ pub struct AppState {
     pub read_side: read::ReadSide,
     /// Coordinates pushes with group moves; its status is part of `/-/ring`.
     pub rebalance: Rebalancer,
+    /// Passive failure detection: the push path reports every forwarded push's outcome.
+    pub outliers: OutlierDetector,
+    /// Groups with an ambiguous write, and their acknowledged pushes since.
+    pub journal: Journal,
 }
 
 /// The gateway's whole HTTP service: push paths go straight to [`push::PushService`], everything else through

@@ -3,6 +3,8 @@
 
 use std::cell::RefCell;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -16,9 +18,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
 use super::{json, text, text_lines, AppState};
+use crate::ambiguous::{AckedWrite, WriteHeaders};
 use crate::config::{Config, Mode};
 use crate::grouping::{self, GroupingKey};
 use crate::node_route::NodeRoute;
+use crate::outlier::OutlierDetector;
 use crate::ring::Algorithm;
 use crate::telemetry::{ErrorLabels, NodeLabels};
 use crate::upstream::{self, UpstreamError};
@@ -362,6 +366,19 @@ async fn proxy_to(
     strip_hop_headers(&mut headers);
     let target = parts.uri.path_and_query();
 
+    // A group with an ambiguous write: its pushes wait while it is repaired, and acknowledged ones are recorded.
+    let journal = &state.journal;
+    let mut ring_key = None;
+    let mut write_headers = None;
+    let mut _group_lock = None;
+    if !journal.is_empty() {
+        let group = key.ring_key();
+        if let Some(lock) = journal.group_lock(&group) {
+            write_headers = Some(WriteHeaders::from_headers(&headers));
+            _group_lock = Some(lock.lock_owned().await);
+        }
+        ring_key = Some(group);
+    }
     // While the rebalancer moves groups, a push of a group being moved waits for the move and then wins over it.
     let _permit = state
         .rebalance
@@ -371,6 +388,25 @@ async fn proxy_to(
     let mut node = owner;
     let mut retry_on = successor;
     loop {
+        let Some(slot) = node.counters.try_begin(config.proxy.max_in_flight_per_node) else {
+            // Never sent, so unambiguous: the next node may take it at once.
+            state
+                .metrics
+                .faults
+                .in_flight_overflow
+                .get_or_create(&NodeLabels {
+                    node: node.name.clone(),
+                })
+                .inc();
+            match retry_on.take() {
+                Some(next) => {
+                    tracing::debug!(from = %node.name, to = %next.name, grouping_key = %key, "node has too many pushes in flight; sending to the next node");
+                    node = next;
+                    continue;
+                }
+                None => return Err(overloaded(&node.name, config.proxy.max_in_flight_per_node)),
+            }
+        };
         // The headers are needed again only if a retry can follow.
         let attempt_headers = if retry_on.is_some() {
             headers.clone()
@@ -388,11 +424,49 @@ async fn proxy_to(
         )
         .await
         {
-            Ok(response) => return Ok((response, node)),
-            Err(error) => {
+            Ok(response) => {
+                OutlierDetector::record_success(&node.counters);
+                if let (Some(ring_key), Some(write_headers)) = (&ring_key, write_headers) {
+                    if response.status().is_success() {
+                        journal.note_acked(
+                            ring_key,
+                            AckedWrite {
+                                method: parts.method.clone(),
+                                path_and_query: target.map_or("/", |t| t.as_str()).to_string(),
+                                headers: write_headers,
+                                body,
+                            },
+                        );
+                    }
+                }
+                return Ok((response, node));
+            }
+            Err((error, late)) => {
                 let name = &node.name;
                 tracing::warn!(node = %name, grouping_key = %key, %error, "push could not reach its node");
                 state.suspects.report(name);
+                if error.is_node_failure() {
+                    state
+                        .outliers
+                        .record_failure(name, &node.counters, &error.to_string());
+                }
+                if error.is_ambiguous() {
+                    let group = ring_key.get_or_insert_with(|| key.ring_key());
+                    journal.note_ambiguous(key, group, name, late.is_some());
+                    if let Some(late) = late {
+                        // The late exchange keeps its connection, and so its in-flight slot.
+                        journal.await_late_answer(
+                            group.clone(),
+                            name.to_string(),
+                            Box::pin(async move {
+                                let _slot = slot;
+                                late.await
+                            }),
+                        );
+                    }
+                    // Intact when a retry follows; a push that is not retried is not acknowledged either.
+                    write_headers.get_or_insert_with(|| WriteHeaders::from_headers(&headers));
+                }
                 match retry_on.take() {
                     Some(next) => {
                         state
@@ -415,6 +489,27 @@ async fn proxy_to(
     }
 }
 
+/// The owner (and its successor) already have `proxy.max_in_flight_per_node` pushes in flight.
+fn overloaded(node: &str, limit: usize) -> Response<Body> {
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "Pushgateway {node} already has {limit} pushes in flight (proxy.max_in_flight_per_node); retry later"
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// An exchange with a node that timed out but is still in progress: the node may yet answer, and so apply the
+/// push. Polled to the end in the background (instead of dropped) it says when the node is done with it:
+/// `true` once the node answered.
+pub type LateExchange = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+type Exchange = Pin<Box<dyn Future<Output = Result<Response<Bytes>, UpstreamError>> + Send>>;
+
 async fn forward(
     state: &AppState,
     config: &Config,
@@ -423,9 +518,11 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
     node: &NodeRoute,
-) -> Result<Response<Body>, UpstreamError> {
+) -> Result<Response<Body>, (UpstreamError, Option<LateExchange>)> {
     let started = Instant::now();
-    let result = match &node.pool {
+    // Boxed (and owning what it uses) so that a timed-out exchange can be handed to a background task; the box
+    // also keeps a whole connection out of this future, and so out of the shared client's path.
+    let mut exchange: Exchange = match &node.pool {
         Some(pool) if config.proxy.per_node_pool => {
             // Origin-form (`/path?query`): the node's pool connects to it and sets `Host`.
             let mut upstream_request = Request::new(Full::new(body));
@@ -435,15 +532,9 @@ async fn forward(
                 .unwrap_or_else(|| PathAndQuery::from_static("/"))
                 .into();
             *upstream_request.headers_mut() = headers;
-            let timeout = config.proxy.upstream_timeout;
-            // Boxed: the exchange holds a whole connection, and inline it would enlarge this future, and so
-            // the shared client's path too (+900 instructions per push in callgrind).
-            Box::pin(tokio::time::timeout(
-                timeout,
-                pool.send(upstream_request, config.proxy.connect_timeout),
-            ))
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout(timeout)))
+            let pool = pool.clone();
+            let connect_timeout = config.proxy.connect_timeout;
+            Box::pin(async move { pool.send(upstream_request, connect_timeout).await })
         }
         _ => match node.upstream_uri(target) {
             Some(uri) => {
@@ -454,18 +545,27 @@ async fn forward(
                 // hyper-util's client keeps a `Host` it is given; without one it sets the node's.
                 headers.remove(header::HOST);
                 *upstream_request.headers_mut() = headers;
-                upstream::send(
-                    &state.client,
-                    upstream_request,
-                    config.proxy.upstream_timeout,
-                )
-                .await
+                let client = state.client.clone();
+                Box::pin(async move { upstream::exchange(&client, upstream_request).await })
             }
-            None => Err(UpstreamError::Request(format!(
-                "node address {:?} is not a valid host:port",
-                node.name
-            ))),
+            None => {
+                return Err((
+                    UpstreamError::Request(format!(
+                        "node address {:?} is not a valid host:port",
+                        node.name
+                    )),
+                    None,
+                ))
+            }
         },
+    };
+    let timeout = config.proxy.upstream_timeout;
+    let (result, late) = match tokio::time::timeout(timeout, &mut exchange).await {
+        Ok(result) => (result, None),
+        Err(_) => {
+            let late: LateExchange = Box::pin(async move { exchange.await.is_ok() });
+            (Err(UpstreamError::Timeout(timeout)), Some(late))
+        }
     };
     match result {
         Ok(upstream_response) => {
@@ -491,7 +591,7 @@ async fn forward(
                     kind: error.kind(),
                 })
                 .inc();
-            Err(error)
+            Err((error, late))
         }
     }
 }

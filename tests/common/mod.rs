@@ -35,6 +35,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod placement;
 
 use std::collections::{BTreeMap, HashSet};
@@ -297,6 +298,16 @@ pub struct Reply {
     pub body: String,
 }
 
+impl Reply {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
 /// Sends one request with a text body and reads the whole answer. `Err` only for transport failures (connection
 /// refused, timeout); any HTTP status is an `Ok`.
 pub async fn send(
@@ -543,6 +554,17 @@ impl Pushgateway {
                     .any(|window| window == needle.as_bytes())
             })
             .unwrap_or(false)
+    }
+
+    /// SIGSTOPs the Pushgateway: its kernel still accepts connections, but nothing is answered (or applied)
+    /// until [`Pushgateway::resume`]. The guard's SIGKILL ends a stopped process too.
+    pub fn pause(&self) {
+        signal_pid(self.pid(), "STOP");
+    }
+
+    /// SIGCONTs a paused Pushgateway: it applies what it received meanwhile.
+    pub fn resume(&self) {
+        signal_pid(self.pid(), "CONT");
     }
 
     /// SIGKILLs the Pushgateway (a crash: nothing is persisted on the way out). The port stays this instance's.
@@ -1052,6 +1074,31 @@ impl Gateway {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Python client library
+
+/// Sends `signal` (a name `kill -s` knows) to a process this test started.
+pub fn signal_pid(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .unwrap_or_else(|error| panic!("cannot run kill -s {signal}: {error}"));
+    assert!(status.success(), "kill -s {signal} {pid} failed: {status}");
+}
+
+/// The sum of every sample in a Prometheus text exposition whose series starts with `series_prefix` (a name, or
+/// a name and the start of its labels, e.g. `foo_total{node="a"`); 0 when there is none.
+pub fn metric_sum(exposition: &str, series_prefix: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(series_prefix).is_some_and(|rest| {
+                rest.starts_with([' ', '{', ',', '}']) || series_prefix.ends_with('"')
+            })
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        // An empty f64 sum is -0.0.
+        .fold(0.0, |total, value| total + value)
+}
 
 /// Name of the gauge [`python_push`] pushes.
 pub const PYTHON_GAUGE: &str = "harness_python_gauge";
