@@ -1,6 +1,7 @@
 //! Poison groups against real Pushgateways: `{job="j"}` next to `{job="j",instance=""}` on one Pushgateway 1.5.1
 //! makes it answer every later push with 400 and its `/metrics` with 500. The gateway drops empty-valued
-//! grouping labels (proxy, redirect, owner lookup), so through it the two forms are one group.
+//! grouping labels (proxy, redirect, owner lookup), so through it the two forms are one group; and a node
+//! poisoned some other way is reported after a read (log, metric, `/-/ring`).
 
 mod common;
 
@@ -180,4 +181,114 @@ async fn redirect_location_drops_empty_labels_and_keeps_the_query() {
         );
     }
     assert_one_healthy_group(&nodes, &owner, job, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_poisoned_directly_is_reported_after_a_read_until_it_recovers() {
+    let nodes = Pushgateway::start_many(2).await;
+    let gateway = Gateway::start(&config("proxy", "rendezvous", &nodes)).await;
+    wait_for_ring(&gateway, nodes.len()).await;
+    let poisoned = &nodes[0];
+    let addr = poisoned.addr();
+    // Straight to the node, bypassing the gateway: the Pushgateway answers the second push 400 but keeps it.
+    assert_eq!(
+        poisoned.push("/metrics/job/p", "a 1\n").await,
+        StatusCode::OK
+    );
+    poisoned
+        .push("/metrics/job/p/instance@base64/=", "a 1\n")
+        .await;
+    let reply = poisoned.request(Method::GET, "/metrics", "").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        reply.body
+    );
+    // The node's own explanation, as the gateway must pass it on.
+    let node_error = "was collected before with the same name and label values";
+    assert!(reply.body.contains(node_error), "{}", reply.body);
+
+    let reply = gateway.request(Method::GET, "/metrics", "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        reply.headers["x-dynamic-sharding-missing-nodes"],
+        addr.as_str()
+    );
+
+    let warned = |log: &str| {
+        log.lines().any(|line| {
+            line.contains("level=warn")
+                && line.contains(&addr)
+                && line.contains("path=/metrics")
+                && line.contains(node_error)
+        })
+    };
+    wait_until(secs(10), POLL_INTERVAL, || async {
+        warned(&gateway.log_text())
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no warn line with the node's error:\n{}",
+            gateway.log_text()
+        )
+    });
+    let failing =
+        format!("dynamic_sharding_read_node_failing{{node=\"{addr}\",path=\"/metrics\"}}");
+    let own_metrics = gateway.request(Method::GET, "/-/metrics", "").await.body;
+    assert!(
+        own_metrics.contains(&format!("{failing} 1")),
+        "{own_metrics}"
+    );
+    let ring = gateway.ring().await;
+    let reported = &ring["read_failures"];
+    assert_eq!(reported.as_array().map(Vec::len), Some(1), "{ring}");
+    assert_eq!(reported[0]["node"], addr.as_str(), "{ring}");
+    assert_eq!(reported[0]["path"], "/metrics", "{ring}");
+    assert_eq!(reported[0]["kind"], "status", "{ring}");
+    assert!(
+        reported[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(node_error),
+        "{ring}"
+    );
+    // Reported, not ejected: the node still passes its probes and keeps its groups' routes.
+    assert_eq!(
+        ring["ring_nodes"].as_array().map(Vec::len),
+        Some(2),
+        "{ring}"
+    );
+
+    // Deleting one of the two groups heals the node; the next read clears the report.
+    assert_eq!(
+        poisoned.delete("/metrics/job/p/instance@base64/=").await,
+        StatusCode::ACCEPTED
+    );
+    wait_until(secs(10), POLL_INTERVAL, || async {
+        poisoned.request(Method::GET, "/metrics", "").await.status == StatusCode::OK
+    })
+    .await
+    .expect("the node serves /metrics again");
+    let reply = gateway.request(Method::GET, "/metrics", "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(reply
+        .headers
+        .get("x-dynamic-sharding-missing-nodes")
+        .is_none());
+    let ring = gateway.ring().await;
+    assert_eq!(ring["read_failures"], serde_json::json!([]), "{ring}");
+    let own_metrics = gateway.request(Method::GET, "/-/metrics", "").await.body;
+    assert!(
+        own_metrics.contains(&format!("{failing} 0")),
+        "{own_metrics}"
+    );
+    assert!(
+        gateway
+            .log_text()
+            .contains("node answers fanned-out reads again"),
+        "{}",
+        gateway.log_text()
+    );
 }
