@@ -541,6 +541,20 @@ mod tests {
     }
 
     #[test]
+    fn with_path_keeps_the_query_and_an_absolute_form_authority() {
+        let uri: http::Uri = "/metrics/job/j/a/?x=1&y".parse().unwrap();
+        assert_eq!(
+            with_path(&uri, "/metrics/job/j").unwrap(),
+            "/metrics/job/j?x=1&y"
+        );
+        let uri: http::Uri = "http://gw:9292/metrics/job/j/a/".parse().unwrap();
+        assert_eq!(
+            with_path(&uri, "/metrics/job/j").unwrap(),
+            "http://gw:9292/metrics/job/j"
+        );
+    }
+
+    #[test]
     fn hop_by_hop_headers_are_dropped() {
         let mut headers = HeaderMap::new();
         headers.insert(
