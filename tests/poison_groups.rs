@@ -292,3 +292,58 @@ async fn a_node_poisoned_directly_is_reported_after_a_read_until_it_recovers() {
         gateway.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rebalancer_moves_a_group_with_an_empty_label_to_its_owner_in_canonical_form() {
+    let nodes = Pushgateway::start_many(2).await;
+    let servers: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.addr())).collect();
+    let gateway = Gateway::start(&format!(
+        "pushgateway:\n  servers: [{}]\nhealth_check: {{interval: 500ms, timeout: 400ms, \
+         unhealthy_threshold: 2, healthy_threshold: 1}}\nrebalance: {{interval: 1s}}\n",
+        servers.join(", ")
+    ))
+    .await;
+    wait_for_ring(&gateway, nodes.len()).await;
+    let job = "poison_legacy";
+    let owner = gateway.owner_of(&format!("/metrics/job/{job}")).await;
+    let other = nodes
+        .iter()
+        .find(|n| n.addr() != owner)
+        .expect("a second node");
+    let reply = gateway
+        .request(
+            Method::PUT,
+            &format!("/metrics/job/{job}"),
+            "poison_value 1\n",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    // Pushed straight to the wrong node, later: as a pre-upgrade push of the empty-label form would sit there.
+    assert_eq!(
+        other
+            .push(
+                &format!("/metrics/job/{job}/instance@base64/="),
+                "poison_value 2\n"
+            )
+            .await,
+        StatusCode::OK
+    );
+    // The newer copy wins and lands on the owner as `{job=...}`: copied under its own path, it would put both
+    // forms on the owner and break it.
+    wait_until(secs(30), POLL_INTERVAL, || async {
+        groups_of_job(&nodes, job).await == vec![(owner.clone(), labels(&[("job", job)]))]
+            && node(&nodes, &owner)
+                .request(Method::GET, "/metrics", "")
+                .await
+                .body
+                .contains(&format!("poison_value{{instance=\"\",job=\"{job}\"}} 2"))
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the group did not end up once, canonical, on {owner}:\n{}",
+            gateway.log_text()
+        )
+    });
+    assert_one_healthy_group(&nodes, &owner, job, 2).await;
+}
