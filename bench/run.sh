@@ -16,8 +16,13 @@
 #   CONCURRENCY     client connections                                                [32]
 #   PUSH_GROUPS     distinct groups for the trivial-upstream scenarios                [1000]
 #   PGW_GROUPS      distinct groups for the real-Pushgateway scenarios                [100]
-#   CHURN_INTERVAL  seconds between SIGKILLs of a Pushgateway in the churn scenario  [3]
+#   CHURN_FAULTS    the churn scenario's variants, any of: sigkill sigstop            [sigkill sigstop]
+#                   (sigkill: a Pushgateway is SIGKILLed and restarted on its port; sigstop: it is SIGSTOPped,
+#                   so it keeps its connections but answers nothing, and SIGCONTed; one table, a row each)
+#   CHURN_INTERVAL  seconds between faults of a Pushgateway in the churn scenario     [3]
 #   CHURN_DOWNTIME  seconds a killed Pushgateway stays down                           [1]
+#   CHURN_STOPTIME  seconds a stopped Pushgateway stays stopped: longer than the health checks need to take it
+#                   out of the ring (about 2 s) and than the load generator's 5 s request timeout  [6]
 #   CRITERION       1: run the ring and grouping Criterion benches first and add their table; 0: skip  [1]
 #   SKIP_INSTALL=1  do not apt-get anything; SKIP_BUILD=1  use the binaries as they are
 #   GATEWAY_THREADS --runtime.worker-threads of the gateways; 1 suits a gateway pinned to one CPU     [1]
@@ -40,6 +45,8 @@ PUSH_GROUPS=${PUSH_GROUPS:-1000}
 PGW_GROUPS=${PGW_GROUPS:-100}
 CHURN_INTERVAL=${CHURN_INTERVAL:-3}
 CHURN_DOWNTIME=${CHURN_DOWNTIME:-1}
+CHURN_STOPTIME=${CHURN_STOPTIME:-6}
+CHURN_FAULTS=${CHURN_FAULTS:-"sigkill sigstop"}
 CRITERION=${CRITERION:-1}
 CRITERION_ARGS="--warm-up-time 1 --measurement-time 3"
 GATEWAY_THREADS=${GATEWAY_THREADS:-1}
@@ -60,6 +67,11 @@ wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 for scenario in $SCENARIOS; do
   case $scenario in overhead | latency | redirect | pushgateway | churn | instructions) ;;
     *) die "unknown scenario '$scenario' in SCENARIOS; use: overhead latency redirect pushgateway churn instructions" ;;
+  esac
+done
+for fault in $CHURN_FAULTS; do
+  case $fault in sigkill | sigstop) ;;
+    *) die "unknown fault '$fault' in CHURN_FAULTS; use: sigkill sigstop" ;;
   esac
 done
 [[ $(id -u) == 0 || $SKIP_INSTALL == 1 ]] || die "run as root (it installs packages), or set SKIP_INSTALL=1"
@@ -141,6 +153,8 @@ stop() { # NAME: TERM, then KILL after 3 s
   local pid
   pid=$(pid_of "$1") || { rm -f "$WORK/pids/$1.pid"; return 0; }
   kill -TERM "$pid" 2>/dev/null || true
+  # A process the churn loop left SIGSTOPped acts on TERM only once continued.
+  kill -CONT "$pid" 2>/dev/null || true
   for _ in $(seq 30); do
     [[ -d /proc/$pid ]] || break
     sleep 0.1
@@ -435,38 +449,62 @@ plan_cases() {
     fi
   fi
   if wants churn && [[ ${GATEWAY_OK[ds-churn]:-0} == 1 ]]; then
-    add_case churn dynamic-sharding "${GATEWAY_PORT[ds-churn]}" "$CONCURRENCY" "$DURATION" "$PGW_GROUPS" \
-      ds-churn "pgw-b1 pgw-b2 pgw-b3 pgw-b4"
+    local fault
+    # One gateway and the same four Pushgateways for every variant; the cases alternate within each round.
+    for fault in $CHURN_FAULTS; do
+      add_case churn "dynamic-sharding-$fault" "${GATEWAY_PORT[ds-churn]}" "$CONCURRENCY" "$DURATION" "$PGW_GROUPS" \
+        ds-churn "pgw-b1 pgw-b2 pgw-b3 pgw-b4"
+    done
   fi
   return 0
 }
 
-# The churn loop: SIGKILL one of the B Pushgateways, keep it down a moment, start it again on the same port.
-churn_loop() {
-  local index=0 node port slept
-  while [[ ! -e $WORK/churn.stop ]]; do
-    for ((slept = 0; slept < CHURN_INTERVAL * 10; slept++)); do
-      [[ -e $WORK/churn.stop ]] && return 0
-      sleep 0.1
-    done
+# Sleeps SECONDS in steps of 0.1 s; returns 1 early once the churn loop is told to stop.
+churn_sleep() {
+  local slept
+  for ((slept = 0; slept < $1 * 10; slept++)); do
+    [[ -e $WORK/churn.stop ]] && return 1
+    sleep 0.1
+  done
+  return 0
+}
+
+# The churn loop, FAULT sigkill: SIGKILL one of the B Pushgateways, keep it down a moment, start it again on the
+# same port. FAULT sigstop: SIGSTOP it (its sockets stay open: connections succeed, nothing is answered), then
+# SIGCONT it; it then answers what it had queued. Every fault is one line "fault" in churn.events.
+churn_loop() { # FAULT
+  local fault=$1 index=0 node port pid
+  while churn_sleep "$CHURN_INTERVAL"; do
     node=pgw-b$((index % 4 + 1))
     port=${PGW_B_PORTS[$((index % 4))]}
-    local pid
-    if pid=$(pid_of "$node"); then
-      kill -KILL "$pid" 2>/dev/null || true
-      echo "$(date +%s.%N) kill $node" >>"$WORK/churn.events"
-    fi
-    sleep "$CHURN_DOWNTIME"
-    start_pushgateway "$node" "$port"
-    echo "$(date +%s.%N) start $node" >>"$WORK/churn.events"
     index=$((index + 1))
+    if [[ $fault == sigstop ]]; then
+      pid=$(pid_of "$node") || continue
+      kill -STOP "$pid" 2>/dev/null || continue
+      echo "$(date +%s.%N) fault stop $node" >>"$WORK/churn.events"
+      churn_sleep "$CHURN_STOPTIME" || true
+      kill -CONT "$pid" 2>/dev/null || true
+      echo "$(date +%s.%N) cont $node" >>"$WORK/churn.events"
+    else
+      if pid=$(pid_of "$node"); then
+        kill -KILL "$pid" 2>/dev/null || true
+        echo "$(date +%s.%N) fault kill $node" >>"$WORK/churn.events"
+      fi
+      sleep "$CHURN_DOWNTIME"
+      start_pushgateway "$node" "$port"
+      echo "$(date +%s.%N) start $node" >>"$WORK/churn.events"
+    fi
   done
 }
 
 restore_churned_nodes() {
-  local index
+  local index pid
   for index in 1 2 3 4; do
-    if ! pid_of "pgw-b$index" >/dev/null; then start_pushgateway "pgw-b$index" "${PGW_B_PORTS[$((index - 1))]}"; fi
+    if pid=$(pid_of "pgw-b$index"); then
+      kill -CONT "$pid" 2>/dev/null || true
+    else
+      start_pushgateway "pgw-b$index" "${PGW_B_PORTS[$((index - 1))]}"
+    fi
     wait_http "http://127.0.0.1:${PGW_B_PORTS[$((index - 1))]}/-/ready" || log "pgw-b$index did not come back"
   done
   # Let the gateway's health checks mark them healthy again (interval 1 s, healthy_threshold 1).
@@ -485,8 +523,8 @@ run_case() { # CASE-STRING ROUND (0 = warm-up)
   # shellcheck disable=SC2086
   upstream_pids=$(pids_with_children $upstream)
   if [[ $scenario == churn ]] && ((round > 0)); then
-    rm -f "$WORK/churn.stop"
-    churn_loop &
+    rm -f "$WORK/churn.stop" "$WORK/churn.events"
+    churn_loop "${name##*-}" &
     churn_pid=$!
   fi
   # shellcheck disable=SC2086
@@ -517,14 +555,14 @@ run_case() { # CASE-STRING ROUND (0 = warm-up)
   local rss=0
   # shellcheck disable=SC2086
   [[ -n $proxy ]] && rss=$(peak_rss_kb $(pids_with_children $proxy))
-  local kills=0
-  [[ $scenario == churn ]] && kills=$(grep -c kill "$WORK/churn.events" 2>/dev/null || true) && rm -f "$WORK/churn.events"
+  local faults=0
+  [[ $scenario == churn ]] && faults=$(grep -c ' fault ' "$WORK/churn.events" 2>/dev/null || true) && rm -f "$WORK/churn.events"
   jq --arg scenario "$scenario" --arg case "$name" --argjson round "$round" \
     --argjson proxy_cpu "$(awk -v a="$proxy_before" -v b="$proxy_after" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')" \
     --argjson upstream_cpu "$(awk -v a="$upstream_before" -v b="$upstream_after" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')" \
-    --argjson proxy_rss_kb "$rss" --argjson kills "${kills:-0}" --arg proxy "$proxy" \
+    --argjson proxy_rss_kb "$rss" --argjson faults "${faults:-0}" --arg proxy "$proxy" \
     '. + {scenario: $scenario, case: $case, round: $round, proxy: $proxy, proxy_cpu_s: $proxy_cpu,
-          upstream_cpu_s: $upstream_cpu, proxy_peak_rss_kb: $proxy_rss_kb, churn_kills: $kills}' \
+          upstream_cpu_s: $upstream_cpu, proxy_peak_rss_kb: $proxy_rss_kb, churn_faults: $faults}' \
     "$out" >"$out.tmp" && mv "$out.tmp" "$out"
   log "$id round $round: $(jq -r '"\(.ok_per_s | floor) ok/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, errors \(.errors_total)"' "$out")"
 }
@@ -663,7 +701,9 @@ for name in "${!GATEWAY_OK[@]}"; do [[ ${GATEWAY_OK[$name]} == 1 ]] || skipped+=
 jq -n \
   --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   --arg command "$COMMAND_LINE" \
-  --arg env "SCENARIOS='$SCENARIOS' GATEWAY_THREADS=$GATEWAY_THREADS COMPARE_MULTI_THREAD=$COMPARE_MULTI_THREAD DURATION=$DURATION LOW_C_DURATION=$LOW_C_DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY PUSH_GROUPS=$PUSH_GROUPS PGW_GROUPS=$PGW_GROUPS CHURN_INTERVAL=$CHURN_INTERVAL CHURN_DOWNTIME=$CHURN_DOWNTIME" \
+  --arg env "SCENARIOS='$SCENARIOS' GATEWAY_THREADS=$GATEWAY_THREADS COMPARE_MULTI_THREAD=$COMPARE_MULTI_THREAD DURATION=$DURATION LOW_C_DURATION=$LOW_C_DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY PUSH_GROUPS=$PUSH_GROUPS PGW_GROUPS=$PGW_GROUPS CHURN_FAULTS='$CHURN_FAULTS' CHURN_INTERVAL=$CHURN_INTERVAL CHURN_DOWNTIME=$CHURN_DOWNTIME CHURN_STOPTIME=$CHURN_STOPTIME" \
+  --arg churn_downtime "$CHURN_DOWNTIME" \
+  --arg churn_stoptime "$CHURN_STOPTIME" \
   --arg nproc "$NPROC" \
   --arg cpu "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
   --arg kernel "$(uname -r)" \

@@ -20,6 +20,8 @@
 //! - A base64 job name that does not decode is a `400` in both, but Pushgateway 1.5.1 returns without
 //!   unlocking its handler mutex: every later request to that route (e.g. all `PUT /metrics/job@base64/...`)
 //!   hangs forever. Another reason to reject before forwarding.
+//! - An empty label value is an absent label ([`GroupingKey::canonical`], [`without_empty_labels`]): the
+//!   Pushgateway keeps `{job="j"}` and `{job="j",a=""}` as two groups, and holding both breaks it.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -172,6 +174,86 @@ pub fn parse_push_path(raw_path: &str) -> Result<GroupingKey, GroupingKeyError> 
     Ok(GroupingKey { job, labels })
 }
 
+/// `raw_path`, which [`parse_push_path`] parsed as `key`, without the label pairs whose (last) value is empty,
+/// every other byte as received (percent-encoding, `@base64` spelling, label order); `None` when `key` has no
+/// empty value, so such a path is never rebuilt. The result parses as `key.canonical()`.
+///
+/// Forwarding both `{job="j"}` and `{job="j",a=""}` to one Pushgateway breaks it (see
+/// [`GroupingKey::has_empty_label_value`]); with this rewrite they are one group. Pairs named `job` stay: the
+/// route's job overrides them and the Pushgateway ignores them.
+pub fn without_empty_labels(raw_path: &str, key: &GroupingKey) -> Option<String> {
+    if !key.has_empty_label_value() {
+        return None;
+    }
+    // The path parsed, so this cannot fail; should it ever, the canonical path is still the same group.
+    Some(strip_empty_pairs(raw_path, key).unwrap_or_else(|| key.clone().canonical().to_push_path()))
+}
+
+fn strip_empty_pairs(raw_path: &str, key: &GroupingKey) -> Option<String> {
+    let decoded = percent_decode_path(raw_path).ok()?;
+    let names: Vec<&[u8]> = decoded.get(1..)?.split(|b| *b == b'/').collect();
+    let segments = raw_segments(raw_path);
+    // Segments: `metrics`, `job` (or `job@base64`), the job, then name/value pairs.
+    if names.len() != segments.len()
+        || segments.len() < 3
+        || !(segments.len() - 3).is_multiple_of(2)
+    {
+        return None;
+    }
+    let mut path = String::with_capacity(raw_path.len());
+    path.push_str(raw_path.get(..segments[2].end)?);
+    for pair in (3..segments.len()).step_by(2) {
+        let name = std::str::from_utf8(names[pair]).ok()?;
+        let name = name.strip_suffix(BASE64_SUFFIX).unwrap_or(name);
+        let value_is_empty =
+            name != JOB_LABEL && key.labels.get(name).is_some_and(String::is_empty);
+        if !value_is_empty {
+            path.push_str(raw_path.get(segments[pair].separator..segments[pair + 1].end)?);
+        }
+    }
+    Some(path)
+}
+
+/// One segment of a raw path: its separator before it (`/`, or `%2F` which decodes to one) and its bytes.
+struct RawSegment {
+    separator: usize,
+    end: usize,
+}
+
+/// The segments of a raw path as they fall once decoded: split at `/` and at `%2F` / `%2f`.
+fn raw_segments(raw_path: &str) -> Vec<RawSegment> {
+    let bytes = raw_path.as_bytes();
+    let mut segments = Vec::new();
+    let mut separator = 0;
+    let mut index = 1;
+    while index < bytes.len() {
+        let separator_len = match bytes[index] {
+            b'/' => 1,
+            b'%' if bytes.get(index + 1) == Some(&b'2')
+                && matches!(bytes.get(index + 2), Some(b'F' | b'f')) =>
+            {
+                3
+            }
+            _ => 0,
+        };
+        if separator_len == 0 {
+            index += 1;
+            continue;
+        }
+        segments.push(RawSegment {
+            separator,
+            end: index,
+        });
+        separator = index;
+        index += separator_len;
+    }
+    segments.push(RawSegment {
+        separator,
+        end: bytes.len(),
+    });
+    segments
+}
+
 /// The percent-decoded path (what Go's r.URL.Path would be); used by the go-compatible ring.
 /// Borrows when the path has no `%`.
 pub fn decoded_path(raw_path: &str) -> Result<Cow<'_, str>, GroupingKeyError> {
@@ -223,9 +305,18 @@ impl GroupingKey {
     }
 
     /// True when some label has an empty value. Prometheus treats `{a=""}` like an absent `a`, but the
-    /// Pushgateway keeps them as two groups whose `push_time_seconds` collide, so the gateway should warn.
+    /// Pushgateway keeps them as two groups whose `push_time_seconds` collide, which breaks that instance
+    /// (every later push 400, `/metrics` 500): the gateway forwards only the [`Self::canonical`] form.
     pub fn has_empty_label_value(&self) -> bool {
         self.labels.values().any(String::is_empty)
+    }
+
+    /// The same group as Prometheus sees it: every empty-valued label dropped (the job is never empty).
+    pub fn canonical(mut self) -> Self {
+        if self.has_empty_label_value() {
+            self.labels.retain(|_, value| !value.is_empty());
+        }
+        self
     }
 
     /// Unambiguous canonical bytes for hashing; see [`Self::write_ring_key`].
@@ -237,14 +328,16 @@ impl GroupingKey {
 
     /// Append the canonical bytes to `buf` (cleared first), reusing its allocation.
     ///
-    /// Format (fixed; changing it moves every group): for each label, `job` included, sorted by name:
-    /// `LEB128(len(name)) name LEB128(len(value)) value`. Length prefixes make it injective: no two
-    /// distinct keys give the same bytes, however their bytes are split between names and values.
+    /// Format (fixed; changing it moves every group): for each label with a non-empty value, `job` included,
+    /// sorted by name: `LEB128(len(name)) name LEB128(len(value)) value`. Length prefixes make it injective
+    /// on canonical keys: no two distinct [`Self::canonical`] forms give the same bytes, however their bytes
+    /// are split between names and values. Empty values are left out because `{a=""}` and an absent `a` are
+    /// one series in Prometheus, so both spellings of a group must have one owner.
     pub fn write_ring_key(&self, buf: &mut Vec<u8>) {
         buf.clear();
         let payload: usize = self.all_labels().map(|(n, v)| n.len() + v.len()).sum();
         buf.reserve(payload + 4 * (self.labels.len() + 1));
-        for (name, value) in self.all_labels() {
+        for (name, value) in self.all_labels().filter(|(_, value)| !value.is_empty()) {
             write_length_prefixed(buf, name.as_bytes());
             write_length_prefixed(buf, value.as_bytes());
         }
@@ -1082,13 +1175,74 @@ mod tests {
     }
 
     #[test]
-    fn empty_value_is_a_distinct_group_and_is_flagged() {
-        let with_empty = parse_push_path("/metrics/job/j/instance@base64/=").unwrap();
+    fn empty_value_is_flagged_and_has_the_ring_key_of_the_absent_label() {
         let without = parse_push_path("/metrics/job/j").unwrap();
-        assert_ne!(with_empty, without);
-        assert_ne!(with_empty.ring_key(), without.ring_key());
-        assert!(with_empty.has_empty_label_value());
         assert!(!without.has_empty_label_value());
+        for path in [
+            "/metrics/job/j/instance@base64/=",
+            "/metrics/job/j/instance@base64/",
+            "/metrics/job/j/instance/",
+        ] {
+            let with_empty = parse_push_path(path).unwrap();
+            // The parsed key is what the client sent; its ring key and canonical form are those of `{job="j"}`.
+            assert_ne!(with_empty, without, "{path}");
+            assert!(with_empty.has_empty_label_value(), "{path}");
+            assert_eq!(with_empty.ring_key(), without.ring_key(), "{path}");
+            assert_eq!(with_empty.canonical(), without, "{path}");
+        }
+    }
+
+    #[test]
+    fn without_empty_labels_leaves_a_path_without_them_alone() {
+        for path in [
+            "/metrics/job/j",
+            "/metrics/job/j/",
+            "/metrics/job/j/a/x/b/y",
+        ] {
+            let key = parse_push_path(path).unwrap();
+            assert_eq!(without_empty_labels(path, &key), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn without_empty_labels_drops_only_the_empty_pairs_byte_for_byte() {
+        for (path, expected) in [
+            ("/metrics/job/j/instance@base64/=", "/metrics/job/j"),
+            ("/metrics/job/j/instance@base64/", "/metrics/job/j"),
+            ("/metrics/job/j/instance/", "/metrics/job/j"),
+            ("/metrics/job/j/instance@base64/==", "/metrics/job/j"),
+            // Other pairs keep their order, spelling and escapes.
+            (
+                "/metrics/job@base64/ag/z/1/a@base64/=/b/x%20y%2Fc/z/d@base64/eA",
+                "/metrics/job@base64/ag/z/1/b/x%20y%2Fc/z/d@base64/eA",
+            ),
+            ("/metrics/job/j/a/x/b/", "/metrics/job/j/a/x"),
+            // `%2F` is a separator once decoded; it may sit before or after an empty pair.
+            ("/metrics/job/j/a/x%2Fb/", "/metrics/job/j/a/x"),
+            ("/metrics/job/j%2Fa@base64/=/b/y", "/metrics/job/j/b/y"),
+            // The last value wins: an empty last value drops every pair of that name.
+            ("/metrics/job/j/a/x/b/y/a/", "/metrics/job/j/b/y"),
+            // A `job` pair is overridden by the route's job either way; it is not ours to drop.
+            ("/metrics/job/j/job/k/a/", "/metrics/job/j/job/k"),
+            // Percent-encoded name letters.
+            ("/metrics/job/j/%69nstance/", "/metrics/job/j"),
+        ] {
+            let key = parse_push_path(path).unwrap();
+            let stripped = without_empty_labels(path, &key);
+            assert_eq!(stripped.as_deref(), Some(expected), "{path}");
+            assert_eq!(
+                parse_push_path(expected).unwrap(),
+                key.canonical(),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_empty_labels_keeps_a_non_empty_value_that_overrides_an_empty_one() {
+        let path = "/metrics/job/j/a/x/b@base64/=/b/y";
+        let key = parse_push_path(path).unwrap();
+        assert_eq!(without_empty_labels(path, &key), None);
     }
 
     #[test]
@@ -1262,7 +1416,8 @@ mod tests {
         }
 
         #[test]
-        fn ring_key_is_injective(left in grouping_key(), right in grouping_key()) {
+        fn ring_key_is_injective_on_canonical_keys(left in grouping_key(), right in grouping_key()) {
+            let (left, right) = (left.canonical(), right.canonical());
             prop_assert_eq!(left == right, left.ring_key() == right.ring_key());
         }
 
@@ -1271,7 +1426,53 @@ mod tests {
             left in small_grouping_key(),
             right in small_grouping_key(),
         ) {
+            let (left, right) = (left.canonical(), right.canonical());
             prop_assert_eq!(left == right, left.ring_key() == right.ring_key());
+        }
+
+        #[test]
+        fn ring_key_is_that_of_the_canonical_key(key in grouping_key()) {
+            prop_assert_eq!(key.ring_key(), key.clone().canonical().ring_key());
+        }
+
+        /// Empty-valued pairs, in any spelling and position, are cut out of a path and nothing else changes.
+        #[test]
+        fn without_empty_labels_removes_exactly_the_empty_pairs(
+            (key, order) in grouping_key().prop_map(GroupingKey::canonical).prop_flat_map(|key| {
+                let indices: Vec<usize> = (0..key.labels.len()).collect();
+                (Just(key), Just(indices).prop_shuffle())
+            }),
+            empty in proptest::collection::btree_set(label_name(), 1..3),
+            positions in proptest::collection::vec(any::<proptest::sample::Index>(), 2),
+            trailing_plain in any::<bool>(),
+        ) {
+            let empty: Vec<String> = empty.into_iter().filter(|n| !key.labels.contains_key(n)).collect();
+            prop_assume!(!empty.is_empty());
+            let mut pairs: Vec<String> = order
+                .iter()
+                .map(|&index| {
+                    let (name, value) = key.labels.iter().nth(index).unwrap();
+                    format!("/{name}@base64/{}", base64_segment(value))
+                })
+                .collect();
+            let expected = format!("/metrics/job@base64/{}{}", base64_segment(&key.job), pairs.concat());
+            for (name, position) in empty.iter().zip(&positions) {
+                let at = position.index(pairs.len() + 1);
+                pairs.insert(at, format!("/{name}@base64/="));
+            }
+            if trailing_plain {
+                // A plain empty value is only possible last (a trailing slash).
+                if let Some(last) = pairs.iter_mut().rev().find(|p| p.ends_with("@base64/=")) {
+                    *last = last.replace("@base64/=", "/");
+                    let moved = last.clone();
+                    pairs.retain(|p| *p != moved);
+                    pairs.push(moved);
+                }
+            }
+            let path = format!("/metrics/job@base64/{}{}", base64_segment(&key.job), pairs.concat());
+            let parsed = parse_push_path(&path).unwrap();
+            prop_assert_eq!(parsed.ring_key(), key.ring_key());
+            prop_assert_eq!(without_empty_labels(&path, &parsed), Some(expected));
         }
 
         #[test]

@@ -130,6 +130,13 @@ pub struct ReadFailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadPathLabels {
+    pub node: Arc<str>,
+    /// The Pushgateway API path that was fanned out, e.g. `/metrics`.
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MergeConflictLabels {
     /// `help_mismatch`, `type_mismatch`, `duplicate_series`, `name_collision` or `invalid_exposition`.
     pub kind: &'static str,
@@ -158,6 +165,7 @@ pub struct Metrics {
     pub config_reload_success: Gauge,
     pub config_reload_timestamp: Gauge<f64, AtomicU64>,
     pub read_node_failures: Family<ReadFailureLabels, Counter>,
+    pub read_node_failing: Family<ReadPathLabels, Gauge>,
     pub read_merge_conflicts: Family<MergeConflictLabels, Counter>,
     pub consul_up: Gauge,
     pub consul_errors: Family<ConsulOperationLabels, Counter>,
@@ -319,6 +327,12 @@ impl Metrics {
             "Nodes left out of a fanned-out read (GET /metrics, /api/v1/...) because they failed to answer, by node, path and kind",
             read_node_failures.clone(),
         );
+        let read_node_failing = Family::<ReadPathLabels, Gauge>::default();
+        registry.register(
+            "read_node_failing",
+            "1 while a node's last answer to a fanned-out read of this path failed (e.g. a Pushgateway whose /metrics answers 500), 0 once it answers again; see /-/ring read_failures",
+            read_node_failing.clone(),
+        );
         let read_merge_conflicts = Family::<MergeConflictLabels, Counter>::default();
         registry.register(
             "read_merge_conflicts",
@@ -416,6 +430,7 @@ impl Metrics {
             config_reload_success,
             config_reload_timestamp,
             read_node_failures,
+            read_node_failing,
             read_merge_conflicts,
             consul_up,
             consul_errors,

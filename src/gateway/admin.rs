@@ -84,6 +84,7 @@ pub async fn ring(State(state): State<AppState>) -> Response<Body> {
             "detail": membership.detail,
         },
         "nodes": membership.nodes,
+        "read_failures": state.read_side.failing_reads_json(),
         "rebalance": state.rebalance.status_json(),
         "outlier_detection": state.outliers.status(),
         "ambiguous_writes": { "pending_groups": state.journal.len() },

@@ -118,7 +118,7 @@ enum Routed {
 }
 
 /// Everything before the first await: parse, look up the owner, and answer unless the push is to be proxied.
-fn route(state: &AppState, request: Request<Body>) -> Routed {
+fn route(state: &AppState, mut request: Request<Body>) -> Routed {
     let method = request.method();
     if !matches!(
         *method,
@@ -140,14 +140,35 @@ fn route(state: &AppState, request: Request<Body>) -> Routed {
             .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
         return Routed::Answered(response);
     }
-    let raw_path = request.uri().path();
-    let key = match grouping::parse_push_path(raw_path) {
+    let key = match grouping::parse_push_path(request.uri().path()) {
         Ok(key) => key,
         Err(error) => return Routed::Answered(rejected(&error)),
     };
+    // `{a=""}` and an absent `a` are one group: only its canonical path is forwarded, redirected to or
+    // hashed (go-compatible), so a node never holds both (which breaks it for every group).
+    let key = match grouping::without_empty_labels(request.uri().path(), &key) {
+        None => key,
+        Some(path) => match with_path(request.uri(), &path) {
+            Some(uri) => {
+                tracing::debug!(grouping_key = %key, %path, "dropped empty-valued grouping labels: an empty label is an absent label");
+                *request.uri_mut() = uri;
+                key.canonical()
+            }
+            None => {
+                return Routed::Answered(text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "push path {path:?} without its empty-valued labels is not a valid URI"
+                    ),
+                ))
+            }
+        },
+    };
+    let raw_path = request.uri().path();
     let config = state.config.load();
     let table = state.ring.load();
-    let proxying = config.mode == Mode::Proxy && *method != Method::GET;
+    let is_get = request.method() == Method::GET;
+    let proxying = config.mode == Mode::Proxy && !is_get;
     let wants_successor = proxying && config.proxy.retry;
     let lookup = |ring_key: &[u8]| {
         let owner = table.ring.owner_index(ring_key);
@@ -169,11 +190,8 @@ fn route(state: &AppState, request: Request<Body>) -> Routed {
     let Some(owner) = owner.and_then(|index| table.routes.get(index)) else {
         return Routed::Answered(no_healthy_node());
     };
-    if key.has_empty_label_value() {
-        tracing::debug!(grouping_key = %key, "grouping key has an empty label value; it is a different group from one without that label");
-    }
     if !proxying {
-        return Routed::Answered(if *method == Method::GET {
+        return Routed::Answered(if is_get {
             owner_info(&request, &key, &owner.name)
         } else {
             redirect(&request, &owner.name)
@@ -185,6 +203,18 @@ fn route(state: &AppState, request: Request<Body>) -> Routed {
         request,
         key,
     }
+}
+
+/// `uri` with its path replaced by `path`, keeping the query (and scheme and authority, if any).
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let path_and_query = match uri.query() {
+        Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
+        None => PathAndQuery::try_from(path),
+    }
+    .ok()?;
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    http::Uri::from_parts(parts).ok()
 }
 
 fn rejected(error: &grouping::GroupingKeyError) -> Response<Body> {
@@ -608,6 +638,20 @@ mod tests {
         assert!(!is_push_path("/metrics/job"));
         assert!(!is_push_path("/metrics/jobs/a"));
         assert!(!is_push_path("/metrics"));
+    }
+
+    #[test]
+    fn with_path_keeps_the_query_and_an_absolute_form_authority() {
+        let uri: http::Uri = "/metrics/job/j/a/?x=1&y".parse().unwrap();
+        assert_eq!(
+            with_path(&uri, "/metrics/job/j").unwrap(),
+            "/metrics/job/j?x=1&y"
+        );
+        let uri: http::Uri = "http://gw:9292/metrics/job/j/a/".parse().unwrap();
+        assert_eq!(
+            with_path(&uri, "/metrics/job/j").unwrap(),
+            "http://gw:9292/metrics/job/j"
+        );
     }
 
     #[test]

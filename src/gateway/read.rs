@@ -9,13 +9,16 @@
 //! - `GET /api/v1/status`: the gateway's own status and each node's.
 //! - `PUT /api/v1/admin/wipe`: forwarded to every known node, only with `--web.enable-admin-api`.
 //!
-//! Every node gets `read.timeout`; a node that fails is left out of the answer, logged, counted in
+//! Every node gets `read.timeout`; a node that fails is left out of the answer, counted in
 //! `dynamic_sharding_read_node_failures_total`, and named in the answer (the `X-Dynamic-Sharding-Missing-Nodes`
-//! header, or `warnings` in JSON).
+//! header, or `warnings` in JSON). Until the same read succeeds again it is also reported: a `warn` line with the
+//! node's own error text when it starts failing, `dynamic_sharding_read_node_failing` at 1, and an entry in
+//! `/-/ring` `read_failures`. A Pushgateway whose `/metrics` answers 500 still passes its health check
+//! (prometheus/pushgateway#544), so a read is where such a node shows.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -28,7 +31,7 @@ use serde_json::{json, Value};
 
 use super::{json, text, AppState};
 use crate::exposition::{self, Conflict};
-use crate::telemetry::{MergeConflictLabels, ReadFailureLabels};
+use crate::telemetry::{MergeConflictLabels, ReadFailureLabels, ReadPathLabels};
 use crate::upstream::{self, UpstreamError};
 
 /// The key added to each group of `GET /api/v1/metrics` naming the node that holds it. Group objects use metric
@@ -41,24 +44,118 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// How many distinct merge conflicts are remembered as already logged; beyond it the memory starts afresh,
 /// which at worst logs a known conflict once more.
 const LOGGED_CONFLICTS_LIMIT: usize = 4096;
+/// How much of a failing node's answer is kept for the log and `/-/ring`: enough for a Pushgateway's own
+/// explanation (e.g. which series collide), bounded because the answer is the node's, not ours.
+const ERROR_TEXT_LIMIT: usize = 1024;
 
-/// Read-side state shared by handlers: which merge conflicts were already logged at `warn`. A conflict between
-/// nodes persists until someone re-pushes, and Prometheus scrapes every few seconds; logging it on every scrape
-/// would bury everything else, so it is logged at `warn` once and at `debug` afterwards.
+/// Read-side state shared by handlers: which merge conflicts were already logged at `warn`, and which nodes'
+/// last read failed. A conflict between nodes persists until someone re-pushes, and Prometheus scrapes every
+/// few seconds; logging it on every scrape would bury everything else, so it is logged at `warn` once and at
+/// `debug` afterwards. A failing node likewise: `warn` when it starts failing (or fails differently), `info`
+/// when it answers again.
 #[derive(Clone, Default)]
 pub struct ReadSide {
     logged_conflicts: Arc<Mutex<HashSet<u64>>>,
+    failing: Arc<Mutex<BTreeMap<(String, &'static str), FailingRead>>>,
+}
+
+/// A node whose last fanned-out read of one path failed.
+#[derive(Clone, Debug)]
+struct FailingRead {
+    kind: &'static str,
+    error: String,
+    since: SystemTime,
+    last: SystemTime,
+    /// Failed reads in a row.
+    failures: u64,
+}
+
+/// Whether a failure is news worth a `warn` line.
+#[derive(Debug, PartialEq, Eq)]
+enum FailureNews {
+    /// The node's previous read of this path succeeded (or it was never read).
+    Started,
+    /// It was failing already, for another reason (e.g. a timeout became a 500).
+    Changed,
+    /// The same failure again.
+    Repeated,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a handler panicked while holding it; the data is still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ReadSide {
+    /// Remembers that `node` failed a read of `path`.
+    fn record_failure(&self, node: &str, path: &'static str, failure: &NodeFailure) -> FailureNews {
+        let now = SystemTime::now();
+        let kind = failure.kind();
+        let mut failing = lock(&self.failing);
+        match failing.get_mut(&(node.to_owned(), path)) {
+            Some(entry) => {
+                let news = if entry.kind == kind {
+                    FailureNews::Repeated
+                } else {
+                    FailureNews::Changed
+                };
+                entry.kind = kind;
+                entry.error = failure.to_string();
+                entry.last = now;
+                entry.failures += 1;
+                news
+            }
+            None => {
+                failing.insert(
+                    (node.to_owned(), path),
+                    FailingRead {
+                        kind,
+                        error: failure.to_string(),
+                        since: now,
+                        last: now,
+                        failures: 1,
+                    },
+                );
+                FailureNews::Started
+            }
+        }
+    }
+
+    /// Forgets a failure of `node` reading `path`; returns it when there was one.
+    fn record_success(&self, node: &str, path: &'static str) -> Option<FailingRead> {
+        let mut failing = lock(&self.failing);
+        if failing.is_empty() {
+            return None;
+        }
+        failing.remove(&(node.to_owned(), path))
+    }
+
+    /// The nodes whose last read failed, for `/-/ring`: one entry per node and path, sorted.
+    pub fn failing_reads_json(&self) -> Value {
+        let failing = lock(&self.failing);
+        let entries: Vec<Value> = failing
+            .iter()
+            .map(|((node, path), entry)| {
+                json!({
+                    "node": node,
+                    "path": path,
+                    "kind": entry.kind,
+                    "error": entry.error,
+                    "since": humantime::format_rfc3339_millis(entry.since).to_string(),
+                    "last_failure": humantime::format_rfc3339_millis(entry.last).to_string(),
+                    "failures_in_a_row": entry.failures,
+                })
+            })
+            .collect();
+        Value::Array(entries)
+    }
+
     /// Whether `conflict` is logged for the first time (and remembers it).
     fn first_time(&self, conflict: &str) -> bool {
         let fingerprint = xxhash_rust::xxh3::xxh3_64(conflict.as_bytes());
-        // A poisoned lock only means a handler panicked while holding it; the set is still usable.
-        let mut logged = self
-            .logged_conflicts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut logged = lock(&self.logged_conflicts);
         if logged.len() >= LOGGED_CONFLICTS_LIMIT {
             logged.clear();
         }
@@ -141,19 +238,38 @@ async fn request_node(
         let body = String::from_utf8_lossy(response.body());
         return Err(NodeFailure::Status {
             status: response.status(),
-            body: body.trim().chars().take(200).collect(),
+            body: body.trim().chars().take(ERROR_TEXT_LIMIT).collect(),
         });
     }
     Ok(response.into_body())
 }
 
 fn note_failure(state: &AppState, node: &str, path: &'static str, failure: &NodeFailure) {
-    tracing::warn!(%node, path, error = %failure, "node left out of a fanned-out read");
+    match state.read_side.record_failure(node, path, failure) {
+        FailureNews::Started => {
+            tracing::warn!(%node, path, error = %failure, "node failed a fanned-out read and is left out of it (shown in /-/ring until it answers again)")
+        }
+        FailureNews::Changed => {
+            tracing::warn!(%node, path, error = %failure, "node still fails fanned-out reads, now for another reason")
+        }
+        FailureNews::Repeated => {
+            tracing::debug!(%node, path, error = %failure, "node left out of a fanned-out read (failing already)")
+        }
+    }
+    let node_label: Arc<str> = Arc::from(node);
+    state
+        .metrics
+        .read_node_failing
+        .get_or_create(&ReadPathLabels {
+            node: node_label.clone(),
+            path,
+        })
+        .set(1);
     state
         .metrics
         .read_node_failures
         .get_or_create(&ReadFailureLabels {
-            node: Arc::from(node),
+            node: node_label,
             path,
             kind: failure.kind(),
         })
@@ -161,6 +277,25 @@ fn note_failure(state: &AppState, node: &str, path: &'static str, failure: &Node
     if let NodeFailure::Upstream(_) = failure {
         // The same hint a failed push gives: probe the node now rather than at the next interval.
         state.suspects.report(node);
+    }
+}
+
+/// Clears the failure of every node whose answer was used. Called by each endpoint once it has checked the
+/// answers' bodies too, so a node answering 200 with an unusable body does not flip back and forth.
+fn note_successes(state: &AppState, path: &'static str, answers: &[NodeAnswer]) {
+    for answer in answers.iter().filter(|answer| answer.result.is_ok()) {
+        let Some(was) = state.read_side.record_success(&answer.node, path) else {
+            continue;
+        };
+        tracing::info!(node = %answer.node, path, failed_reads = was.failures, "node answers fanned-out reads again");
+        state
+            .metrics
+            .read_node_failing
+            .get_or_create(&ReadPathLabels {
+                node: Arc::from(answer.node.as_str()),
+                path,
+            })
+            .set(0);
     }
 }
 
@@ -213,6 +348,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
             }
         }
     }
+    note_successes(&state, "/metrics", &answers);
     let expositions: Vec<(&str, &str)> = answers
         .iter()
         .filter_map(|answer| {
@@ -323,6 +459,7 @@ pub async fn api_metrics(State(state): State<AppState>) -> Response<Body> {
             }
         }
     }
+    note_successes(&state, "/api/v1/metrics", &answers);
     let warnings = failure_list(&answers);
     if warnings.len() == answers.len() {
         return api_error(
@@ -387,6 +524,7 @@ pub async fn status(State(state): State<AppState>) -> Response<Body> {
         config.read.timeout,
     )
     .await;
+    note_successes(&state, "/api/v1/status", &answers);
     let nodes: Vec<Value> = membership
         .nodes
         .iter()
@@ -468,6 +606,7 @@ pub async fn wipe(State(state): State<AppState>, method: Method) -> Response<Bod
     }
     let timeout = state.config.load().read.timeout;
     let answers = fan_out(&state, &nodes, Method::PUT, "/api/v1/admin/wipe", timeout).await;
+    note_successes(&state, "/api/v1/admin/wipe", &answers);
     let wiped: Vec<&str> = answers
         .iter()
         .filter(|answer| answer.result.is_ok())
@@ -497,6 +636,50 @@ pub async fn wipe(State(state): State<AppState>, method: Method) -> Response<Bod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status_failure(status: StatusCode, body: &str) -> NodeFailure {
+        NodeFailure::Status {
+            status,
+            body: body.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_failing_read_is_news_once_per_kind_and_cleared_by_a_success() {
+        let side = ReadSide::default();
+        let poisoned = status_failure(StatusCode::INTERNAL_SERVER_ERROR, "collected before");
+        assert_eq!(
+            side.record_failure("a:1", "/metrics", &poisoned),
+            FailureNews::Started
+        );
+        assert_eq!(
+            side.record_failure("a:1", "/metrics", &poisoned),
+            FailureNews::Repeated
+        );
+        // Another path or node is tracked on its own.
+        assert_eq!(
+            side.record_failure("a:1", "/api/v1/metrics", &poisoned),
+            FailureNews::Started
+        );
+        let timeout = NodeFailure::Upstream(UpstreamError::Timeout(Duration::from_secs(1)));
+        assert_eq!(
+            side.record_failure("a:1", "/metrics", &timeout),
+            FailureNews::Changed
+        );
+        let shown = side.failing_reads_json();
+        assert_eq!(shown.as_array().map(Vec::len), Some(2), "{shown}");
+        assert_eq!(shown[1]["path"], "/metrics", "{shown}");
+        assert_eq!(shown[1]["kind"], "timeout", "{shown}");
+        assert_eq!(shown[1]["failures_in_a_row"], 3, "{shown}");
+
+        let cleared = side.record_success("a:1", "/metrics");
+        assert_eq!(cleared.map(|c| c.failures), Some(3));
+        assert!(side.record_success("a:1", "/metrics").is_none());
+        assert_eq!(
+            side.record_failure("a:1", "/metrics", &poisoned),
+            FailureNews::Started
+        );
+    }
 
     #[test]
     fn accept_headers_that_admit_the_text_format() {

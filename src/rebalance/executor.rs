@@ -176,7 +176,9 @@ impl Executor<'_> {
         else {
             return Step::Done;
         };
-        let path = key.to_push_path();
+        // A group listed with an empty-valued label (pushed before the gateway canonicalised, or straight to a
+        // node) is copied as its canonical form: an owner holding both forms would reject every push.
+        let path = key.clone().canonical().to_push_path();
         let body = Bytes::from(body.clone());
         let step = self
             .with_retries(key, owner, || {
