@@ -124,6 +124,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
             election = Some(leader_rx.clone());
         }
     }
+    let journal = Journal::new(shared_config.clone(), metrics.faults.clone());
     let rebalancer = crate::rebalance::spawn(crate::rebalance::Dependencies {
         config: config_rx.clone(),
         membership: membership_rx.clone(),
@@ -131,11 +132,11 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         ring: ring.clone(),
         leader: leader_rx,
         client: client.clone(),
+        journal: journal.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });
 
-    let journal = Journal::new(shared_config.clone(), metrics.faults.clone());
     ambiguous::repair::spawn(ambiguous::repair::Dependencies {
         journal: journal.clone(),
         ring: ring.clone(),

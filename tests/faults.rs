@@ -28,8 +28,15 @@ fn config_with_proxy(servers: &[String], proxy: &str, extra: &str) -> String {
     )
 }
 
-/// A job whose group `/metrics/job/<job>` the gateway routes to `node`.
+/// A job whose group `/metrics/job/<job>` the gateway routes to `node` once every configured node is in the ring.
 async fn job_owned_by(gateway: &Gateway, node: &str, prefix: &str) -> String {
+    wait_until(secs(30), POLL_INTERVAL, || async {
+        let ring = gateway.ring().await;
+        let known = ring["nodes"].as_array().map_or(0, Vec::len);
+        known > 0 && ring["ring_nodes"].as_array().map_or(0, Vec::len) == known
+    })
+    .await
+    .expect("every configured node joins the ring");
     for i in 0..500 {
         let job = format!("{prefix}{i}");
         if gateway.owner_of(&format!("/metrics/job/{job}")).await == node {

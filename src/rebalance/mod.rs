@@ -27,6 +27,7 @@ use futures_util::future::{join_all, BoxFuture, FutureExt};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::ambiguous::Journal;
 use crate::config::Config;
 use crate::membership::Membership;
 use crate::ring::Algorithm;
@@ -112,6 +113,8 @@ pub struct Dependencies {
     /// `true` while this replica may rebalance (leader election, or the static `rebalance.enabled` switch).
     pub leader: watch::Receiver<bool>,
     pub client: HttpClient,
+    /// Groups with a pending ambiguous-write repair, which passes leave alone.
+    pub journal: Journal,
     pub metrics: Metrics,
     pub shutdown: Shutdown,
 }
@@ -266,6 +269,7 @@ impl Task {
             unix_seconds(SystemTime::now()),
             config.rebalance.max_age,
         );
+        let mut awaiting_repair = self.leave_pending_repairs(&mut plan);
         let mut outcome = Outcome::default();
         let mut drain_error = None;
         if !plan.actions.is_empty() {
@@ -280,6 +284,7 @@ impl Task {
                         unix_seconds(SystemTime::now()),
                         config.rebalance.max_age,
                     );
+                    awaiting_repair = self.leave_pending_repairs(&mut plan);
                     let preconditions = PassPreconditions {
                         ring: &self.deps.ring,
                         generation: table.generation,
@@ -305,7 +310,7 @@ impl Task {
         report.moved = outcome.copied;
         report.deleted_stale = outcome.deleted_stale;
         report.dropped_expired = outcome.dropped_expired;
-        report.skipped = outcome.skipped + plan.owner_not_listed as u64;
+        report.skipped = outcome.skipped + plan.owner_not_listed as u64 + awaiting_repair;
         report.failures += outcome.copy_failures + outcome.delete_failures;
         report.outcome = match (&drain_error, outcome.aborted) {
             (Some(error), _) => format!("not started: {error}"),
@@ -337,6 +342,19 @@ impl Task {
         );
         self.set_status(true, None, Some(report));
         left_work
+    }
+
+    /// Leaves groups with a pending ambiguous-write repair alone: which copy is right is known only to the
+    /// journal, not to `push_time_seconds` (a late write looks newest). Returns how many were left.
+    fn leave_pending_repairs(&self, plan: &mut planner::Plan) -> u64 {
+        let journal = &self.deps.journal;
+        if journal.is_empty() {
+            return 0;
+        }
+        let before = plan.actions.len();
+        plan.actions
+            .retain(|action| journal.version(&action.key().ring_key()).is_none());
+        (before - plan.actions.len()) as u64
     }
 
     fn nodes_to_list(&self, table: &RoutingTable) -> PassNodes {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 
-use super::{http_client, secs, send, wait_until, Gateway, Pushgateway};
+use super::{http_client, metric_sum, secs, send, wait_until, Gateway, Pushgateway};
 
 /// A group's grouping labels, `job` included.
 pub type Labels = BTreeMap<String, String>;
@@ -104,14 +104,10 @@ pub fn single_copies(contents: &Contents) -> BTreeMap<Labels, serde_json::Value>
 
 /// The sum of every sample of `name` (with any labels) on the gateway's `/-/metrics`.
 pub async fn gateway_metric(gateway: &Gateway, name: &str) -> f64 {
-    let text = gateway.request(Method::GET, "/-/metrics", "").await.body;
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(
+        &gateway.request(Method::GET, "/-/metrics", "").await.body,
+        name,
+    )
 }
 
 /// Waits until the gateway's ring is exactly `nodes` (in any order).
