@@ -23,6 +23,8 @@
 #   CHURN_DOWNTIME  seconds a killed Pushgateway stays down                           [1]
 #   CHURN_STOPTIME  seconds a stopped Pushgateway stays stopped: longer than the health checks need to take it
 #                   out of the ring (about 2 s) and than the load generator's 5 s request timeout  [6]
+#   CHURN_UPSTREAM_TIMEOUT  proxy.upstream_timeout of the churn gateway: below the load generator's 5 s timeout, so
+#                   a push to a node that stopped answering is retried on the next node before the client gives up [2s]
 #   CRITERION       1: run the ring and grouping Criterion benches first and add their table; 0: skip  [1]
 #   SKIP_INSTALL=1  do not apt-get anything; SKIP_BUILD=1  use the binaries as they are
 #   GATEWAY_THREADS --runtime.worker-threads of the gateways; 1 suits a gateway pinned to one CPU     [1]
@@ -46,6 +48,7 @@ PGW_GROUPS=${PGW_GROUPS:-100}
 CHURN_INTERVAL=${CHURN_INTERVAL:-3}
 CHURN_DOWNTIME=${CHURN_DOWNTIME:-1}
 CHURN_STOPTIME=${CHURN_STOPTIME:-6}
+CHURN_UPSTREAM_TIMEOUT=${CHURN_UPSTREAM_TIMEOUT:-2s}
 CHURN_FAULTS=${CHURN_FAULTS:-"sigkill sigstop"}
 CRITERION=${CRITERION:-1}
 CRITERION_ARGS="--warm-up-time 1 --measurement-time 3"
@@ -395,6 +398,9 @@ pushgateway:
   servers: [${servers%, }]
 health_check: {interval: 1s, timeout: 500ms, unhealthy_threshold: 2, healthy_threshold: 1}
 EOF
+  if [[ $name == ds-churn ]]; then
+    echo "proxy: {upstream_timeout: $CHURN_UPSTREAM_TIMEOUT}" >>"$WORK/conf/$name.yaml"
+  fi
   if [[ ! -x $GATEWAY ]]; then
     log "skipping $name: $GATEWAY is missing"
     return
@@ -701,7 +707,7 @@ for name in "${!GATEWAY_OK[@]}"; do [[ ${GATEWAY_OK[$name]} == 1 ]] || skipped+=
 jq -n \
   --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   --arg command "$COMMAND_LINE" \
-  --arg env "SCENARIOS='$SCENARIOS' GATEWAY_THREADS=$GATEWAY_THREADS COMPARE_MULTI_THREAD=$COMPARE_MULTI_THREAD DURATION=$DURATION LOW_C_DURATION=$LOW_C_DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY PUSH_GROUPS=$PUSH_GROUPS PGW_GROUPS=$PGW_GROUPS CHURN_FAULTS='$CHURN_FAULTS' CHURN_INTERVAL=$CHURN_INTERVAL CHURN_DOWNTIME=$CHURN_DOWNTIME CHURN_STOPTIME=$CHURN_STOPTIME" \
+  --arg env "SCENARIOS='$SCENARIOS' GATEWAY_THREADS=$GATEWAY_THREADS COMPARE_MULTI_THREAD=$COMPARE_MULTI_THREAD DURATION=$DURATION LOW_C_DURATION=$LOW_C_DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY PUSH_GROUPS=$PUSH_GROUPS PGW_GROUPS=$PGW_GROUPS CHURN_FAULTS='$CHURN_FAULTS' CHURN_INTERVAL=$CHURN_INTERVAL CHURN_DOWNTIME=$CHURN_DOWNTIME CHURN_STOPTIME=$CHURN_STOPTIME CHURN_UPSTREAM_TIMEOUT=$CHURN_UPSTREAM_TIMEOUT" \
   --arg churn_downtime "$CHURN_DOWNTIME" \
   --arg churn_stoptime "$CHURN_STOPTIME" \
   --arg nproc "$NPROC" \
