@@ -1,6 +1,7 @@
 //! `/metrics/job/...`: parse the grouping key, find its owner on the ring, then proxy, redirect, or (GET) say
 //! who the owner is.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
 use super::{json, text, text_lines, AppState};
 use crate::config::{Config, Mode};
-use crate::grouping::{self, GroupingKey};
+use crate::grouping::{self, GroupingKey, GroupingKeyError, NonUtf8};
 use crate::node_route::NodeRoute;
 use crate::ring::Algorithm;
 use crate::telemetry::{ErrorLabels, NodeLabels};
@@ -60,10 +61,8 @@ impl tower::Service<Request<Body>> for PushService {
 }
 
 async fn dispatch(state: &AppState, request: Request<Body>) -> Response<Body> {
-    let path = request.uri().path();
-    if !is_push_path(path) {
-        return text(StatusCode::NOT_FOUND, format!("404 page not found: {path}"));
-    }
+    // Every path comes here, not only those `is_push_path` recognises: `//metrics/job/j`, `/metrics/JOB/j` and
+    // `/metrics/%6Aob/j` reach the Pushgateway's push routes too; the parser tells them from a 404.
     let method = request.method().clone();
     let (response, served_by) = handle(state, request).await;
     let family = &state.metrics.requests;
@@ -78,7 +77,8 @@ async fn dispatch(state: &AppState, request: Request<Body>) -> Response<Body> {
     response
 }
 
-/// `/metrics/job` itself is a 404 on the Pushgateway; everything below it is ours to parse.
+/// The fast path: a raw path that can only be a push path (`/metrics/job` itself is a 404 on the Pushgateway).
+/// Other spellings of push paths reach [`PushService`] as the router's fallback.
 pub(crate) fn is_push_path(path: &str) -> bool {
     match path.strip_prefix("/metrics/job") {
         Some(rest) => rest.starts_with('/') || rest.starts_with("@base64/"),
@@ -114,8 +114,15 @@ enum Routed {
 }
 
 /// Everything before the first await: parse, look up the owner, and answer unless the push is to be proxied.
+/// The order of the checks is the Pushgateway's: its router (path cleaning, route match, method) answers
+/// before its handlers look at the grouping key.
 fn route(state: &AppState, request: Request<Body>) -> Routed {
     let method = request.method();
+    let raw_path = request.uri().path();
+    let push_route = match grouping::match_push_path(raw_path) {
+        Ok(push_route) => push_route,
+        Err(error) => return Routed::Answered(rejected(&request, &error)),
+    };
     if !matches!(
         *method,
         Method::GET | Method::PUT | Method::POST | Method::DELETE | Method::OPTIONS
@@ -136,10 +143,15 @@ fn route(state: &AppState, request: Request<Body>) -> Routed {
             .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
         return Routed::Answered(response);
     }
-    let raw_path = request.uri().path();
-    let key = match grouping::parse_push_path(raw_path) {
+    // A delete of a key with a non-UTF-8 value harms no Pushgateway (it answers 202); a push of one breaks it.
+    let non_utf8 = if *method == Method::DELETE {
+        NonUtf8::Replace
+    } else {
+        NonUtf8::Reject
+    };
+    let key = match push_route.grouping_key(non_utf8) {
         Ok(key) => key,
-        Err(error) => return Routed::Answered(rejected(&error)),
+        Err(error) => return Routed::Answered(rejected(&request, &error)),
     };
     let config = state.config.load();
     let table = state.ring.load();
@@ -157,10 +169,7 @@ fn route(state: &AppState, request: Request<Body>) -> Routed {
             key.write_ring_key(buffer);
             lookup(buffer)
         }),
-        Algorithm::GoCompatible => match grouping::decoded_path(raw_path) {
-            Ok(path) => lookup(path.as_bytes()),
-            Err(error) => return Routed::Answered(rejected(&error)),
-        },
+        Algorithm::GoCompatible => lookup(push_route.decoded_path()),
     };
     let Some(owner) = owner.and_then(|index| table.routes.get(index)) else {
         return Routed::Answered(no_healthy_node());
@@ -183,16 +192,45 @@ fn route(state: &AppState, request: Request<Body>) -> Routed {
     }
 }
 
-fn rejected(error: &grouping::GroupingKeyError) -> Response<Body> {
+fn rejected(request: &Request<Body>, error: &GroupingKeyError) -> Response<Body> {
+    let method = request.method();
+    let path = request.uri().path();
+    match error {
+        // The Pushgateway's router finds a fixed-case route only among the routes of the request's method, and
+        // only PUT, POST and DELETE have push routes.
+        GroupingKeyError::WrongCase { .. }
+            if !matches!(*method, Method::PUT | Method::POST | Method::DELETE) =>
+        {
+            return not_found(path);
+        }
+        // No route matches an empty job; PUT, POST, DELETE and the GET lookup say why instead.
+        GroupingKeyError::EmptyJob
+            if !matches!(
+                *method,
+                Method::PUT | Method::POST | Method::DELETE | Method::GET
+            ) =>
+        {
+            return not_found(path);
+        }
+        _ => {}
+    }
     let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     let mut response = text(status, error.to_string());
-    if let Some(location) = error
-        .redirect_location()
-        .and_then(|l| HeaderValue::from_str(l).ok())
-    {
-        response.headers_mut().insert(header::LOCATION, location);
+    if let Some(location) = error.redirect_location() {
+        // Go keeps the query string in both redirects.
+        let location = match request.uri().query() {
+            Some(query) if !query.is_empty() => Cow::Owned(format!("{location}?{query}")),
+            _ => Cow::Borrowed(location),
+        };
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
     }
     response
+}
+
+fn not_found(path: &str) -> Response<Body> {
+    text(StatusCode::NOT_FOUND, format!("404 page not found: {path}"))
 }
 
 fn no_healthy_node() -> Response<Body> {
