@@ -367,9 +367,9 @@ fn deliberate(
     None
 }
 
-/// Builds random push and delete requests over the grammar's corners. Label values are never empty: the
-/// gateway folds `{a=""}` into the group without `a` (README: empty label values), which a lone Pushgateway
-/// does not, so such pushes would make the two stores diverge.
+/// Builds random push and delete requests over the grammar's corners. Label values are never empty: `{a=""}`
+/// next to `{}` breaks a Pushgateway, and the gateway is to fold the two into one group (issue 10, point 3),
+/// which a lone Pushgateway does not, so such pushes would make the two stores diverge.
 struct Generator {
     rng: StdRng,
 }
