@@ -4,7 +4,7 @@
 //! briefly with `cargo bench --bench ring -- --warm-up-time 1 --measurement-time 3`.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use dynamic_sharding::grouping::{decoded_path, parse_push_path};
+use dynamic_sharding::grouping::{match_push_path, parse_push_path};
 use dynamic_sharding::ring::{Algorithm, Ring};
 
 const NODE_COUNTS: [usize; 4] = [3, 10, 100, 1000];
@@ -29,8 +29,8 @@ fn keys(algorithm: Algorithm) -> Vec<Vec<u8>> {
                     Ok(key) => key.ring_key(),
                     Err(error) => panic!("benchmark path {path} must parse: {error}"),
                 },
-                Algorithm::GoCompatible => match decoded_path(&path) {
-                    Ok(decoded) => decoded.as_bytes().to_vec(),
+                Algorithm::GoCompatible => match match_push_path(&path) {
+                    Ok(route) => route.decoded_path().to_vec(),
                     Err(error) => panic!("benchmark path {path} must decode: {error}"),
                 },
             }

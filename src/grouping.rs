@@ -3,20 +3,24 @@
 //! Pure logic, no I/O. A push path goes through the same stages as in the Go program, and each stage has
 //! its own error so the gateway can answer with the status the Pushgateway would have used:
 //!
-//! 1. Go's `net/url` percent-decodes the whole path (`%2F` becomes a separator; raw control characters and
-//!    bad escapes are a plain `400 Bad Request` from the Go server).
+//! 1. Go's `net/url` percent-decodes the whole path (`%2F` becomes a separator, `%6Aob` is `job`; raw
+//!    control characters and bad escapes are a plain `400 Bad Request` from the Go server).
 //! 2. Go's `http.ServeMux` answers `301` to the cleaned path when the *decoded* path has an empty, `.` or `..`
-//!    segment ([`GroupingKeyError::NonCanonicalPath`]).
-//! 3. `httprouter` matches `/metrics/job/:job/*labels` (or `/metrics/job@base64/...`); a wrong letter case in
-//!    that static prefix gets a `307` to the fixed path ([`GroupingKeyError::WrongCase`]).
-//! 4. The push handler decodes a base64 job, splits the labels (`splitLabels`), then rejects an empty job.
+//!    segment ([`GroupingKeyError::NonCanonicalPath`]), whatever the path and the method.
+//! 3. `httprouter` matches `/metrics/job/:job/*labels` (or `/metrics/job@base64/...`) on the decoded path
+//!    ([`match_push_path`]); for `PUT`, `POST` and `DELETE`, a wrong letter case in that static prefix gets a
+//!    `307` to the fixed path ([`GroupingKeyError::WrongCase`]); other methods have no such route (404).
+//! 4. The handler ([`PushRoute::grouping_key`]) decodes a base64 job, splits the labels (`splitLabels`, the
+//!    last of a repeated label winning), then rejects an empty job. Values are bytes until here: only the
+//!    final key's values must be UTF-8, and only for a push ([`NonUtf8`]).
 //!
 //! Where we deliberately differ from the Pushgateway (observed against the real 1.5.1 binary):
-//! - `/metrics/job/`, `/metrics/job` and `/metrics/job@base64[/]` are a clear `400 empty job name`
-//!   (the Pushgateway answers 307 -> 404, or 404).
-//! - A value that is not UTF-8 after decoding (`%FF`, or base64 of non-UTF-8 bytes) is a `400` here. The
-//!   Pushgateway also answers 400, but still creates the group; from then on its `/metrics` answers 500 and
-//!   every later push to any group on that instance fails, so such a push must never be forwarded.
+//! - `/metrics/job/` and `/metrics/job@base64/` are a clear `400 empty job name` (the Pushgateway answers
+//!   307 -> 404, or 404).
+//! - A push whose key has a value that is not UTF-8 after decoding (`%FF`, or base64 of non-UTF-8 bytes) is
+//!   a `400` here. The Pushgateway also answers 400, but still creates the group; from then on its
+//!   `/metrics` answers 500 and every later push to any group on that instance fails, so such a push must
+//!   never be forwarded. A `DELETE` of such a key harms nothing and is forwarded ([`NonUtf8::Replace`]).
 //! - A base64 job name that does not decode is a `400` in both, but Pushgateway 1.5.1 returns without
 //!   unlocking its handler mutex: every later request to that route (e.g. all `PUT /metrics/job@base64/...`)
 //!   hangs forever. Another reason to reject before forwarding.
@@ -26,7 +30,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
-use std::ops::Bound;
+use std::ops::{Bound, Range};
 
 use base64::Engine as _;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
@@ -73,9 +77,10 @@ pub enum GroupingKeyError {
     ControlCharacterInPath { path: String, offset: usize },
 
     #[error(
-        "path {path:?} is not valid UTF-8 once percent-decoded: grouping label values must be UTF-8 text"
+        "the value of label {label} in path {path:?} is not valid UTF-8 once percent-decoded: grouping \
+         label values must be UTF-8 text"
     )]
-    PathNotUtf8 { path: String },
+    ValueNotUtf8 { label: String, path: String },
 
     #[error(
         "path {path:?} has an empty, '.' or '..' segment once percent-decoded; the Pushgateway redirects \
@@ -151,27 +156,7 @@ impl GroupingKeyError {
 /// Parse the raw request path (exactly as received: percent-encoded, no query string), which starts with
 /// `/metrics/job`. Returns the key, or an error that maps to the Pushgateway's HTTP status.
 pub fn parse_push_path(raw_path: &str) -> Result<GroupingKey, GroupingKeyError> {
-    let decoded = percent_decode_path(raw_path)?;
-    if !is_clean_path(&decoded) {
-        return Err(GroupingKeyError::NonCanonicalPath {
-            path: raw_path.to_owned(),
-            location: go_escape_path(&clean_path(&decoded)),
-        });
-    }
-    let path = path_as_utf8(decoded, raw_path)?;
-    let route = match_push_route(&path, raw_path)?;
-
-    let job = if route.job_is_base64 {
-        decode_base64_value(JOB_LABEL, route.job)?
-    } else {
-        route.job.to_owned()
-    };
-    // Same order of checks as the Pushgateway: labels before the empty job.
-    let labels = split_labels(route.labels)?;
-    if job.is_empty() {
-        return Err(GroupingKeyError::EmptyJob);
-    }
-    Ok(GroupingKey { job, labels })
+    match_push_path(raw_path)?.grouping_key(NonUtf8::Reject)
 }
 
 /// `raw_path`, which [`parse_push_path`] parsed as `key`, without the label pairs whose (last) value is empty,
@@ -252,13 +237,6 @@ fn raw_segments(raw_path: &str) -> Vec<RawSegment> {
         end: bytes.len(),
     });
     segments
-}
-
-/// The percent-decoded path (what Go's r.URL.Path would be); used by the go-compatible ring.
-/// Borrows when the path has no `%`.
-pub fn decoded_path(raw_path: &str) -> Result<Cow<'_, str>, GroupingKeyError> {
-    let decoded = percent_decode_path(raw_path)?;
-    path_as_utf8(decoded, raw_path)
 }
 
 impl GroupingKey {
@@ -439,107 +417,230 @@ fn format_label_set<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Stri
     out
 }
 
-/// The parts of a push path after the router matched it.
-struct PushRoute<'a> {
-    job: &'a str,
+/// A path the Pushgateway's router hands to its push and delete handlers: percent-decoded, clean,
+/// `/metrics/job/<job>[/<labels>]` or `/metrics/job@base64/<job>[/<labels>]` in the right case, with a
+/// non-empty job segment. What those handlers find wrong with it is [`Self::grouping_key`]'s error.
+#[derive(Debug)]
+pub struct PushRoute<'a> {
+    raw_path: &'a str,
+    /// Go's `r.URL.Path`: not necessarily UTF-8.
+    decoded: Cow<'a, [u8]>,
     job_is_base64: bool,
-    /// Everything after the job segment: empty, or starting with `/` (httprouter's `*labels`).
-    labels: &'a str,
+    /// The job segment in `decoded`; the labels (httprouter's `*labels`: empty or starting with `/`) follow.
+    job: Range<usize>,
 }
 
-/// Match `/metrics/job/:job[/*labels]` or `/metrics/job@base64/:job[/*labels]` on a clean decoded path.
-fn match_push_route<'a>(path: &'a str, raw_path: &str) -> Result<PushRoute<'a>, GroupingKeyError> {
+/// What [`PushRoute::grouping_key`] does with a value that is not UTF-8 once decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonUtf8 {
+    /// An error ([`GroupingKeyError::ValueNotUtf8`] or [`GroupingKeyError::Base64NotUtf8`]): for pushes,
+    /// which break the Pushgateway that stores them.
+    Reject,
+    /// Invalid bytes become U+FFFD: for a `DELETE`, which the Pushgateway accepts (202) and which harms
+    /// nothing. The lossy key only chooses the node the delete goes to.
+    Replace,
+}
+
+/// The router stage (1-3 in the module documentation) of a raw request path.
+pub fn match_push_path(raw_path: &str) -> Result<PushRoute<'_>, GroupingKeyError> {
+    let decoded = percent_decode_path(raw_path)?;
+    if !is_clean_path(&decoded) {
+        return Err(GroupingKeyError::NonCanonicalPath {
+            path: raw_path.to_owned(),
+            location: go_escape_path(&clean_path(&decoded)),
+        });
+    }
+    let (job_is_base64, job) = match_push_route(&decoded, raw_path)?;
+    Ok(PushRoute {
+        raw_path,
+        decoded,
+        job_is_base64,
+        job,
+    })
+}
+
+impl PushRoute<'_> {
+    /// The percent-decoded path (Go's `r.URL.Path`), which the go-compatible ring hashes.
+    pub fn decoded_path(&self) -> &[u8] {
+        &self.decoded
+    }
+
+    /// The handler stage: the grouping key, or the error the Pushgateway's handler answers 400 with.
+    pub fn grouping_key(&self, non_utf8: NonUtf8) -> Result<GroupingKey, GroupingKeyError> {
+        let segment = &self.decoded[self.job.clone()];
+        let job = if self.job_is_base64 {
+            Cow::Owned(decode_base64_value(JOB_LABEL, segment)?)
+        } else {
+            Cow::Borrowed(segment)
+        };
+        // Same order of checks as the Pushgateway: labels before the empty job, and UTF-8 last (it is
+        // checked when the push is stored), on the values that won.
+        let (mut labels, not_utf8) = split_labels(&self.decoded[self.job.end..])?;
+        if job.is_empty() {
+            return Err(GroupingKeyError::EmptyJob);
+        }
+        let job = match String::from_utf8(job.into_owned()) {
+            Ok(job) => job,
+            Err(error) => self.not_utf8(
+                JOB_LABEL,
+                error.into_bytes(),
+                self.job_is_base64.then_some(segment),
+                non_utf8,
+            )?,
+        };
+        for value in not_utf8 {
+            let text = self.not_utf8(value.name, value.bytes, value.base64, non_utf8)?;
+            labels.insert(value.name.to_owned(), text);
+        }
+        Ok(GroupingKey { job, labels })
+    }
+
+    fn not_utf8(
+        &self,
+        label: &str,
+        bytes: Vec<u8>,
+        base64: Option<&[u8]>,
+        non_utf8: NonUtf8,
+    ) -> Result<String, GroupingKeyError> {
+        match (non_utf8, base64) {
+            (NonUtf8::Replace, _) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            (NonUtf8::Reject, Some(encoded)) => Err(GroupingKeyError::Base64NotUtf8 {
+                label: label.to_owned(),
+                value: String::from_utf8_lossy(encoded).into_owned(),
+            }),
+            (NonUtf8::Reject, None) => Err(GroupingKeyError::ValueNotUtf8 {
+                label: label.to_owned(),
+                path: self.raw_path.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Match `/metrics/job/:job[/*labels]` or `/metrics/job@base64/:job[/*labels]` on a clean decoded path:
+/// whether the job is base64, and where its segment is.
+fn match_push_route(path: &[u8], raw_path: &str) -> Result<(bool, Range<usize>), GroupingKeyError> {
     let not_a_push_path = || GroupingKeyError::NotAPushPath {
         path: raw_path.to_owned(),
     };
     let after_prefix =
         strip_prefix_ignore_ascii_case(path, PUSH_PREFIX).ok_or_else(not_a_push_path)?;
-    let (job_is_base64, after_static) = if let Some(rest) = after_prefix.strip_prefix('/') {
+    let (job_is_base64, after_static) = if let Some(rest) = after_prefix.strip_prefix(b"/") {
         (false, rest)
-    } else if let Some(rest) = strip_prefix_ignore_ascii_case(after_prefix, BASE64_SUFFIX) {
-        match rest.strip_prefix('/') {
-            Some(rest) => (true, rest),
-            None if rest.is_empty() => return Err(GroupingKeyError::EmptyJob),
-            None => return Err(not_a_push_path()),
-        }
-    } else if after_prefix.is_empty() {
-        return Err(GroupingKeyError::EmptyJob);
+    } else if let Some(rest) = strip_prefix_ignore_ascii_case(after_prefix, BASE64_SUFFIX)
+        .and_then(|rest| rest.strip_prefix(b"/"))
+    {
+        (true, rest)
     } else {
+        // Like the Pushgateway: `/metrics/job` and `/metrics/job@base64` have no route.
         return Err(not_a_push_path());
     };
     // The path is clean, so the job segment can only be empty at the very end (`/metrics/job/`).
-    let (job, labels) = after_static
-        .find('/')
-        .map_or((after_static, ""), |slash| after_static.split_at(slash));
-    if job.is_empty() {
+    let job_start = path.len() - after_static.len();
+    let job_end = after_static
+        .iter()
+        .position(|b| *b == b'/')
+        .map_or(path.len(), |slash| job_start + slash);
+    if job_start == job_end {
         return Err(GroupingKeyError::EmptyJob);
     }
 
-    let static_len = path.len() - after_static.len();
-    let canonical_static = if job_is_base64 {
-        "/metrics/job@base64/"
+    let canonical_static: &[u8] = if job_is_base64 {
+        b"/metrics/job@base64/"
     } else {
-        "/metrics/job/"
+        b"/metrics/job/"
     };
-    if &path[..static_len] != canonical_static {
+    if &path[..job_start] != canonical_static {
+        // httprouter 1.3's case-insensitive lookup finds `/metrics/job@base64/:job` but not its `/*labels`
+        // child: Pushgateway 1.5.1 answers 404 there, even for a lone trailing slash.
+        if job_is_base64 && job_end < path.len() {
+            return Err(not_a_push_path());
+        }
         // httprouter's RedirectFixedPath: the static part is fixed, the parameters keep their case.
-        let mut fixed = String::with_capacity(path.len());
-        fixed.push_str(canonical_static);
-        fixed.push_str(after_static);
+        let mut fixed = Vec::with_capacity(path.len());
+        fixed.extend_from_slice(canonical_static);
+        fixed.extend_from_slice(after_static);
         return Err(GroupingKeyError::WrongCase {
             path: raw_path.to_owned(),
-            location: go_escape_path(fixed.as_bytes()),
+            location: go_escape_path(&fixed),
         });
     }
-    Ok(PushRoute {
-        job,
-        job_is_base64,
-        labels,
-    })
+    Ok((job_is_base64, job_start..job_end))
 }
 
-fn strip_prefix_ignore_ascii_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+fn strip_prefix_ignore_ascii_case<'a>(text: &'a [u8], prefix: &str) -> Option<&'a [u8]> {
     let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
+    head.eq_ignore_ascii_case(prefix.as_bytes())
         .then(|| &text[prefix.len()..])
 }
 
+/// A label whose last value in the path is not UTF-8.
+struct NotUtf8Value<'a> {
+    name: &'a str,
+    bytes: Vec<u8>,
+    /// The encoded value, when it came from `<name>@base64`.
+    base64: Option<&'a [u8]>,
+}
+
 /// The Pushgateway's `splitLabels`: `/name/value/...` into a map, the last duplicate winning. A `job`
-/// label here is validated but dropped, because the job from the route overrides it.
-fn split_labels(labels: &str) -> Result<BTreeMap<String, String>, GroupingKeyError> {
+/// label here is validated but dropped, because the job from the route overrides it. Labels whose
+/// winning value is not UTF-8 are returned apart (nearly always none), for the caller to reject or replace.
+fn split_labels(
+    labels: &[u8],
+) -> Result<(BTreeMap<String, String>, Vec<NotUtf8Value<'_>>), GroupingKeyError> {
     let mut result = BTreeMap::new();
+    let mut not_utf8: Vec<NotUtf8Value> = Vec::new();
     // `labels` is empty or starts with '/'; a lone "/" (trailing slash after the job) means no labels.
     if labels.len() <= 1 {
-        return Ok(result);
+        return Ok((result, not_utf8));
     }
     let components = &labels[1..];
-    let separators = components.bytes().filter(|b| *b == b'/').count();
+    let separators = components.iter().filter(|b| **b == b'/').count();
     if separators % 2 == 0 {
         return Err(GroupingKeyError::OddComponents {
-            labels: labels.to_owned(),
+            labels: String::from_utf8_lossy(labels).into_owned(),
         });
     }
-    let mut parts = components.split('/');
+    let mut parts = components.split(|b| *b == b'/');
     while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
-        let (name, is_base64) = match name.strip_suffix(BASE64_SUFFIX) {
+        let (name, is_base64) = match name.strip_suffix(BASE64_SUFFIX.as_bytes()) {
             Some(trimmed) => (trimmed, true),
             None => (name, false),
         };
-        if !is_valid_label_name(name) {
-            return Err(GroupingKeyError::ImproperLabelName {
-                name: name.to_owned(),
-            });
-        }
-        let value = if is_base64 {
+        let name = match std::str::from_utf8(name) {
+            Ok(name) if is_valid_label_name(name) => name,
+            _ => {
+                return Err(GroupingKeyError::ImproperLabelName {
+                    name: String::from_utf8_lossy(name).into_owned(),
+                })
+            }
+        };
+        let decoded = if is_base64 {
             decode_base64_value(name, value)?
         } else {
-            value.to_owned()
+            value.to_vec()
         };
-        if name != JOB_LABEL {
-            result.insert(name.to_owned(), value);
+        if name == JOB_LABEL {
+            continue;
+        }
+        // Only the last value of a label counts, so an earlier non-UTF-8 one is forgotten.
+        if !not_utf8.is_empty() {
+            not_utf8.retain(|earlier| earlier.name != name);
+        }
+        match String::from_utf8(decoded) {
+            Ok(text) => {
+                result.insert(name.to_owned(), text);
+            }
+            Err(error) => {
+                result.remove(name);
+                not_utf8.push(NotUtf8Value {
+                    name,
+                    bytes: error.into_bytes(),
+                    base64: is_base64.then_some(value),
+                });
+            }
         }
     }
-    Ok(result)
+    Ok((result, not_utf8))
 }
 
 /// `[a-zA-Z_][a-zA-Z0-9_]*`, not starting with the reserved `__`.
@@ -553,16 +654,11 @@ fn is_valid_label_name(name: &str) -> bool {
         && !name.starts_with("__")
 }
 
-fn decode_base64_value(label: &str, encoded: &str) -> Result<String, GroupingKeyError> {
-    let bytes =
-        decode_base64_like_go(encoded).map_err(|offset| GroupingKeyError::InvalidBase64 {
-            label: label.to_owned(),
-            value: encoded.to_owned(),
-            offset,
-        })?;
-    String::from_utf8(bytes).map_err(|_| GroupingKeyError::Base64NotUtf8 {
+fn decode_base64_value(label: &str, encoded: &[u8]) -> Result<Vec<u8>, GroupingKeyError> {
+    decode_base64_like_go(encoded).map_err(|offset| GroupingKeyError::InvalidBase64 {
         label: label.to_owned(),
-        value: encoded.to_owned(),
+        value: String::from_utf8_lossy(encoded).into_owned(),
+        offset,
     })
 }
 
@@ -570,13 +666,14 @@ fn decode_base64_value(label: &str, encoded: &str) -> Result<String, GroupingKey
 /// trailing `=` are all dropped, `\r` and `\n` are skipped anywhere, unused trailing bits are ignored
 /// (`YR` decodes like `YQ`), and the standard alphabet's `+` is rejected. `Err` holds the byte offset of
 /// the offending character.
-fn decode_base64_like_go(encoded: &str) -> Result<Vec<u8>, usize> {
-    let trimmed = encoded.trim_end_matches('=');
+fn decode_base64_like_go(encoded: &[u8]) -> Result<Vec<u8>, usize> {
+    let trimmed_len = encoded.len() - encoded.iter().rev().take_while(|b| **b == b'=').count();
+    let trimmed = &encoded[..trimmed_len];
     let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
     let mut bits: u32 = 0;
     let mut sextets_in_quantum = 0;
     let mut last_sextet_offset = 0;
-    for (offset, byte) in trimmed.bytes().enumerate() {
+    for (offset, &byte) in trimmed.iter().enumerate() {
         if byte == b'\r' || byte == b'\n' {
             continue;
         }
@@ -653,23 +750,6 @@ fn hex_value(byte: u8) -> Option<u8> {
         b'a'..=b'f' => Some(byte - b'a' + 10),
         b'A'..=b'F' => Some(byte - b'A' + 10),
         _ => None,
-    }
-}
-
-fn path_as_utf8<'a>(
-    decoded: Cow<'a, [u8]>,
-    raw_path: &str,
-) -> Result<Cow<'a, str>, GroupingKeyError> {
-    let not_utf8 = || GroupingKeyError::PathNotUtf8 {
-        path: raw_path.to_owned(),
-    };
-    match decoded {
-        Cow::Borrowed(bytes) => std::str::from_utf8(bytes)
-            .map(Cow::Borrowed)
-            .map_err(|_| not_utf8()),
-        Cow::Owned(bytes) => String::from_utf8(bytes)
-            .map(Cow::Owned)
-            .map_err(|_| not_utf8()),
     }
 }
 
@@ -798,18 +878,118 @@ mod tests {
 
     #[test]
     fn empty_job_is_400_empty_job_name() {
-        // Pushgateway: `/metrics/job/` is 307 -> `/metrics/job` which is 404; ours is a clearer 400.
+        // Pushgateway: `/metrics/job/` is 307 -> `/metrics/job` which is 404, `/metrics/job@base64/` is 404;
+        // ours is a clearer 400.
         for path in [
             "/metrics/job/",
-            "/metrics/job",
-            "/metrics/job@base64",
             "/metrics/job@base64/",
+            "/Metrics/JOB/",
+            "/metrics/job@base64/=",
         ] {
             let err = parse_err(path);
             assert_eq!(err, GroupingKeyError::EmptyJob, "{path}");
             assert_eq!(err.http_status(), 400);
             assert!(err.to_string().starts_with("empty job name"));
         }
+    }
+
+    #[test]
+    fn the_prefix_alone_is_404_like_the_pushgateway() {
+        for path in ["/metrics/job", "/metrics/job@base64", "/metrics/%6Aob"] {
+            let err = parse_err(path);
+            assert!(
+                matches!(err, GroupingKeyError::NotAPushPath { .. }),
+                "{path}: {err:?}"
+            );
+            assert_eq!(err.http_status(), 404);
+        }
+    }
+
+    #[test]
+    fn percent_encoded_route_letters_are_decoded_before_matching() {
+        // Pushgateway 1.5.1 answered 200 for each, storing {job="j"}: its router matches r.URL.Path.
+        for path in [
+            "/metrics/%6Aob/j",
+            "/metrics/jo%62/j",
+            "/%6Detrics/job/j",
+            "/metrics%2Fjob/j",
+            "/metrics/job%2Fj",
+            "/metrics/job%40base64/ag",
+        ] {
+            assert_eq!(parse_push_path(path), Ok(key("j", &[])), "{path}");
+        }
+        // The letter case is checked on the decoded path too.
+        let err = parse_err("/metrics/%4AOB/j");
+        assert_eq!(err.redirect_location(), Some("/metrics/job/j"));
+    }
+
+    #[test]
+    fn a_repeated_label_is_judged_by_its_last_value_only() {
+        // Pushgateway 1.5.1: 200 for each, the last value winning, and the instance stayed healthy.
+        for path in [
+            "/metrics/job/j/a/%FF/a/x",
+            "/metrics/job/j/a@base64/_w/a/x",
+            "/metrics/job/j/a/%FF/a@base64/eA",
+        ] {
+            assert_eq!(parse_push_path(path), Ok(key("j", &[("a", "x")])), "{path}");
+        }
+        // A `job` label in the labels is overridden by the route's job, whatever its value.
+        assert_eq!(
+            parse_push_path("/metrics/job/j/job/%FF/job@base64/_w"),
+            Ok(key("j", &[]))
+        );
+        // The other way round, the winning value is not UTF-8.
+        assert!(matches!(
+            parse_err("/metrics/job/j/a/x/a/%FF/b/y"),
+            GroupingKeyError::ValueNotUtf8 { ref label, .. } if label == "a"
+        ));
+        assert!(matches!(
+            parse_err("/metrics/job/j/a/x/a@base64/_w"),
+            GroupingKeyError::Base64NotUtf8 { ref label, ref value } if label == "a" && value == "_w"
+        ));
+    }
+
+    #[test]
+    fn a_delete_may_name_non_utf8_values() {
+        // Pushgateway 1.5.1 answers such a DELETE with 202 and stays healthy.
+        let lossy = |path: &str| {
+            match_push_path(path)
+                .and_then(|route| route.grouping_key(NonUtf8::Replace))
+                .unwrap()
+        };
+        assert_eq!(
+            lossy("/metrics/job/j/a/x%FFy"),
+            key("j", &[("a", "x\u{fffd}y")])
+        );
+        assert_eq!(lossy("/metrics/job/%FF"), key("\u{fffd}", &[]));
+        assert_eq!(lossy("/metrics/job@base64/_w"), key("\u{fffd}", &[]));
+        assert_eq!(
+            lossy("/metrics/job/j/a@base64/_w/b/y"),
+            key("j", &[("a", "\u{fffd}"), ("b", "y")])
+        );
+        // Everything else is still checked.
+        let route = match_push_path("/metrics/job/j/a%FF/x").unwrap();
+        assert!(matches!(
+            route.grouping_key(NonUtf8::Replace),
+            Err(GroupingKeyError::ImproperLabelName { .. })
+        ));
+        let route = match_push_path("/metrics/job@base64/!/a/%FF").unwrap();
+        assert!(matches!(
+            route.grouping_key(NonUtf8::Replace),
+            Err(GroupingKeyError::InvalidBase64 { .. })
+        ));
+    }
+
+    #[test]
+    fn a_non_utf8_job_is_rejected_for_a_push() {
+        assert!(matches!(
+            parse_err("/metrics/job/%FF/a/x"),
+            GroupingKeyError::ValueNotUtf8 { ref label, .. } if label == "job"
+        ));
+        assert!(matches!(
+            parse_err("/metrics/job@base64/_w"),
+            GroupingKeyError::Base64NotUtf8 { ref label, .. } if label == "job"
+        ));
     }
 
     #[test]
@@ -1052,7 +1232,7 @@ mod tests {
                 }
             );
             assert_eq!(err.http_status(), 400);
-            assert_eq!(decoded_path(path).unwrap_err(), err);
+            assert_eq!(match_push_path(path).unwrap_err(), err);
         }
     }
 
@@ -1070,7 +1250,13 @@ mod tests {
     #[test]
     fn non_utf8_after_percent_decoding_is_400() {
         let err = parse_err("/metrics/job/j/a/%FF");
-        assert!(matches!(err, GroupingKeyError::PathNotUtf8 { .. }));
+        assert_eq!(
+            err,
+            GroupingKeyError::ValueNotUtf8 {
+                label: "a".into(),
+                path: "/metrics/job/j/a/%FF".into()
+            }
+        );
         assert_eq!(err.http_status(), 400);
     }
 
@@ -1131,10 +1317,24 @@ mod tests {
             ("/metrics/Job/j", "/metrics/job/j"),
             ("/METRICS/JOB/j/A/x", "/metrics/job/j/A/x"),
             ("/METRICS/JOB@BASE64/ag", "/metrics/job@base64/ag"),
+            ("/metrics/job@Base64/ag", "/metrics/job@base64/ag"),
+            ("/metrics/jOb/j/", "/metrics/job/j/"),
         ] {
             let err = parse_err(path);
             assert_eq!(err.http_status(), 307, "{path}");
             assert_eq!(err.redirect_location(), Some(location), "{path}");
+        }
+        // A base64 job followed by anything: Pushgateway 1.5.1 finds no fixed-case route (404).
+        for path in [
+            "/METRICS/JOB@BASE64/ag/a/x",
+            "/metrics/job@Base64/ag/",
+            "/Metrics/job@base64/ag/a/x",
+        ] {
+            let err = parse_err(path);
+            assert!(
+                matches!(err, GroupingKeyError::NotAPushPath { .. }),
+                "{path}: {err:?}"
+            );
         }
     }
 
@@ -1159,19 +1359,14 @@ mod tests {
     }
 
     #[test]
-    fn decoded_path_borrows_without_escapes_and_decodes_with_them() {
-        assert!(matches!(
-            decoded_path("/metrics/job/j/a/x+y").unwrap(),
-            Cow::Borrowed("/metrics/job/j/a/x+y")
-        ));
-        assert_eq!(
-            decoded_path("/metrics/job/j/a/x%2Fy%20z").unwrap(),
-            "/metrics/job/j/a/x/y z"
-        );
-        assert!(matches!(
-            decoded_path("/metrics/job/j/a/%C3").unwrap_err(),
-            GroupingKeyError::PathNotUtf8 { .. }
-        ));
+    fn decoded_path_borrows_without_escapes_and_keeps_non_utf8_bytes() {
+        let route = match_push_path("/metrics/job/j/a/x+y").unwrap();
+        assert!(matches!(route.decoded, Cow::Borrowed(_)));
+        assert_eq!(route.decoded_path(), b"/metrics/job/j/a/x+y");
+        let route = match_push_path("/metrics/job/j/a/x%2Fy%20z").unwrap();
+        assert_eq!(route.decoded_path(), b"/metrics/job/j/a/x/y z");
+        let route = match_push_path("/metrics/job/j/a/%C3").unwrap();
+        assert_eq!(route.decoded_path(), b"/metrics/job/j/a/\xc3");
     }
 
     #[test]
@@ -1383,6 +1578,36 @@ mod tests {
             .prop_map(|(job, labels)| GroupingKey { job, labels })
     }
 
+    /// Push paths made of pieces that hit every stage: non-UTF-8 escapes, base64 of non-UTF-8 bytes,
+    /// repeated names, separators, case.
+    fn awkward_push_path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/a"),
+            Just("/a@base64"),
+            Just("/job"),
+            Just("/job@base64"),
+            Just("/x"),
+            Just("/_w"),
+            Just("/eA"),
+            Just("/%FF"),
+            Just("/x%C3"),
+            Just("/%C3%A9"),
+            Just("%2F"),
+            Just("/="),
+            Just("/!"),
+            Just("/"),
+        ];
+        (
+            prop_oneof![
+                Just("/metrics/job"),
+                Just("/metrics/job@base64"),
+                Just("/metrics/JOB")
+            ],
+            proptest::collection::vec(piece, 1..8),
+        )
+            .prop_map(|(prefix, pieces)| format!("{prefix}{}", pieces.concat()))
+    }
+
     fn base64_segment(value: &str) -> String {
         if value.is_empty() {
             "=".to_owned()
@@ -1487,6 +1712,23 @@ mod tests {
         #[test]
         fn parse_never_panics(path in "/metrics/job[/@a-z0-9%.=+]{0,30}") {
             let _ = parse_push_path(&path);
+        }
+
+        #[test]
+        fn replacing_non_utf8_changes_only_what_non_utf8_values_decide(path in awkward_push_path()) {
+            let Ok(route) = match_push_path(&path) else { return Ok(()) };
+            match (route.grouping_key(NonUtf8::Reject), route.grouping_key(NonUtf8::Replace)) {
+                (Ok(strict), Ok(lossy)) => prop_assert_eq!(strict, lossy),
+                (Err(strict), Ok(_)) => prop_assert!(
+                    matches!(
+                        strict,
+                        GroupingKeyError::ValueNotUtf8 { .. } | GroupingKeyError::Base64NotUtf8 { .. }
+                    ),
+                    "{path}: {strict:?}"
+                ),
+                (Err(strict), Err(lossy)) => prop_assert_eq!(strict, lossy),
+                (Ok(strict), Err(lossy)) => prop_assert!(false, "{path}: {strict} but {lossy:?}"),
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `/metrics/job/...`: parse the grouping key, find its owner on the ring, then proxy, redirect, or (GET) say
 //! who the owner is.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,7 +21,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use super::{json, text, text_lines, AppState};
 use crate::ambiguous::{AckedWrite, WriteHeaders};
 use crate::config::{Config, Mode};
-use crate::grouping::{self, GroupingKey};
+use crate::grouping::{self, GroupingKey, GroupingKeyError, NonUtf8};
 use crate::node_route::NodeRoute;
 use crate::outlier::OutlierDetector;
 use crate::ring::Algorithm;
@@ -64,10 +65,8 @@ impl tower::Service<Request<Body>> for PushService {
 }
 
 async fn dispatch(state: &AppState, request: Request<Body>) -> Response<Body> {
-    let path = request.uri().path();
-    if !is_push_path(path) {
-        return text(StatusCode::NOT_FOUND, format!("404 page not found: {path}"));
-    }
+    // Every path comes here, not only those `is_push_path` recognises: `//metrics/job/j`, `/metrics/JOB/j` and
+    // `/metrics/%6Aob/j` reach the Pushgateway's push routes too; the parser tells them from a 404.
     let method = request.method().clone();
     let (response, served_by) = handle(state, request).await;
     let family = &state.metrics.requests;
@@ -82,7 +81,8 @@ async fn dispatch(state: &AppState, request: Request<Body>) -> Response<Body> {
     response
 }
 
-/// `/metrics/job` itself is a 404 on the Pushgateway; everything below it is ours to parse.
+/// The fast path: a raw path that can only be a push path (`/metrics/job` itself is a 404 on the Pushgateway).
+/// Other spellings of push paths reach [`PushService`] as the router's fallback.
 pub(crate) fn is_push_path(path: &str) -> bool {
     match path.strip_prefix("/metrics/job") {
         Some(rest) => rest.starts_with('/') || rest.starts_with("@base64/"),
@@ -118,8 +118,14 @@ enum Routed {
 }
 
 /// Everything before the first await: parse, look up the owner, and answer unless the push is to be proxied.
+/// The order of the checks is the Pushgateway's: its router (path cleaning, route match, method) answers
+/// before its handlers look at the grouping key.
 fn route(state: &AppState, mut request: Request<Body>) -> Routed {
     let method = request.method();
+    let push_route = match grouping::match_push_path(request.uri().path()) {
+        Ok(push_route) => push_route,
+        Err(error) => return Routed::Answered(rejected(&request, &error)),
+    };
     if !matches!(
         *method,
         Method::GET | Method::PUT | Method::POST | Method::DELETE | Method::OPTIONS
@@ -140,34 +146,22 @@ fn route(state: &AppState, mut request: Request<Body>) -> Routed {
             .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
         return Routed::Answered(response);
     }
-    let key = match grouping::parse_push_path(request.uri().path()) {
+    // A delete of a key with a non-UTF-8 value harms no Pushgateway (it answers 202); a push of one breaks it.
+    let non_utf8 = if *method == Method::DELETE {
+        NonUtf8::Replace
+    } else {
+        NonUtf8::Reject
+    };
+    let is_get = *method == Method::GET;
+    let key = match push_route.grouping_key(non_utf8) {
         Ok(key) => key,
-        Err(error) => return Routed::Answered(rejected(&error)),
+        Err(error) => return Routed::Answered(rejected(&request, &error)),
     };
     // `{a=""}` and an absent `a` are one group: only its canonical path is forwarded, redirected to or
     // hashed (go-compatible), so a node never holds both (which breaks it for every group).
-    let key = match grouping::without_empty_labels(request.uri().path(), &key) {
-        None => key,
-        Some(path) => match with_path(request.uri(), &path) {
-            Some(uri) => {
-                tracing::debug!(grouping_key = %key, %path, "dropped empty-valued grouping labels: an empty label is an absent label");
-                *request.uri_mut() = uri;
-                key.canonical()
-            }
-            None => {
-                return Routed::Answered(text(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "push path {path:?} without its empty-valued labels is not a valid URI"
-                    ),
-                ))
-            }
-        },
-    };
-    let raw_path = request.uri().path();
+    let canonical = grouping::without_empty_labels(request.uri().path(), &key);
     let config = state.config.load();
     let table = state.ring.load();
-    let is_get = request.method() == Method::GET;
     let proxying = config.mode == Mode::Proxy && !is_get;
     let wants_successor = proxying && config.proxy.retry;
     let lookup = |ring_key: &[u8]| {
@@ -177,16 +171,39 @@ fn route(state: &AppState, mut request: Request<Body>) -> Routed {
             .flatten();
         (owner, successor)
     };
+    let key = match &canonical {
+        Some(_) => key.canonical(),
+        None => key,
+    };
     let (owner, successor) = match table.ring.algorithm() {
         Algorithm::Rendezvous => RING_KEY.with_borrow_mut(|buffer| {
             key.write_ring_key(buffer);
             lookup(buffer)
         }),
-        Algorithm::GoCompatible => match grouping::decoded_path(raw_path) {
-            Ok(path) => lookup(path.as_bytes()),
-            Err(error) => return Routed::Answered(rejected(&error)),
+        Algorithm::GoCompatible => match &canonical {
+            None => lookup(push_route.decoded_path()),
+            Some(path) => match grouping::match_push_path(path) {
+                Ok(canonical_route) => lookup(canonical_route.decoded_path()),
+                Err(error) => return Routed::Answered(rejected(&request, &error)),
+            },
         },
     };
+    if let Some(path) = canonical {
+        match with_path(request.uri(), &path) {
+            Some(uri) => {
+                tracing::debug!(grouping_key = %key, %path, "dropped empty-valued grouping labels: an empty label is an absent label");
+                *request.uri_mut() = uri;
+            }
+            None => {
+                return Routed::Answered(text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "push path {path:?} without its empty-valued labels is not a valid URI"
+                    ),
+                ))
+            }
+        }
+    }
     let Some(owner) = owner.and_then(|index| table.routes.get(index)) else {
         return Routed::Answered(no_healthy_node());
     };
@@ -217,16 +234,45 @@ fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
     http::Uri::from_parts(parts).ok()
 }
 
-fn rejected(error: &grouping::GroupingKeyError) -> Response<Body> {
+fn rejected(request: &Request<Body>, error: &GroupingKeyError) -> Response<Body> {
+    let method = request.method();
+    let path = request.uri().path();
+    match error {
+        // The Pushgateway's router finds a fixed-case route only among the routes of the request's method, and
+        // only PUT, POST and DELETE have push routes.
+        GroupingKeyError::WrongCase { .. }
+            if !matches!(*method, Method::PUT | Method::POST | Method::DELETE) =>
+        {
+            return not_found(path);
+        }
+        // No route matches an empty job; PUT, POST, DELETE and the GET lookup say why instead.
+        GroupingKeyError::EmptyJob
+            if !matches!(
+                *method,
+                Method::PUT | Method::POST | Method::DELETE | Method::GET
+            ) =>
+        {
+            return not_found(path);
+        }
+        _ => {}
+    }
     let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     let mut response = text(status, error.to_string());
-    if let Some(location) = error
-        .redirect_location()
-        .and_then(|l| HeaderValue::from_str(l).ok())
-    {
-        response.headers_mut().insert(header::LOCATION, location);
+    if let Some(location) = error.redirect_location() {
+        // Go keeps the query string in both redirects.
+        let location = match request.uri().query() {
+            Some(query) if !query.is_empty() => Cow::Owned(format!("{location}?{query}")),
+            _ => Cow::Borrowed(location),
+        };
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
     }
     response
+}
+
+fn not_found(path: &str) -> Response<Body> {
+    text(StatusCode::NOT_FOUND, format!("404 page not found: {path}"))
 }
 
 fn no_healthy_node() -> Response<Body> {
