@@ -177,6 +177,8 @@ pub struct Metrics {
     pub rebalance_failures: Family<RebalanceFailureLabels, Counter>,
     pub rebalance_last_pass_seconds: Gauge<f64, AtomicU64>,
     pub rebalance_last_pass_timestamp: Gauge<f64, AtomicU64>,
+    pub groups_expired: Counter,
+    pub groups_expiring: Gauge,
     pub faults: FaultMetrics,
 }
 
@@ -413,9 +415,23 @@ impl Metrics {
         );
 
         let faults = FaultMetrics::register(&mut registry);
+        let groups_expired = Counter::default();
+        registry.register(
+            "groups_expired",
+            "Groups deleted from every node because no client pushed them for longer than groups.expire_after",
+            groups_expired.clone(),
+        );
+        let groups_expiring = Gauge::default();
+        registry.register(
+            "groups_expiring",
+            "Groups past 90% of their groups.expire_after limit at the last rebalance pass",
+            groups_expiring.clone(),
+        );
 
         Metrics {
             faults,
+            groups_expired,
+            groups_expiring,
             registry: Arc::new(registry),
             requests,
             upstream_duration,

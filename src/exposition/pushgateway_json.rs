@@ -22,6 +22,32 @@ pub const PUSH_TIME_FAMILY: &str = "push_time_seconds";
 /// The family holding the time of the group's last failed push.
 pub const PUSH_FAILURE_TIME_FAMILY: &str = "push_failure_time_seconds";
 
+/// The family the rebalancer adds to a group it copies: `{time="last_push"}` is the time of the client's last
+/// push before the move (the copy's own `push_time_seconds` is the time of the copy), `{time="move"}` when the
+/// copy was made. It keeps a moved group's age right for expiry; a client's `PUT` replaces it.
+pub const MOVED_FAMILY: &str = "dynamic_sharding_group_moved";
+
+/// What [`MOVED_FAMILY`] says about a copied group.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MovedMarker {
+    /// Unix seconds of the client's last push before the move.
+    pub last_push: f64,
+    /// Unix seconds of the move (the gateway's clock).
+    pub moved_at: f64,
+}
+
+impl MovedMarker {
+    /// The family as text-format lines, to append to a copied group's body.
+    pub fn render(&self) -> String {
+        format!(
+            "# HELP {MOVED_FAMILY} Set by dynamic-sharding on a group it moved: the client's last push before the \
+             move, and the move.\n# TYPE {MOVED_FAMILY} gauge\n{MOVED_FAMILY}{{time=\"last_push\"}} {}\n\
+             {MOVED_FAMILY}{{time=\"move\"}} {}\n",
+            self.last_push, self.moved_at
+        )
+    }
+}
+
 /// One group of a Pushgateway, ready to be copied to another one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Group {
@@ -32,9 +58,11 @@ pub struct Group {
     pub push_time_seconds: Option<f64>,
     /// Unix seconds of the last failed push; `Some(0.0)` if none failed.
     pub push_failure_time_seconds: Option<f64>,
-    /// The group's metrics as a text exposition (format 0.0.4), families sorted by name; `None` when the caller
-    /// of [`parse_api_metrics_with`] did not want it rendered.
+    /// The group's metrics as a text exposition (format 0.0.4), families sorted by name, without
+    /// [`MOVED_FAMILY`]; `None` when the caller of [`parse_api_metrics_with`] did not want it rendered.
     pub body: Option<String>,
+    /// Set when the rebalancer copied this group here and no `PUT` replaced it since.
+    pub moved: Option<MovedMarker>,
 }
 
 /// Why an `/api/v1/metrics` answer could not be turned into groups.
@@ -150,6 +178,7 @@ fn group_from_api(group: ApiGroup, render_body: bool) -> Result<Group, ApiMetric
     let mut body = String::new();
     let mut push_time_seconds = None;
     let mut push_failure_time_seconds = None;
+    let mut moved = None;
     for (name, family) in &group.families {
         let context = Context {
             group: &group_name,
@@ -175,6 +204,10 @@ fn group_from_api(group: ApiGroup, render_body: bool) -> Result<Group, ApiMetric
             }
             continue;
         }
+        if name == MOVED_FAMILY {
+            moved = moved_marker(family);
+            continue;
+        }
         if render_body {
             render_family(name, family, metric_type, &context, &mut body)?;
         }
@@ -185,6 +218,22 @@ fn group_from_api(group: ApiGroup, render_body: bool) -> Result<Group, ApiMetric
         push_time_seconds,
         push_failure_time_seconds,
         body: render_body.then_some(body),
+        moved,
+    })
+}
+
+fn moved_marker(family: &ApiFamily) -> Option<MovedMarker> {
+    let value = |time: &str| {
+        family
+            .metrics
+            .iter()
+            .find(|m| m.labels.get("time").is_some_and(|t| t == time))
+            .and_then(|m| m.value.as_deref()?.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+    };
+    Some(MovedMarker {
+        last_push: value("last_push")?,
+        moved_at: value("move")?,
     })
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 
 use super::merge::{is_pushed_sample, merge, merge_pushed, Conflict};
-use super::pushgateway_json::{parse_api_metrics, ApiMetricsError, Group};
+use super::pushgateway_json::{parse_api_metrics, ApiMetricsError, Group, MovedMarker};
 use super::text::{
     escape_help, escape_label_value, parse_text, render, unescape_help, MetricFamily, MetricType,
     ParseErrorKind,
@@ -648,4 +648,30 @@ fn api_json_rejects_values_that_are_not_numbers_and_names_the_input() {
         parse_api_metrics(b"not json"),
         Err(ApiMetricsError::Json(_))
     ));
+}
+
+#[test]
+fn the_rebalancers_moved_marker_is_read_and_left_out_of_the_body_and_renders_back() {
+    let json = one_group_json(
+        r#""x":{"type":"GAUGE","metrics":[{"labels":{"job":"j"},"value":"1"}]},
+           "dynamic_sharding_group_moved":{"type":"GAUGE","metrics":[
+             {"labels":{"job":"j","time":"last_push"},"value":"1700000000.5"},
+             {"labels":{"job":"j","time":"move"},"value":"1700000100"}]}"#,
+    );
+    let groups = parse_api_metrics(json.as_bytes()).unwrap();
+    let marker = MovedMarker {
+        last_push: 1_700_000_000.5,
+        moved_at: 1_700_000_100.0,
+    };
+    assert_eq!(groups[0].moved, Some(marker));
+    assert!(!rendered_body(&groups[0]).contains("dynamic_sharding_group_moved"));
+    // What a copy appends parses as the text format and reads back the same.
+    let rendered = marker.render();
+    let families = parse_text(&rendered).unwrap();
+    assert_eq!(families.len(), 1);
+    assert!(rendered.contains("dynamic_sharding_group_moved{time=\"last_push\"} 1700000000.5\n"));
+    let unmoved =
+        parse_api_metrics(one_group_json(r#""x":{"type":"GAUGE","metrics":[]}"#).as_bytes())
+            .unwrap();
+    assert_eq!(unmoved[0].moved, None);
 }

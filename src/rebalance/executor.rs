@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -17,8 +17,9 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::Full;
 
 use super::guard::MoveCoordinator;
-use super::planner::{Action, ListedGroup, NodeListing};
+use super::planner::{last_client_push, Action, ListedGroup, NodeListing};
 use crate::exposition::pushgateway_json::parse_api_metrics_with;
+use crate::exposition::pushgateway_json::MovedMarker;
 use crate::grouping::GroupingKey;
 use crate::ring::Ring;
 use crate::routing::RoutingTable;
@@ -81,6 +82,8 @@ pub struct Outcome {
     pub deleted_stale: u64,
     /// Copies deleted from a wrong node because they were older than `max_age`.
     pub dropped_expired: u64,
+    /// Groups deleted from every node because they expired (`groups.expire_after`).
+    pub expired: u64,
     /// Groups left for a later pass: pushed through this replica during the pass, or a node became unusable.
     pub skipped: u64,
     pub copy_failures: u64,
@@ -153,6 +156,16 @@ impl Executor<'_> {
                 Action::Move { .. } => outcome.deleted_after_copy += deleted,
                 Action::DeleteStale { .. } => outcome.deleted_stale += deleted,
                 Action::DropExpired { .. } => outcome.dropped_expired += deleted,
+                Action::Expire {
+                    key,
+                    last_client_push,
+                    ..
+                } => {
+                    if matches!(step, Step::Done) {
+                        outcome.expired += 1;
+                        tracing::debug!(grouping_key = %key, last_client_push, "group expired: deleted from every node");
+                    }
+                }
             }
             match step {
                 Step::Done => {}
@@ -170,16 +183,24 @@ impl Executor<'_> {
             owner,
             source,
             source_push_time,
+            last_client_push,
             body,
             ..
         } = action
         else {
             return Step::Done;
         };
+        // The copy is stamped with the time of the copy; the marker keeps the client's last push for expiry.
+        let marker = MovedMarker {
+            last_push: *last_client_push,
+            moved_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        };
         // A group listed with an empty-valued label (pushed before the gateway canonicalised, or straight to a
         // node) is copied as its canonical form: an owner holding both forms would reject every push.
         let path = key.clone().canonical().to_push_path();
-        let body = Bytes::from(body.clone());
+        let body = Bytes::from(format!("{body}{}", marker.render()));
         let step = self
             .with_retries(key, owner, || {
                 self.request(Method::PUT, owner, &path, body.clone(), StatusCode::OK)
@@ -215,8 +236,11 @@ impl Executor<'_> {
                         Action::Move { .. } => "moved to its owner",
                         Action::DeleteStale { .. } => "owner holds a copy at least as new",
                         Action::DropExpired { .. } => "older than rebalance.max_age",
+                        Action::Expire { .. } => {
+                            "expired: not pushed for longer than groups.expire_after"
+                        }
                     };
-                    tracing::debug!(grouping_key = %key, %node, reason, "group deleted from a node that does not own it");
+                    tracing::debug!(grouping_key = %key, %node, reason, "group deleted from a node");
                 }
                 other => return (deleted, other),
             }
@@ -360,6 +384,10 @@ fn listing_from_json(
             Ok(key) => listed.push(ListedGroup {
                 key,
                 push_time_seconds: group.push_time_seconds.unwrap_or(0.0),
+                last_client_push: last_client_push(
+                    group.push_time_seconds.unwrap_or(0.0),
+                    group.moved,
+                ),
                 body: group.body,
             }),
             // The Pushgateway accepted it, so this should not happen; never move what we cannot address.

@@ -99,6 +99,10 @@ pub struct PassReport {
     pub moved: u64,
     pub deleted_stale: u64,
     pub dropped_expired: u64,
+    /// Groups deleted from every node because no client pushed them for longer than `groups.expire_after`.
+    pub expired: u64,
+    /// Groups past 90% of their expiry limit.
+    pub expiring_soon: usize,
     pub skipped: u64,
     pub failures: u64,
     pub outcome: String,
@@ -263,12 +267,8 @@ impl Task {
         let list_timeout = config.proxy.upstream_timeout.max(MIN_LIST_TIMEOUT);
         let nodes = self.nodes_to_list(&table);
         let mut listed = self.list(&nodes, &table, list_timeout, &mut report).await;
-        let mut plan = planner::plan(
-            std::mem::take(&mut listed.listings),
-            &table.ring,
-            unix_seconds(SystemTime::now()),
-            config.rebalance.max_age,
-        );
+        let (mut plan, mut expiring_soon) =
+            plan_pass(std::mem::take(&mut listed.listings), &table, &config);
         let mut awaiting_repair = self.leave_pending_repairs(&mut plan);
         let mut outcome = Outcome::default();
         let mut drain_error = None;
@@ -278,12 +278,8 @@ impl Task {
             match self.rebalancer.coordinator.begin_pass(max_wait).await {
                 Ok(()) => {
                     listed = self.list(&nodes, &table, list_timeout, &mut report).await;
-                    plan = planner::plan(
-                        std::mem::take(&mut listed.listings),
-                        &table.ring,
-                        unix_seconds(SystemTime::now()),
-                        config.rebalance.max_age,
-                    );
+                    (plan, expiring_soon) =
+                        plan_pass(std::mem::take(&mut listed.listings), &table, &config);
                     awaiting_repair = self.leave_pending_repairs(&mut plan);
                     let preconditions = PassPreconditions {
                         ring: &self.deps.ring,
@@ -310,6 +306,8 @@ impl Task {
         report.moved = outcome.copied;
         report.deleted_stale = outcome.deleted_stale;
         report.dropped_expired = outcome.dropped_expired;
+        report.expired = outcome.expired;
+        report.expiring_soon = expiring_soon;
         report.skipped = outcome.skipped + plan.owner_not_listed as u64 + awaiting_repair;
         report.failures += outcome.copy_failures + outcome.delete_failures;
         report.outcome = match (&drain_error, outcome.aborted) {
@@ -334,6 +332,7 @@ impl Task {
             moved = report.moved,
             deleted_stale = report.deleted_stale,
             dropped_expired = report.dropped_expired,
+            expired = report.expired,
             skipped = report.skipped,
             failures = report.failures,
             duration_ms = (report.duration_seconds * 1000.0) as u64,
@@ -415,6 +414,8 @@ impl Task {
 
     fn record(&self, report: &PassReport, outcome: &Outcome) {
         let metrics = &self.deps.metrics;
+        metrics.groups_expired.inc_by(outcome.expired);
+        metrics.groups_expiring.set(report.expiring_soon as i64);
         metrics.rebalance_passes.inc();
         metrics.rebalance_groups_moved.inc_by(outcome.copied);
         for (reason, count) in [
@@ -468,6 +469,22 @@ impl Task {
             self.draining.remove(&node);
         }
     }
+}
+
+/// Expired groups first (taken out of the listings, so they are not moved), then the moves; the expiry deletes
+/// join the plan's actions.
+fn plan_pass(
+    mut listings: Vec<NodeListing>,
+    table: &RoutingTable,
+    config: &Config,
+) -> (planner::Plan, usize) {
+    let now = unix_seconds(SystemTime::now());
+    let expiry = planner::expire(&mut listings, now, |key| {
+        config.groups.expire_after(key.job())
+    });
+    let mut plan = planner::plan(listings, &table.ring, now, config.rebalance.max_age);
+    plan.actions.extend(expiry.actions);
+    (plan, expiry.expiring_soon)
 }
 
 /// The nodes one pass lists.

@@ -14,8 +14,25 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::exposition::pushgateway_json::MovedMarker;
 use crate::grouping::GroupingKey;
 use crate::ring::Ring;
+
+/// For this long after a move, a copy's own `push_time_seconds` is taken to be the move's, not a client's push:
+/// it covers the copy's own latency and a difference between the gateway's and the node's clocks.
+pub const MOVE_SLACK_SECONDS: f64 = 60.0;
+
+/// When the client last pushed a group, as far as one node's copy tells: its `push_time_seconds`, unless the
+/// rebalancer copied it there and no client pushed since (the Pushgateway stamps the copy with the time of the
+/// copy; the marker the copy carries keeps the client's time).
+pub fn last_client_push(push_time_seconds: f64, moved: Option<MovedMarker>) -> f64 {
+    match moved {
+        Some(marker) if push_time_seconds <= marker.moved_at + MOVE_SLACK_SECONDS => {
+            marker.last_push
+        }
+        _ => push_time_seconds,
+    }
+}
 
 /// One group as one node listed it.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +40,9 @@ pub struct ListedGroup {
     pub key: GroupingKey,
     /// Unix seconds of the last successful push on that node; 0 when none succeeded.
     pub push_time_seconds: f64,
+    /// Unix seconds of the client's last push ([`last_client_push`]): differs from `push_time_seconds` on a
+    /// copy the rebalancer made.
+    pub last_client_push: f64,
     /// The group's metrics as a text-format `PUT` body; `None` when the listing did not render it because the
     /// node owned the group (a copy on its owner is never a source).
     pub body: Option<String>,
@@ -44,6 +64,8 @@ pub enum Action {
         owner: String,
         source: String,
         source_push_time: f64,
+        /// The client's last push of the copied group, carried by the copy ([`MovedMarker`]).
+        last_client_push: f64,
         body: String,
         delete_from: Vec<String>,
     },
@@ -59,6 +81,12 @@ pub enum Action {
         newest_push_time: f64,
         delete_from: Vec<String>,
     },
+    /// No client pushed the group for longer than its `groups.expire_after`: delete every copy.
+    Expire {
+        key: GroupingKey,
+        last_client_push: f64,
+        delete_from: Vec<String>,
+    },
 }
 
 impl Action {
@@ -66,7 +94,8 @@ impl Action {
         match self {
             Action::Move { key, .. }
             | Action::DeleteStale { key, .. }
-            | Action::DropExpired { key, .. } => key,
+            | Action::DropExpired { key, .. }
+            | Action::Expire { key, .. } => key,
         }
     }
 
@@ -74,7 +103,8 @@ impl Action {
         match self {
             Action::Move { delete_from, .. }
             | Action::DeleteStale { delete_from, .. }
-            | Action::DropExpired { delete_from, .. } => delete_from,
+            | Action::DropExpired { delete_from, .. }
+            | Action::Expire { delete_from, .. } => delete_from,
         }
     }
 }
@@ -151,13 +181,11 @@ pub fn plan(
                 owner,
                 delete_from,
             },
-            _ if is_expired(newest.push_time_seconds, now_seconds, max_age) => {
-                Action::DropExpired {
-                    key: newest.key,
-                    newest_push_time: newest.push_time_seconds,
-                    delete_from,
-                }
-            }
+            _ if is_expired(newest.last_client_push, now_seconds, max_age) => Action::DropExpired {
+                key: newest.key,
+                newest_push_time: newest.last_client_push,
+                delete_from,
+            },
             // A wrong copy always has its body (only owners' copies are listed without); should the ring used for
             // listing ever differ from this one, leave the group alone rather than copy an empty body.
             _ => match newest.body {
@@ -166,6 +194,7 @@ pub fn plan(
                     owner,
                     source,
                     source_push_time: newest.push_time_seconds,
+                    last_client_push: newest.last_client_push,
                     body,
                     delete_from,
                 },
@@ -181,6 +210,64 @@ pub fn plan(
         .actions
         .sort_by_cached_key(|action| action.key().to_string());
     result
+}
+
+/// Groups a pass deletes because no client pushed them for longer than their limit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Expiry {
+    /// One [`Action::Expire`] per expired group, sorted by grouping key.
+    pub actions: Vec<Action>,
+    /// Groups past 90% of their limit, not yet expired.
+    pub expiring_soon: usize,
+}
+
+/// Takes every group whose newest client push (over all its copies) is older than `limit(key)` out of
+/// `listings` and returns the deletes for it. `limit` is `None` for groups that never expire.
+pub fn expire(
+    listings: &mut [NodeListing],
+    now_seconds: f64,
+    limit: impl Fn(&GroupingKey) -> Option<Duration>,
+) -> Expiry {
+    // ring key -> (key, newest client push, holders)
+    let mut groups: HashMap<Vec<u8>, (GroupingKey, f64, Vec<String>)> = HashMap::new();
+    for listing in listings.iter() {
+        for group in &listing.groups {
+            let entry = groups
+                .entry(group.key.ring_key())
+                .or_insert_with(|| (group.key.clone(), f64::MIN, Vec::new()));
+            entry.1 = entry.1.max(group.last_client_push);
+            entry.2.push(listing.node.clone());
+        }
+    }
+    let mut expiry = Expiry::default();
+    let mut expired = std::collections::HashSet::new();
+    for (ring_key, (key, last_push, holders)) in groups {
+        let Some(limit) = limit(&key) else {
+            continue;
+        };
+        let age = now_seconds - last_push;
+        if age > limit.as_secs_f64() {
+            expiry.actions.push(Action::Expire {
+                key,
+                last_client_push: last_push,
+                delete_from: holders,
+            });
+            expired.insert(ring_key);
+        } else if age > limit.as_secs_f64() * 0.9 {
+            expiry.expiring_soon += 1;
+        }
+    }
+    if !expired.is_empty() {
+        for listing in listings.iter_mut() {
+            listing
+                .groups
+                .retain(|group| !expired.contains(&group.key.ring_key()));
+        }
+    }
+    expiry
+        .actions
+        .sort_by_cached_key(|action| action.key().to_string());
+    expiry
 }
 
 fn is_expired(push_time_seconds: f64, now_seconds: f64, max_age: Option<Duration>) -> bool {
@@ -210,8 +297,77 @@ mod tests {
         ListedGroup {
             key: key.clone(),
             push_time_seconds: push_time,
+            last_client_push: push_time,
             body: Some(body.to_string()),
         }
+    }
+
+    #[test]
+    fn a_moved_copy_keeps_the_clients_push_time_until_a_client_pushes_again() {
+        let marker = MovedMarker {
+            last_push: 100.0,
+            moved_at: 1000.0,
+        };
+        assert_eq!(last_client_push(500.0, None), 500.0);
+        // The copy's own stamp, the moment of the move (within the slack for clocks and latency).
+        assert_eq!(last_client_push(1000.5, Some(marker)), 100.0);
+        assert_eq!(
+            last_client_push(1000.0 + MOVE_SLACK_SECONDS, Some(marker)),
+            100.0
+        );
+        // A push-add after the move leaves the marker in place but is a client's push.
+        assert_eq!(last_client_push(1100.0, Some(marker)), 1100.0);
+    }
+
+    #[test]
+    fn groups_expire_by_their_newest_client_push_over_every_copy_and_per_job_limits() {
+        let ring = Ring::build(Algorithm::Rendezvous, &nodes(&["a", "b"]));
+        let old = key("old", "1");
+        let fresh = key("fresh", "1");
+        let forever = key("forever", "1");
+        let soon = key("soon", "1");
+        let moved_old = ListedGroup {
+            // Copied at 990 (its own stamp), last pushed by a client at 100.
+            push_time_seconds: 990.0,
+            last_client_push: 100.0,
+            ..group(&old, 990.0, "x 1\n")
+        };
+        let mut listings = vec![
+            NodeListing {
+                node: "a".into(),
+                groups: vec![
+                    moved_old,
+                    group(&fresh, 950.0, "x 1\n"),
+                    group(&forever, 1.0, "x 1\n"),
+                ],
+            },
+            NodeListing {
+                node: "b".into(),
+                groups: vec![group(&old, 200.0, "x 1\n"), group(&soon, 905.0, "x 1\n")],
+            },
+        ];
+        let limit = |key: &GroupingKey| match key.job() {
+            "forever" => None,
+            _ => Some(Duration::from_secs(100)),
+        };
+        let expiry = expire(&mut listings, 1000.0, limit);
+        assert_eq!(
+            expiry.actions,
+            vec![Action::Expire {
+                key: old.clone(),
+                last_client_push: 200.0,
+                delete_from: nodes(&["a", "b"]),
+            }]
+        );
+        assert_eq!(expiry.expiring_soon, 1, "soon: 95 s of 100");
+        // The expired group is out of the listings, so the move planner never copies it.
+        assert!(listings
+            .iter()
+            .all(|l| l.groups.iter().all(|g| g.key != old)));
+        assert!(plan(listings, &ring, 1000.0, None)
+            .actions
+            .iter()
+            .all(|a| *a.key() != old));
     }
 
     #[test]
@@ -313,6 +469,7 @@ mod tests {
                 owner: "a".into(),
                 source: "b".into(),
                 source_push_time: 10.0,
+                last_client_push: 10.0,
                 body: "x 1\n".into(),
                 delete_from: nodes(&["b"]),
             }]

@@ -12,7 +12,8 @@ use super::{http_client, metric_sum, secs, send, wait_until, Gateway, Pushgatewa
 /// A group's grouping labels, `job` included.
 pub type Labels = BTreeMap<String, String>;
 
-/// Every group's families as the nodes expose them, without the times a copy changes: labels -> (node, families).
+/// Every group's families as the nodes expose them, without the times a copy changes (and the marker a move
+/// adds): labels -> (node, families).
 pub type Contents = BTreeMap<Labels, Vec<(String, serde_json::Value)>>;
 
 pub async fn contents(nodes: &[&Pushgateway]) -> Contents {
@@ -29,6 +30,8 @@ pub async fn contents(nodes: &[&Pushgateway]) -> Contents {
                         | "last_push_successful"
                         | "push_time_seconds"
                         | "push_failure_time_seconds"
+                        // The rebalancer's marker on a moved copy (the client's push time, for expiry).
+                        | "dynamic_sharding_group_moved"
                 ) {
                     continue;
                 }
