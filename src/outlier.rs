@@ -16,7 +16,7 @@
 //! [`Ejections`] is the pure bookkeeping (no clock: callers pass `now`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -34,6 +34,21 @@ use crate::telemetry::{FaultMetrics, NodeLabels};
 pub struct NodeCounters {
     consecutive_failures: AtomicU32,
     in_flight: AtomicUsize,
+    /// The node's last answers said its store is broken (see [`is_poisoned_answer`]).
+    poisoned: AtomicBool,
+}
+
+/// Whether a push's answer says the node rejects pushes because of what it already holds, not because of the
+/// push: two of its groups have colliding `push_time_seconds` series (`{job="j"}` next to `{job="j",a=""}`), so
+/// it answers every push, to any group, with 400 until one of them is deleted.
+pub fn is_poisoned_answer(status: http::StatusCode, body: &[u8]) -> bool {
+    if status != http::StatusCode::BAD_REQUEST {
+        return false;
+    }
+    let text = String::from_utf8_lossy(body);
+    text.contains("was collected before with the same name and label values")
+        && (text.contains("\"push_time_seconds\"")
+            || text.contains("\"push_failure_time_seconds\""))
 }
 
 impl NodeCounters {
@@ -184,6 +199,8 @@ pub struct NodeOutlierStatus {
     pub last_ejection_reason: Option<String>,
     pub consecutive_failures: u32,
     pub pushes_in_flight: usize,
+    /// The node answers every push with 400 because of groups it already holds.
+    pub poisoned: bool,
 }
 
 /// Shared between the push path (which reports outcomes), the ring builder (which leaves ejected nodes out)
@@ -243,11 +260,43 @@ impl OutlierDetector {
             .clone()
     }
 
-    /// A push got an answer from the node (any status).
+    /// A push got an answer from the node (any status): the node is not failing.
     pub fn record_success(counters: &NodeCounters) {
         // Read first: a store on every push would bounce the cache line between threads.
         if counters.consecutive_failures.load(Ordering::Relaxed) != 0 {
             counters.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A push got an answer: notes whether it says the node is poisoned (logged and counted on a change only).
+    pub fn record_answer(
+        &self,
+        node: &str,
+        counters: &NodeCounters,
+        status: http::StatusCode,
+        body: &[u8],
+    ) {
+        let poisoned = is_poisoned_answer(status, body);
+        if !poisoned && !status.is_success() {
+            return;
+        }
+        // Read first: nearly every answer changes nothing, and a swap on every push would bounce the cache line.
+        if counters.poisoned.load(Ordering::Relaxed) == poisoned
+            || counters.poisoned.swap(poisoned, Ordering::Relaxed) == poisoned
+        {
+            return;
+        }
+        let labels = NodeLabels { node: node.into() };
+        self.inner
+            .metrics
+            .poisoned
+            .get_or_create(&labels)
+            .set(i64::from(poisoned));
+        if poisoned {
+            let answer = String::from_utf8_lossy(&body[..body.len().min(1024)]).to_string();
+            tracing::warn!(%node, %answer, "node rejects every push because of groups it already holds (two of them differ only by an empty label value); delete one of them on the node");
+        } else {
+            tracing::info!(%node, "node accepts pushes again");
         }
     }
 
@@ -331,6 +380,7 @@ impl OutlierDetector {
                     last_ejection_reason: state.last_reason,
                     consecutive_failures: counters.consecutive_failures.load(Ordering::Relaxed),
                     pushes_in_flight: counters.in_flight(),
+                    poisoned: counters.poisoned.load(Ordering::Relaxed),
                 },
             );
         }
@@ -498,6 +548,18 @@ mod tests {
             vec!["a".to_string()]
         );
         assert_eq!(ejections.next_expiry(), Some(now + Duration::from_secs(13)));
+    }
+
+    #[test]
+    fn only_a_400_about_the_nodes_own_push_time_series_means_poisoned() {
+        let poisoned = b"pushed metrics are invalid or inconsistent with existing metrics: 2 error(s) occurred:\n\
+            * collected metric \"push_time_seconds\" { label:<name:\"job\" value:\"p\" > gauge:<value:0 > } was \
+            collected before with the same name and label values";
+        let clash = b"pushed metrics are invalid or inconsistent with existing metrics: collected metric \"a\" \
+            { gauge:<value:1 > } was collected before with the same name and label values";
+        assert!(is_poisoned_answer(http::StatusCode::BAD_REQUEST, poisoned));
+        assert!(!is_poisoned_answer(http::StatusCode::BAD_REQUEST, clash));
+        assert!(!is_poisoned_answer(http::StatusCode::OK, poisoned));
     }
 
     #[test]

@@ -188,6 +188,7 @@ pub struct FaultMetrics {
     pub ejections: Family<NodeLabels, Counter>,
     pub ejected: Family<NodeLabels, Gauge>,
     pub in_flight_overflow: Family<NodeLabels, Counter>,
+    pub poisoned: Family<NodeLabels, Gauge>,
     pub ambiguous_writes: Family<NodeLabels, Counter>,
     pub ambiguous_pending: Gauge,
     pub ambiguous_repaired: Counter,
@@ -218,6 +219,11 @@ impl FaultMetrics {
             "push_in_flight_overflow",
             "Pushes not sent to a node because it already had proxy.max_in_flight_per_node pushes in flight",
             metrics.in_flight_overflow.clone(),
+        );
+        registry.register(
+            "node_poisoned",
+            "1 while a node answers pushes with 400 because two groups it holds collide (an empty label value next to an absent label)",
+            metrics.poisoned.clone(),
         );
         registry.register(
             "ambiguous_writes",

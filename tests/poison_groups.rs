@@ -347,3 +347,69 @@ async fn the_rebalancer_moves_a_group_with_an_empty_label_to_its_owner_in_canoni
     });
     assert_one_healthy_group(&nodes, &owner, job, 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_poisoned_directly_is_reported_by_the_push_path_until_it_accepts_pushes_again() {
+    let nodes = Pushgateway::start_many(2).await;
+    let gateway = Gateway::start(&config("proxy", "rendezvous", &nodes)).await;
+    wait_for_ring(&gateway, nodes.len()).await;
+    let poisoned = &nodes[0];
+    let addr = poisoned.addr();
+    // Straight to the node, bypassing the gateway (which would have dropped the empty label).
+    assert_eq!(
+        poisoned.push("/metrics/job/p", "a 1\n").await,
+        StatusCode::OK
+    );
+    poisoned
+        .push("/metrics/job/p/instance@base64/=", "a 1\n")
+        .await;
+    let mut job = None;
+    for i in 0..500 {
+        let candidate = format!("victim{i}");
+        if gateway.owner_of(&format!("/metrics/job/{candidate}")).await == addr {
+            job = Some(candidate);
+            break;
+        }
+    }
+    let job = job.expect("a job owned by the poisoned node");
+    let path = format!("/metrics/job/{job}");
+    let push = || gateway.request(Method::PUT, &path, "b 1\n");
+
+    // A push to an unrelated group is refused by the node: the gateway passes the 400 on and reports the node.
+    let reply = push().await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    let series = format!("dynamic_sharding_node_poisoned{{node=\"{addr}\"}}");
+    let metrics = gateway.request(Method::GET, "/-/metrics", "").await.body;
+    assert_eq!(metric_sum(&metrics, &series), 1.0, "{metrics}");
+    assert_eq!(
+        gateway.ring().await["outlier_detection"][&addr]["poisoned"],
+        true
+    );
+    assert!(gateway
+        .log_text()
+        .lines()
+        .any(|line| line.contains("level=warn")
+            && line.contains(&addr)
+            && line.contains("rejects every push")
+            && line.contains("push_time_seconds")));
+
+    // Deleting one of the two groups on the node cures it; the next push clears the report.
+    assert_eq!(
+        poisoned.delete("/metrics/job/p/instance@base64/=").await,
+        StatusCode::ACCEPTED
+    );
+    let cured = wait_until(secs(10), POLL_INTERVAL, || async {
+        push().await.status == StatusCode::OK
+    })
+    .await;
+    assert!(
+        cured.is_ok(),
+        "the node accepts pushes once the colliding group is gone"
+    );
+    let metrics = gateway.request(Method::GET, "/-/metrics", "").await.body;
+    assert_eq!(metric_sum(&metrics, &series), 0.0, "{metrics}");
+    assert_eq!(
+        gateway.ring().await["outlier_detection"][&addr]["poisoned"],
+        false
+    );
+}

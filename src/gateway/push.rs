@@ -648,6 +648,9 @@ async fn forward(
             node.upstream_duration(&state.metrics.upstream_duration)
                 .observe(started.elapsed().as_secs_f64());
             let (parts, body) = upstream_response.into_parts();
+            state
+                .outliers
+                .record_answer(&node.name, &node.counters, parts.status, &body);
             let mut response = Response::new(Body::from(body));
             *response.status_mut() = parts.status;
             let mut headers = parts.headers;
