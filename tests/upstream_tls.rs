@@ -1,0 +1,413 @@
+//! The gateway towards Pushgateways that require TLS and basic auth (`pushgateway.scheme: https`, `tls_config`,
+//! `basic_auth`): real Pushgateways 1.5.1 started with their own `--web.config.file`, certificates and bcrypt hashes
+//! made at test time (`tests/common/tls.rs`).
+
+mod common;
+
+use common::tls::{Pki, SecurePushgateway, USERNAME};
+use common::*;
+use reqwest::{Method, StatusCode};
+
+fn servers(nodes: &[&SecurePushgateway]) -> String {
+    let list: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.addr())).collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// Proxy mode over `nodes` with quick probes; `extra` is appended (top-level keys).
+fn config(pki: &Pki, nodes: &[&SecurePushgateway], password: &str, extra: &str) -> String {
+    format!(
+        "mode: proxy\npushgateway:\n  servers: {}\n{}health_check: {{interval: 500ms, timeout: 500ms, \
+         unhealthy_threshold: 1, healthy_threshold: 1}}\n{extra}",
+        servers(nodes),
+        pki.upstream_yaml(password, None),
+    )
+}
+
+async fn wait_ring(gateway: &Gateway, size: usize) {
+    wait_until(secs(30), POLL_INTERVAL, || async {
+        gateway.ring().await["ring_nodes"]
+            .as_array()
+            .map_or(0, |n| n.len())
+            == size
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "ring never reached {size} nodes: {e}\n{}",
+            gateway.log_text()
+        )
+    });
+}
+
+/// The `/-/ring` entry of `node` (its `nodes[]` element); `null` before the first probe round is published.
+async fn ring_entry(gateway: &Gateway, node: &str) -> serde_json::Value {
+    let ring = gateway.ring().await;
+    ring["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node"] == node))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_probes_and_reads_reach_tls_nodes_with_basic_auth() {
+    let pki = Pki::generate();
+    let a = SecurePushgateway::start(&pki).await;
+    let b = SecurePushgateway::start(&pki).await;
+    for per_node_pool in [true, false] {
+        let gateway = Gateway::start(&config(
+            &pki,
+            &[&a, &b],
+            &pki.password,
+            &format!("proxy: {{per_node_pool: {per_node_pool}}}\nrebalance: {{enabled: false}}\n"),
+        ))
+        .await;
+        // Probes over TLS with credentials keep both nodes healthy.
+        wait_ring(&gateway, 2).await;
+        let mut owners = std::collections::BTreeSet::new();
+        for i in 0..12 {
+            let path = format!("/metrics/job/tls_{per_node_pool}_{i}");
+            // A client's own Authorization is replaced by the gateway's, so a wrong one does no harm.
+            let reply = gateway
+                .request(Method::PUT, &path, &format!("tls_push{{n=\"{i}\"}} {i}\n"))
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "PUT {path}: {}", reply.body);
+            let owner = reply
+                .header("x-dynamic-sharding-node")
+                .unwrap_or_else(|| panic!("no node header on {path}"));
+            let node = if owner == a.addr() { &a } else { &b };
+            assert!(
+                node.metrics_text(&pki)
+                    .await
+                    .contains(&format!("job=\"tls_{per_node_pool}_{i}\"")),
+                "{path} not on its node {owner}"
+            );
+            owners.insert(owner);
+        }
+        assert_eq!(
+            owners.len(),
+            2,
+            "12 groups all landed on one node: {owners:?}"
+        );
+
+        // Reads fan out over TLS with credentials: the merged /metrics holds every group of both nodes.
+        let merged = gateway.request(Method::GET, "/metrics", "").await;
+        assert_eq!(merged.status, StatusCode::OK, "{}", merged.body);
+        for i in 0..12 {
+            assert!(
+                merged
+                    .body
+                    .contains(&format!("job=\"tls_{per_node_pool}_{i}\"")),
+                "merged /metrics lacks tls_{per_node_pool}_{i}:\n{}",
+                merged.body
+            );
+        }
+        assert!(
+            merged.header("x-dynamic-sharding-missing-nodes").is_none(),
+            "a node failed the read: {:?}",
+            merged.headers
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_authorization_header_is_replaced_by_the_gateways() {
+    let pki = Pki::generate();
+    let node = SecurePushgateway::start(&pki).await;
+    let gateway = Gateway::start(&config(&pki, &[&node], &pki.password, "")).await;
+    wait_ring(&gateway, 1).await;
+    let reply = http_client()
+        .put(format!("{}/metrics/job/with_client_auth", gateway.url()))
+        .basic_auth("someone", Some("else"))
+        .body("client_auth 1\n")
+        .send()
+        .await
+        .expect("push through the gateway");
+    assert_eq!(reply.status(), StatusCode::OK);
+    assert!(node
+        .metrics_text(&pki)
+        .await
+        .contains("job=\"with_client_auth\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_moves_groups_between_tls_nodes() {
+    let pki = Pki::generate();
+    let a = SecurePushgateway::start(&pki).await;
+    let b = SecurePushgateway::start(&pki).await;
+    let rebalance = "rebalance: {enabled: true, interval: 1s}\n";
+    let gateway = Gateway::start(&config(&pki, &[&a], &pki.password, rebalance)).await;
+    wait_ring(&gateway, 1).await;
+    let paths: Vec<String> = (0..16).map(|i| format!("/metrics/job/move_{i}")).collect();
+    for (i, path) in paths.iter().enumerate() {
+        let status = gateway
+            .request(Method::PUT, path, &format!("moved_metric {i}\n"))
+            .await
+            .status;
+        assert_eq!(status, StatusCode::OK, "PUT {path}");
+    }
+    std::fs::write(
+        gateway.config_path(),
+        config(&pki, &[&a, &b], &pki.password, rebalance),
+    )
+    .expect("rewrite config");
+    gateway.signal("HUP");
+    wait_ring(&gateway, 2).await;
+
+    let mut owners = Vec::new();
+    for path in &paths {
+        owners.push(gateway.owner_of(path).await);
+    }
+    let moved = owners.iter().filter(|o| **o == b.addr()).count();
+    assert!(moved > 0, "no group belongs to the new node: {owners:?}");
+    // Each group ends on exactly its owner: copied over TLS to b, deleted over TLS from a.
+    wait_until(secs(60), POLL_INTERVAL * 4, || async {
+        let on_a = a.metrics_text(&pki).await;
+        let on_b = b.metrics_text(&pki).await;
+        paths.iter().zip(&owners).all(|(path, owner)| {
+            // With the closing brace: `job="move_1"` alone would also match `move_10`.
+            let job = format!("job=\"{}\"}}", path.trim_start_matches("/metrics/job/"));
+            let (owner_text, other_text) = if *owner == b.addr() {
+                (&on_b, &on_a)
+            } else {
+                (&on_a, &on_b)
+            };
+            let holds_metric = owner_text
+                .lines()
+                .any(|line| line.starts_with("moved_metric{") && line.contains(&job));
+            holds_metric && !other_text.contains(&job)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "groups never settled on their owners: {e}\n{}",
+            gateway.log_text()
+        )
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_mode_sends_clients_to_https_nodes() {
+    let pki = Pki::generate();
+    let node = SecurePushgateway::start(&pki).await;
+    let gateway = Gateway::start(
+        &config(&pki, &[&node], &pki.password, "").replace("mode: proxy", "mode: redirect"),
+    )
+    .await;
+    wait_ring(&gateway, 1).await;
+    let path = "/metrics/job/redirected/instance/i1";
+    let reply = gateway.request(Method::PUT, path, "redirected 1\n").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TEMPORARY_REDIRECT,
+        "{}",
+        reply.body
+    );
+    let location = reply.header("location").expect("a Location header");
+    assert_eq!(location, format!("{}{path}", node.url()));
+
+    let lookup = gateway.request(Method::GET, path, "").await;
+    assert_eq!(lookup.body, format!("nextUrl:{}{path}", node.url()));
+
+    // The client then talks to the node itself, so it needs the node's credentials too (README).
+    let without = pki
+        .client()
+        .put(&location)
+        .body("redirected 1\n")
+        .send()
+        .await
+        .expect("PUT to the Location");
+    assert_eq!(without.status(), StatusCode::UNAUTHORIZED);
+    let with = pki
+        .client()
+        .put(&location)
+        .basic_auth(USERNAME, Some(&pki.password))
+        .body("redirected 1\n")
+        .send()
+        .await
+        .expect("PUT to the Location");
+    assert_eq!(with.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_shows_the_nodes_401_and_the_node_leaves_the_ring() {
+    let pki = Pki::generate();
+    let node = SecurePushgateway::start(&pki).await;
+    let wrong = format!("{}-wrong", pki.password);
+    let gateway = Gateway::start(&config(&pki, &[&node], &wrong, "")).await;
+    let settled = wait_until(secs(30), POLL_INTERVAL, || async {
+        let entry = ring_entry(&gateway, &node.addr()).await;
+        entry["healthy"] == false
+            && entry["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("401"))
+    })
+    .await;
+    if let Err(e) = settled {
+        panic!(
+            "node never unhealthy with a 401: {e}\n{}",
+            gateway.ring().await
+        );
+    }
+    let log = gateway.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("401") && l.contains(&node.addr())),
+        "no log line names the node's 401:\n{log}"
+    );
+    let push = gateway
+        .request(Method::PUT, "/metrics/job/j", "x 1\n")
+        .await;
+    assert_eq!(
+        push.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        push.body
+    );
+    for output in [gateway.log_text(), gateway.ring().await.to_string()] {
+        assert!(
+            !output.contains(&wrong),
+            "the wrong password leaked:\n{output}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_that_does_not_match_is_a_clear_tls_error() {
+    let pki = Pki::generate();
+    let node = SecurePushgateway::start(&pki).await;
+    let yaml = config(&pki, &[&node], &pki.password, "").replace(
+        &pki.ca_file().display().to_string(),
+        &pki.other_ca_file().display().to_string(),
+    );
+    let gateway = Gateway::start(&yaml).await;
+    let settled = wait_until(secs(30), POLL_INTERVAL, || async {
+        let entry = ring_entry(&gateway, &node.addr()).await;
+        entry["healthy"] == false
+            && entry["last_error"].as_str().is_some_and(|e| {
+                e.contains("UnknownIssuer") && e.contains("pushgateway.tls_config")
+            })
+    })
+    .await;
+    if let Err(e) = settled {
+        panic!("no TLS error on the node: {e}\n{}", gateway.ring().await);
+    }
+    assert!(
+        gateway.log_text().contains("UnknownIssuer"),
+        "the TLS error is not logged:\n{}",
+        gateway.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_discovers_the_tls_nodes_through_sd_and_scrapes_them() {
+    let pki = Pki::generate();
+    let a = SecurePushgateway::start(&pki).await;
+    let b = SecurePushgateway::start(&pki).await;
+    let gateway = Gateway::start(&config(&pki, &[&a, &b], &pki.password, "")).await;
+    wait_ring(&gateway, 2).await;
+    let sd = gateway.request(Method::GET, "/-/sd", "").await;
+    let groups: serde_json::Value = serde_json::from_str(&sd.body).expect("/-/sd is JSON");
+    let groups = groups.as_array().expect("/-/sd is an array");
+    assert_eq!(groups.len(), 2, "{}", sd.body);
+    for group in groups {
+        assert_eq!(group["labels"]["__scheme__"], "https", "{}", sd.body);
+    }
+    let status = gateway
+        .request(
+            Method::PUT,
+            "/metrics/job/scraped_over_tls",
+            "tls_scraped 42\n",
+        )
+        .await
+        .status;
+    assert_eq!(status, StatusCode::OK);
+
+    // No `scheme:` in the scrape config: it comes from `__scheme__`.
+    let prometheus = Prometheus::start(&format!(
+        "- job_name: pushgateways\n  honor_labels: true\n  tls_config: {{ca_file: '{}'}}\n  \
+         basic_auth: {{username: {USERNAME}, password: '{}'}}\n  http_sd_configs:\n    \
+         - url: {}/-/sd\n      refresh_interval: 1s\n",
+        pki.ca_file().display(),
+        pki.password,
+        gateway.url(),
+    ))
+    .await;
+    let scraped = wait_until(secs(60), POLL_INTERVAL * 10, || async {
+        prometheus
+            .query("tls_scraped{job=\"scraped_over_tls\"}")
+            .await
+            .as_array()
+            .is_some_and(|r| r.len() == 1 && r[0]["value"][1] == "42")
+    })
+    .await;
+    if let Err(e) = scraped {
+        panic!(
+            "Prometheus never scraped the pushed metric over TLS: {e}\n{}",
+            prometheus.targets().await
+        );
+    }
+    let targets = prometheus.targets().await;
+    for target in targets.as_array().expect("targets") {
+        let url = target["scrapeUrl"].as_str().unwrap_or_default();
+        assert!(url.starts_with("https://"), "scraped over {url}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_appears_in_no_gateway_output() {
+    let pki = Pki::generate();
+    let a = SecurePushgateway::start(&pki).await;
+    let b = SecurePushgateway::start(&pki).await;
+    let password_file = pki.write("password", &format!("{}\n", pki.password));
+    let yaml = |nodes: &[&SecurePushgateway]| {
+        format!(
+            "mode: proxy\npushgateway:\n  servers: {}\n{}health_check: {{interval: 500ms, timeout: 500ms}}\n\
+             rebalance: {{interval: 1s}}\n",
+            servers(nodes),
+            pki.upstream_yaml("", Some(&password_file)),
+        )
+    };
+    let gateway = Gateway::start(&yaml(&[&a])).await;
+    wait_ring(&gateway, 1).await;
+    for i in 0..6 {
+        let path = format!("/metrics/job/leak_{i}");
+        assert_eq!(
+            gateway.request(Method::PUT, &path, "leak 1\n").await.status,
+            StatusCode::OK
+        );
+        gateway.request(Method::GET, &path, "").await;
+    }
+    // A reload re-reads the password file and adds a node: probes, reads and a rebalance pass with it.
+    std::fs::write(gateway.config_path(), yaml(&[&a, &b])).expect("rewrite config");
+    gateway.signal("HUP");
+    wait_ring(&gateway, 2).await;
+    gateway.request(Method::GET, "/metrics", "").await;
+    gateway.request(Method::GET, "/api/v1/metrics", "").await;
+
+    use base64::Engine as _;
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{USERNAME}:{}", pki.password));
+    let mut outputs = vec![("log (debug)", gateway.log_text())];
+    for path in [
+        "/-/ring",
+        "/-/metrics",
+        "/-/sd",
+        "/metrics",
+        "/api/v1/status",
+    ] {
+        outputs.push((path, gateway.request(Method::GET, path, "").await.body));
+    }
+    for (name, output) in outputs {
+        assert!(!output.is_empty(), "{name} is empty");
+        assert!(
+            !output.contains(&pki.password),
+            "{name} shows the password:\n{output}"
+        );
+        assert!(
+            !output.contains(&encoded),
+            "{name} shows the Authorization value:\n{output}"
+        );
+    }
+}
