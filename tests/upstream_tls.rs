@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use common::tls::{Pki, SecurePushgateway, USERNAME};
 use common::*;
 use reqwest::{Method, StatusCode};
@@ -67,7 +70,6 @@ async fn pushes_probes_and_reads_reach_tls_nodes_with_basic_auth() {
         let mut owners = std::collections::BTreeSet::new();
         for i in 0..12 {
             let path = format!("/metrics/job/tls_{per_node_pool}_{i}");
-            // A client's own Authorization is replaced by the gateway's, so a wrong one does no harm.
             let reply = gateway
                 .request(Method::PUT, &path, &format!("tls_push{{n=\"{i}\"}} {i}\n"))
                 .await;
@@ -114,20 +116,188 @@ async fn pushes_probes_and_reads_reach_tls_nodes_with_basic_auth() {
 async fn a_client_authorization_header_is_replaced_by_the_gateways() {
     let pki = Pki::generate();
     let node = SecurePushgateway::start(&pki).await;
-    let gateway = Gateway::start(&config(&pki, &[&node], &pki.password, "")).await;
+    for per_node_pool in [true, false] {
+        let gateway = Gateway::start(&config(
+            &pki,
+            &[&node],
+            &pki.password,
+            &format!("proxy: {{per_node_pool: {per_node_pool}}}\n"),
+        ))
+        .await;
+        wait_ring(&gateway, 1).await;
+        let job = format!("with_client_auth_{per_node_pool}");
+        // Forwarded as it came, this header would get the node's 401.
+        let reply = http_client()
+            .put(format!("{}/metrics/job/{job}", gateway.url()))
+            .basic_auth("someone", Some("else"))
+            .body("client_auth 1\n")
+            .send()
+            .await
+            .expect("push through the gateway");
+        assert_eq!(
+            reply.status(),
+            StatusCode::OK,
+            "per_node_pool: {per_node_pool}"
+        );
+        assert!(node
+            .metrics_text(&pki)
+            .await
+            .contains(&format!("job=\"{job}\"")));
+    }
+}
+
+/// A plain TCP relay in front of `upstream` that counts the connections it accepted: TLS passes through it
+/// untouched (the certificate is for 127.0.0.1, as the relay's address is).
+async fn counting_relay(
+    upstream: String,
+) -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the relay");
+    let addr = listener.local_addr().expect("relay address").to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_node_pool_keeps_tls_connections_alive() {
+    let pki = Pki::generate();
+    let node = SecurePushgateway::start(&pki).await;
+    let (relay, accepted, relay_task) = counting_relay(node.addr()).await;
+    // Probes so rare that only pushes open connections during the test.
+    let gateway = Gateway::start(
+        &config(&pki, &[&node], &pki.password, "")
+            .replace(&node.addr(), &relay)
+            .replace(
+                "interval: 500ms, timeout: 500ms",
+                "interval: 1m, timeout: 2s",
+            ),
+    )
+    .await;
     wait_ring(&gateway, 1).await;
-    let reply = http_client()
-        .put(format!("{}/metrics/job/with_client_auth", gateway.url()))
-        .basic_auth("someone", Some("else"))
-        .body("client_auth 1\n")
-        .send()
-        .await
-        .expect("push through the gateway");
-    assert_eq!(reply.status(), StatusCode::OK);
-    assert!(node
-        .metrics_text(&pki)
-        .await
-        .contains("job=\"with_client_auth\""));
+    let before = accepted.load(Ordering::SeqCst);
+    for i in 0..30 {
+        let status = gateway
+            .request(Method::PUT, &format!("/metrics/job/reuse_{i}"), "reuse 1\n")
+            .await
+            .status;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let opened = accepted.load(Ordering::SeqCst) - before;
+    relay_task.abort();
+    // One TLS handshake per push would be 30 connections.
+    assert!(
+        opened <= 2,
+        "30 sequential pushes opened {opened} connections to the node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_the_password_file_again() {
+    let pki = Pki::generate();
+    let node = SecurePushgateway::start(&pki).await;
+    let password_file = pki.write("password", "not-the-password\n");
+    let yaml = format!(
+        "mode: proxy\npushgateway:\n  servers: {}\n{}health_check: {{interval: 500ms, timeout: 500ms, \
+         unhealthy_threshold: 1, healthy_threshold: 1}}\n",
+        servers(&[&node]),
+        pki.upstream_yaml("", Some(&password_file)),
+    );
+    let gateway = Gateway::start(&yaml).await;
+    let refused = wait_until(secs(30), POLL_INTERVAL, || async {
+        let entry = ring_entry(&gateway, &node.addr()).await;
+        entry["healthy"] == false
+            && entry["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("401"))
+    })
+    .await;
+    if let Err(e) = refused {
+        panic!(
+            "the wrong password was accepted: {e}\n{}",
+            gateway.ring().await
+        );
+    }
+    pki.write("password", &format!("{}\n", pki.password));
+    gateway.signal("HUP");
+    wait_ring(&gateway, 1).await;
+    assert_eq!(
+        gateway
+            .request(Method::PUT, "/metrics/job/after_reload", "x 1\n")
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_name_and_insecure_skip_verify() {
+    let pki = Pki::generate();
+    let node = SecurePushgateway::start(&pki).await;
+    let ca = pki.ca_file().display().to_string();
+    let other_ca = pki.other_ca_file().display().to_string();
+    let base = config(&pki, &[&node], &pki.password, "");
+    // (tls_config, whether the node is reachable, the error otherwise): the certificate is for 127.0.0.1 and
+    // localhost, signed by `ca`.
+    let cases = [
+        (
+            format!("{{ca_file: '{ca}', server_name: localhost}}"),
+            true,
+            "",
+        ),
+        (
+            format!("{{ca_file: '{ca}', server_name: pgw.example}}"),
+            false,
+            "not valid for name",
+        ),
+        (
+            format!("{{ca_file: '{other_ca}', insecure_skip_verify: true}}"),
+            true,
+            "",
+        ),
+    ];
+    for (tls_config, reachable, error) in cases {
+        let yaml = base.replace(
+            &format!("tls_config: {{ca_file: '{ca}'}}"),
+            &format!("tls_config: {tls_config}"),
+        );
+        assert!(yaml.contains(&tls_config), "{yaml}");
+        let gateway = Gateway::start(&yaml).await;
+        let settled = wait_until(secs(30), POLL_INTERVAL, || async {
+            let entry = ring_entry(&gateway, &node.addr()).await;
+            entry["healthy"] == reachable
+                && (reachable
+                    || entry["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains(error)))
+        })
+        .await;
+        if let Err(e) = settled {
+            panic!(
+                "{tls_config}: expected reachable={reachable}: {e}\n{}",
+                gateway.ring().await
+            );
+        }
+        if reachable {
+            let status = gateway
+                .request(Method::PUT, "/metrics/job/named", "named 1\n")
+                .await
+                .status;
+            assert_eq!(status, StatusCode::OK, "{tls_config}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
