@@ -1,6 +1,6 @@
 //! The gateway towards Pushgateways that require TLS and basic auth (`pushgateway.scheme: https`, `tls_config`,
 //! `basic_auth`): real Pushgateways 1.5.1 started with their own `--web.config.file`, certificates and bcrypt hashes
-//! made at test time (`tests/common/tls.rs`).
+//! made at test time (`tests/common/tls.rs`); one test also has a real Consul agent run the registered checks.
 
 mod common;
 
@@ -580,4 +580,56 @@ async fn the_password_appears_in_no_gateway_output() {
             "{name} shows the Authorization value:\n{output}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_checks_reach_tls_nodes_with_the_gateways_credentials() {
+    let pki = Pki::generate();
+    let node = SecurePushgateway::start(&pki).await;
+    let consul = Consul::start().await;
+    // Consul verifies with its own CA settings (a dev agent: the system roots), so it is told to skip
+    // verification; the gateway itself is too, to keep one config.
+    let yaml = format!(
+        "consul_server:\n  addr: {}\n  register_service_name: pushgateway\n  check_interval: 1s\n  \
+         check_timeout: 500ms\npushgateway:\n  servers: {}\n  scheme: https\n  \
+         tls_config: {{insecure_skip_verify: true}}\n  basic_auth: {{username: {USERNAME}, password: '{}'}}\n",
+        consul.addr(),
+        servers(&[&node]),
+        pki.password,
+    );
+    let gateway = Gateway::start(&yaml).await;
+    let id = node.addr().replace(':', "_");
+    // The check is only passing if Consul spoke TLS to the node and sent the credentials.
+    let passing = wait_until(secs(60), POLL_INTERVAL * 4, || async {
+        let checks = consul.get_json("/v1/health/service/pushgateway").await;
+        checks.as_array().is_some_and(|entries| {
+            entries.iter().any(|entry| {
+                entry["Service"]["ID"] == id.as_str()
+                    && entry["Checks"].as_array().is_some_and(|checks| {
+                        checks
+                            .iter()
+                            .filter(|c| c["ServiceID"] == id.as_str())
+                            .all(|c| {
+                                c["Status"] == "passing"
+                                    && c["Output"].as_str().is_some_and(|o| o.contains("200"))
+                            })
+                    })
+            })
+        })
+    })
+    .await;
+    if let Err(e) = passing {
+        panic!(
+            "the Consul check never passed: {e}\n{}",
+            consul.get_json("/v1/health/service/pushgateway").await
+        );
+    }
+    wait_ring(&gateway, 1).await;
+    let status = gateway
+        .request(Method::PUT, "/metrics/job/via_consul", "via_consul 1\n")
+        .await
+        .status;
+    assert_eq!(status, StatusCode::OK);
+    let checks = consul.get_json("/v1/agent/checks").await.to_string();
+    assert!(checks.contains("https://"), "{checks}");
 }
