@@ -9,7 +9,8 @@ set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 consul_bin="$repo_root/tools/bin/consul"
-apt_packages=(prometheus-pushgateway prometheus python3-prometheus-client curl)
+# openssl makes the TLS tests' certificates (tests/common/tls.rs); python3's crypt module makes their bcrypt hashes.
+apt_packages=(prometheus-pushgateway prometheus python3-prometheus-client curl openssl)
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -39,6 +39,8 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Consul(#[from] ConsulError),
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamConfigError),
     #[error("invalid listen address: {0}")]
     ListenAddress(String),
     #[error("cannot listen on {addr}: {source} (is another process using the port?)")]
@@ -71,7 +73,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
     metrics.config_reload_success.set(1);
     metrics.config_reload_timestamp.set(unix_now());
     let (shutdown_trigger, shutdown) = shutdown::channel();
-    let client = upstream::new_client(config.proxy.connect_timeout);
+    let client = upstream::HttpClient::new(&config)?;
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let consul_client = config.consul.as_ref().map(ConsulClient::new).transpose()?;
     let (membership_rx, suspects) = match (&config.consul, &consul_client) {
@@ -151,7 +153,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         ring,
         membership: membership_rx,
         config: shared_config.clone(),
-        client,
+        client: client.clone(),
         metrics: metrics.clone(),
         suspects,
         reload: reload_tx,
@@ -188,7 +190,14 @@ pub async fn run(options: Options) -> Result<(), AppError> {
     let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
 
     let reload = |answer: Option<ReloadRequest>| {
-        let result = reload_config(&options, &listen_addr, &config_tx, &shared_config, &metrics);
+        let result = reload_config(
+            &options,
+            &listen_addr,
+            &config_tx,
+            &shared_config,
+            &client,
+            &metrics,
+        );
         if let Some(answer) = answer {
             let _ = answer.send(result);
         }
@@ -244,9 +253,17 @@ fn reload_config(
     listen_addr: &str,
     config_tx: &watch::Sender<Arc<Config>>,
     shared_config: &ArcSwap<Config>,
+    client: &upstream::HttpClient,
     metrics: &Metrics,
 ) -> Result<(), String> {
-    match Config::load(&options.config_file) {
+    // The TLS files and `password_file` are read again; if they are unusable the reload fails as a whole.
+    let loaded = Config::load(&options.config_file).and_then(|new_config| {
+        client
+            .reconfigure(&new_config)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(new_config)
+    });
+    match loaded {
         Ok(new_config) => {
             if options.listen_address.is_none() && new_config.listen_addr != listen_addr {
                 tracing::warn!(

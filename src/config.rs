@@ -205,6 +205,42 @@ struct RawPushgateway {
     port: Option<u16>,
     #[serde(default)]
     servers: Option<Vec<String>>,
+    scheme: Option<NodeScheme>,
+    tls_config: Option<RawNodeTls>,
+    basic_auth: Option<RawBasicAuth>,
+}
+
+/// `pushgateway.tls_config`, the keys of a Prometheus scrape config's `tls_config`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNodeTls {
+    ca_file: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    server_name: Option<String>,
+    insecure_skip_verify: Option<bool>,
+}
+
+/// `pushgateway.basic_auth`, as in a Prometheus scrape config. Not `Debug`: it holds the password as written.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasicAuth {
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
+}
+
+impl std::fmt::Debug for RawBasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawBasicAuth")
+            .field("username", &self.username)
+            .field(
+                "password",
+                &self.password.as_ref().map(|_| Secret::REDACTED),
+            )
+            .field("password_file", &self.password_file)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +323,104 @@ pub struct Config {
     pub outlier_detection: OutlierDetectionConfig,
     pub ambiguous_writes: AmbiguousWritesConfig,
     pub groups: GroupsConfig,
+    /// How the gateway talks to every Pushgateway: scheme, TLS, basic auth.
+    pub upstream: UpstreamConfig,
+}
+
+/// A credential read from the config. `Debug` and `Display` never show it; only [`Secret::expose`] does.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// What `Debug` and `Display` print instead of the value.
+    pub const REDACTED: &'static str = "<secret>";
+
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Self::REDACTED)
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Self::REDACTED)
+    }
+}
+
+/// `pushgateway.scheme`: how every Pushgateway is reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeScheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl NodeScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeScheme::Http => "http",
+            NodeScheme::Https => "https",
+        }
+    }
+
+    /// `http://` or `https://`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            NodeScheme::Http => "http://",
+            NodeScheme::Https => "https://",
+        }
+    }
+}
+
+/// `pushgateway.scheme`, `tls_config` and `basic_auth`: used for every request to a Pushgateway (pushes, probes,
+/// reads, the rebalancer, repairs, admin wipe).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub scheme: NodeScheme,
+    pub tls: NodeTlsConfig,
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// `pushgateway.tls_config`. Paths are PEM files, read when the client is built (at start and on reload).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeTlsConfig {
+    /// Replaces the built-in roots (as in Prometheus).
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// The name the node certificates are verified against (and sent as SNI) instead of each node's host.
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
+}
+
+/// `pushgateway.basic_auth`, with `password_file` already read (it is read again on every reload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: Secret,
+}
+
+impl BasicAuth {
+    /// The `Authorization` value, `Basic <base64(username:password)>` (RFC 7617).
+    pub fn header_value(&self) -> Secret {
+        use base64::Engine as _;
+        let credentials = format!("{}:{}", self.username, self.password.expose());
+        Secret::new(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        ))
+    }
 }
 
 /// `groups`: group expiry, done by the replica that rebalances (see `crate::rebalance`).
@@ -592,6 +726,11 @@ impl Config {
             }
         }
 
+        let upstream = validate_upstream(
+            pushgateway.scheme,
+            pushgateway.tls_config,
+            pushgateway.basic_auth,
+        )?;
         let consul = raw.consul_server.map(validate_consul).transpose()?;
         if consul.is_none() && servers.is_empty() {
             return Err(invalid(
@@ -703,6 +842,7 @@ impl Config {
             outlier_detection,
             ambiguous_writes,
             groups,
+            upstream,
         })
     }
 }
@@ -726,6 +866,94 @@ fn validate_groups(raw: RawGroups) -> Result<GroupsConfig, ConfigError> {
         expire_after: raw.expire_after.and_then(nonzero),
         expire_overrides,
     })
+}
+
+fn validate_upstream(
+    scheme: Option<NodeScheme>,
+    tls: Option<RawNodeTls>,
+    basic_auth: Option<RawBasicAuth>,
+) -> Result<UpstreamConfig, ConfigError> {
+    let scheme = scheme.unwrap_or_default();
+    let non_empty = |value: Option<String>| {
+        value
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let tls_given = tls.is_some();
+    let raw_tls = tls.unwrap_or_default();
+    let tls = NodeTlsConfig {
+        ca_file: non_empty(raw_tls.ca_file),
+        cert_file: non_empty(raw_tls.cert_file),
+        key_file: non_empty(raw_tls.key_file),
+        server_name: non_empty(raw_tls.server_name),
+        insecure_skip_verify: raw_tls.insecure_skip_verify.unwrap_or(false),
+    };
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return Err(invalid(
+            "pushgateway.tls_config: cert_file and key_file go together; set both (client certificate) or neither",
+        ));
+    }
+    if tls_given && scheme == NodeScheme::Http {
+        return Err(invalid(
+            "pushgateway.tls_config: set but pushgateway.scheme is http; set scheme: https or remove tls_config",
+        ));
+    }
+    let basic_auth = basic_auth
+        .map(|raw| {
+            let username = raw.username.unwrap_or_default();
+            if username.is_empty() {
+                return Err(invalid(
+                    "pushgateway.basic_auth.username: missing; basic_auth needs a username and a password or password_file",
+                ));
+            }
+            // RFC 7617: the user-id cannot contain a colon (the first one ends it).
+            if username.contains(':') || username.chars().any(char::is_control) {
+                return Err(invalid(
+                    "pushgateway.basic_auth.username: must not contain ':' or control characters",
+                ));
+            }
+            let password = match (raw.password, non_empty(raw.password_file)) {
+                (Some(password), None) => password,
+                (None, Some(path)) => read_password_file(&path)?,
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "pushgateway.basic_auth: both password and password_file are set; keep exactly one",
+                    ))
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "pushgateway.basic_auth: set password or password_file (exactly one)",
+                    ))
+                }
+            };
+            Ok(BasicAuth {
+                username,
+                password: Secret::new(password),
+            })
+        })
+        .transpose()?;
+    Ok(UpstreamConfig {
+        scheme,
+        tls,
+        basic_auth,
+    })
+}
+
+/// Reads `pushgateway.basic_auth.password_file`; surrounding whitespace (a trailing newline) is not part of
+/// the password, as in Prometheus.
+fn read_password_file(path: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        invalid(format!(
+            "pushgateway.basic_auth.password_file: cannot read {path:?}: {error}"
+        ))
+    })?;
+    let password = text.trim();
+    if password.is_empty() {
+        return Err(invalid(format!(
+            "pushgateway.basic_auth.password_file: {path:?} is empty; write the password into it"
+        )));
+    }
+    Ok(password.to_string())
 }
 
 fn validate_outlier_detection(
@@ -1265,5 +1493,124 @@ mod tests {
         assert_eq!(normalize_listen_addr("127.0.0.1:1").unwrap(), "127.0.0.1:1");
         assert_eq!(normalize_listen_addr("[::1]:1").unwrap(), "[::1]:1");
         assert!(normalize_listen_addr("9292").is_err());
+    }
+
+    #[test]
+    fn pushgateway_scheme_tls_and_basic_auth() {
+        let config = Config::parse(
+            "pushgateway:\n  servers: ['a:1']\n  scheme: https\n  tls_config: {ca_file: ca.crt, cert_file: c.crt, \
+             key_file: c.key, server_name: pgw.example, insecure_skip_verify: true}\n  \
+             basic_auth: {username: pusher, password: 's3cr3t'}\n",
+        )
+        .unwrap();
+        let upstream = &config.upstream;
+        assert_eq!(upstream.scheme, NodeScheme::Https);
+        assert_eq!(upstream.tls.ca_file.as_deref(), Some("ca.crt"));
+        assert_eq!(upstream.tls.server_name.as_deref(), Some("pgw.example"));
+        assert!(upstream.tls.insecure_skip_verify);
+        let auth = upstream.basic_auth.as_ref().unwrap();
+        assert_eq!(auth.username, "pusher");
+        assert_eq!(auth.password.expose(), "s3cr3t");
+        // base64("pusher:s3cr3t")
+        assert_eq!(auth.header_value().expose(), "Basic cHVzaGVyOnMzY3IzdA==");
+        let defaults = Config::parse("pushgateway: {servers: ['a:1']}").unwrap();
+        assert_eq!(defaults.upstream, UpstreamConfig::default());
+        assert_eq!(defaults.upstream.scheme, NodeScheme::Http);
+    }
+
+    #[test]
+    fn the_password_is_in_no_debug_output() {
+        let config = Config::parse(
+            "pushgateway: {servers: ['a:1'], basic_auth: {username: u, password: 'hunter2-secret'}}",
+        )
+        .unwrap();
+        let auth = config.upstream.basic_auth.as_ref().unwrap();
+        for text in [
+            format!("{config:?}"),
+            format!("{auth:?}"),
+            format!("{}", auth.password),
+            format!("{:?}", auth.header_value()),
+        ] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(!text.contains("dTpodW50ZXIy"), "{text}");
+        }
+        let raw: RawConfig = serde_yaml_ng::from_str(
+            "pushgateway: {basic_auth: {username: u, password: 'hunter2-secret'}}",
+        )
+        .unwrap();
+        assert!(!format!("{raw:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn password_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let text = format!(
+            "pushgateway: {{servers: ['a:1'], basic_auth: {{username: u, password_file: '{}'}}}}",
+            path.display()
+        );
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(
+            config.upstream.basic_auth.unwrap().password.expose(),
+            "from-file"
+        );
+        std::fs::write(&path, "\n").unwrap();
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("pushgateway.basic_auth.password_file") && err.contains("empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_upstream_settings_say_what_to_fix() {
+        let servers = "pushgateway:\n  servers: ['a:1']\n";
+        let cases = [
+            (format!("{servers}  scheme: ftp\n"), "scheme"),
+            (
+                format!("{servers}  tls_config: {{ca_file: ca.crt}}\n"),
+                "pushgateway.tls_config: set but pushgateway.scheme is http",
+            ),
+            (
+                format!("{servers}  scheme: https\n  tls_config: {{cert_file: c.crt}}\n"),
+                "cert_file and key_file go together",
+            ),
+            (
+                format!("{servers}  scheme: https\n  tls_config: {{ca: x}}\n"),
+                "unknown field `ca`",
+            ),
+            (
+                format!("{servers}  basic_auth: {{password: p}}\n"),
+                "pushgateway.basic_auth.username: missing",
+            ),
+            (
+                format!("{servers}  basic_auth: {{username: 'a:b', password: p}}\n"),
+                "must not contain ':'",
+            ),
+            (
+                format!("{servers}  basic_auth: {{username: u}}\n"),
+                "set password or password_file (exactly one)",
+            ),
+            (
+                format!("{servers}  basic_auth: {{username: u, password: p, password_file: f}}\n"),
+                "keep exactly one",
+            ),
+            (
+                format!("{servers}  basic_auth: {{username: u, password_file: /nonexistent/pw}}\n"),
+                "pushgateway.basic_auth.password_file: cannot read \"/nonexistent/pw\"",
+            ),
+            (
+                format!("{servers}  basic_auth: {{username: u, pasword: p}}\n"),
+                "unknown field `pasword`",
+            ),
+        ];
+        for (text, expected) in &cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "config {text:?}: error {err:?} should mention {expected:?}"
+            );
+        }
     }
 }

@@ -10,7 +10,8 @@
 //! - [`routing`]: turns membership snapshots into immutable ring snapshots, read lock-free by handlers.
 //! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`, HTTP SD, and the read
 //!   API fanned out to every node).
-//! - [`upstream`]: the pooled HTTP client towards Pushgateways.
+//! - [`upstream`]: the pooled HTTP client towards Pushgateways, and the scheme, TLS and credentials every request
+//!   to a node uses.
 //! - [`upstream_pool`]: per-node connection pools for proxied pushes, driven by the handler (no task per connection).
 //! - [`outlier`]: passive failure detection: nodes whose pushes keep failing are ejected from the ring for a while.
 //! - [`ambiguous`]: pushes whose outcome on a node is unknown; the acknowledged value is written again once the

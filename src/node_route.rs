@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::config::NodeScheme;
 use crate::outlier::NodeCounters;
 use crate::telemetry::{MethodLabel, NodeLabels, RequestLabels};
 use crate::upstream_pool::NodePool;
@@ -97,10 +98,17 @@ impl NodeRoute {
         }
     }
 
-    /// `http://<node><path_and_query>`, built from parts: no formatting and re-parsing per push.
-    pub fn upstream_uri(&self, path_and_query: Option<&PathAndQuery>) -> Option<Uri> {
+    /// `<scheme>://<node><path_and_query>`, built from parts: no formatting and re-parsing per push.
+    pub fn upstream_uri(
+        &self,
+        scheme: NodeScheme,
+        path_and_query: Option<&PathAndQuery>,
+    ) -> Option<Uri> {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(match scheme {
+            NodeScheme::Http => Scheme::HTTP,
+            NodeScheme::Https => Scheme::HTTPS,
+        });
         parts.authority = Some(self.authority.clone()?);
         parts.path_and_query = Some(
             path_and_query
@@ -133,18 +141,28 @@ mod tests {
     fn upstream_uri_joins_node_and_target() {
         let route = NodeRoute::new("127.0.0.1:9091", None, Default::default());
         let target: PathAndQuery = "/metrics/job/a?x=1".parse().unwrap();
-        let uri = route.upstream_uri(Some(&target)).unwrap();
+        let uri = route.upstream_uri(NodeScheme::Http, Some(&target)).unwrap();
         assert_eq!(uri.to_string(), "http://127.0.0.1:9091/metrics/job/a?x=1");
         assert_eq!(
-            route.upstream_uri(None).unwrap().to_string(),
+            route
+                .upstream_uri(NodeScheme::Http, None)
+                .unwrap()
+                .to_string(),
             "http://127.0.0.1:9091/"
+        );
+        assert_eq!(
+            route
+                .upstream_uri(NodeScheme::Https, Some(&target))
+                .unwrap()
+                .to_string(),
+            "https://127.0.0.1:9091/metrics/job/a?x=1"
         );
     }
 
     #[test]
     fn an_invalid_address_has_no_uri() {
         assert!(NodeRoute::new("bad host:1", None, Default::default())
-            .upstream_uri(None)
+            .upstream_uri(NodeScheme::Http, None)
             .is_none());
     }
 

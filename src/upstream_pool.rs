@@ -19,8 +19,8 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
-use std::sync::Mutex;
-use std::task::Poll;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,22 +30,92 @@ use http_body_util::Full;
 use hyper::body::Body as _;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
-use crate::upstream::UpstreamError;
+use crate::upstream::{Transport, UpstreamError};
 
 /// Idle connections older than this are closed instead of reused (Go's `http.DefaultTransport` uses 90 s).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// At most this many idle connections are kept per node (as the legacy client's `pool_max_idle_per_host`).
 pub const MAX_IDLE_PER_NODE: usize = 256;
 
-type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+type Driver = http1::Connection<TokioIo<NodeStream>, Full<Bytes>>;
 
 /// One HTTP/1.1 connection: the handle requests are sent through and the future that does the I/O.
 struct PooledConnection {
     sender: http1::SendRequest<Full<Bytes>>,
     /// `None` once the connection has ended (closed by the node, or failed).
     driver: Option<Driver>,
+    /// The [`Transport`] it was opened under: after a reload (scheme, TLS or credentials may have changed) it
+    /// is not reused.
+    generation: u64,
+}
+
+/// A connection to a node: plain TCP or TLS (`pushgateway.scheme: https`). The TLS stream is boxed so that a
+/// plain connection does not carry the size of a rustls session.
+enum NodeStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for NodeStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            NodeStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            NodeStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for NodeStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            NodeStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            NodeStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            NodeStream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            NodeStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            NodeStream::Plain(stream) => stream.is_write_vectored(),
+            NodeStream::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            NodeStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            NodeStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            NodeStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            NodeStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 struct IdleConnection {
@@ -93,25 +163,28 @@ impl NodePool {
         self.idle.lock().map_or(0, |idle| idle.len())
     }
 
-    /// Sends `request` (origin-form URI: path and query only) and reads the whole response. No overall timeout:
-    /// the caller bounds the exchange; a connect is bounded by `connect_timeout`.
+    /// Sends `request` (origin-form URI: path and query only) with `transport`'s scheme and credentials, and
+    /// reads the whole response. No overall timeout: the caller bounds the exchange; a connect (with its TLS
+    /// handshake) is bounded by `connect_timeout`.
     pub async fn send(
         &self,
         mut request: Request<Full<Bytes>>,
         connect_timeout: Duration,
+        transport: Arc<Transport>,
     ) -> Result<Response<Bytes>, UpstreamError> {
         if let Some(host) = &self.host_header {
             request.headers_mut().insert(header::HOST, host.clone());
         }
+        transport.authorize(request.headers_mut());
         // Let every other task the runtime woke in this turn run first, so that the requests of all pushes read
         // together are written together, as they were when connection tasks ran after the handlers. Writing
         // each at once wakes the node (and, later, the client) once per push instead of once per batch: on the
         // benchmark machine that cost more kernel CPU (+14-20% per push) than the handler saved (bench/PROFILING.md).
         tokio::task::yield_now().await;
         loop {
-            let (connection, reused) = match self.checkout() {
+            let (connection, reused) = match self.checkout(transport.generation()) {
                 Some(connection) => (connection, true),
-                None => (self.connect(connect_timeout).await?, false),
+                None => (self.connect(connect_timeout, &transport).await?, false),
             };
             match self.exchange(connection, request).await {
                 Ok(response) => return Ok(response),
@@ -128,8 +201,9 @@ impl NodePool {
         }
     }
 
-    /// Takes the most recently used idle connection that is young enough, dropping expired ones.
-    fn checkout(&self) -> Option<PooledConnection> {
+    /// Takes the most recently used idle connection that is young enough and was opened under transport
+    /// `generation`, dropping expired ones.
+    fn checkout(&self, generation: u64) -> Option<PooledConnection> {
         let now = Instant::now();
         let mut expired = Vec::new();
         let found = {
@@ -137,6 +211,7 @@ impl NodePool {
             loop {
                 match idle.pop() {
                     None => break None,
+                    Some(entry) if entry.connection.generation != generation => expired.push(entry),
                     Some(entry) if now.duration_since(entry.since) < IDLE_TIMEOUT => {
                         break Some(entry.connection)
                     }
@@ -183,28 +258,46 @@ impl NodePool {
         drop(rejected);
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> Result<PooledConnection, UpstreamError> {
+    async fn connect(
+        &self,
+        connect_timeout: Duration,
+        transport: &Transport,
+    ) -> Result<PooledConnection, UpstreamError> {
+        match tokio::time::timeout(connect_timeout, self.open(transport)).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Connect(format!(
+                "no connection within {connect_timeout:?} (proxy.connect_timeout)"
+            ))),
+        }
+    }
+
+    /// TCP connect, the TLS handshake when the scheme is https, then the HTTP/1.1 handshake.
+    async fn open(&self, transport: &Transport) -> Result<PooledConnection, UpstreamError> {
         let address = (self.host.as_str(), self.port);
-        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(address)).await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(UpstreamError::Connect(error.to_string())),
-            Err(_) => {
-                return Err(UpstreamError::Connect(format!(
-                    "no connection within {connect_timeout:?} (proxy.connect_timeout)"
-                )))
-            }
-        };
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|error| UpstreamError::Connect(error.to_string()))?;
         // Pushes are one small write each: Nagle's algorithm would only delay them.
         stream
             .set_nodelay(true)
             .map_err(|error| UpstreamError::Connect(format!("cannot set TCP_NODELAY: {error}")))?;
+        let stream = match transport.tls_for(&self.host) {
+            None => NodeStream::Plain(stream),
+            Some(tls) => {
+                let (connector, name) = tls?;
+                let stream = connector.connect(name, stream).await.map_err(|error| {
+                    UpstreamError::Connect(crate::upstream::tls_message(&root_cause(&error)))
+                })?;
+                NodeStream::Tls(Box::new(stream))
+            }
+        };
         let (sender, driver) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|error| UpstreamError::Connect(root_cause(&error)))?;
         Ok(PooledConnection {
             sender,
             driver: Some(driver),
+            generation: transport.generation(),
         })
     }
 
@@ -286,7 +379,7 @@ impl NodePool {
 impl PooledConnection {
     /// Lets hyper do the connection's I/O; drops the connection future once it has ended, which also fails
     /// (or, if not yet written, hands back) a request still queued on it.
-    fn poll_driver(&mut self, cx: &mut std::task::Context<'_>) {
+    fn poll_driver(&mut self, cx: &mut Context<'_>) {
         if let Some(driver) = self.driver.as_mut() {
             if let Poll::Ready(result) = Pin::new(driver).poll(cx) {
                 if let Err(error) = result {

@@ -35,14 +35,14 @@ pub struct Dependencies {
 /// Why one repair attempt did not finish.
 #[derive(Debug, thiserror::Error)]
 enum RepairError {
-    #[error("{method} http://{node}{path}: {source}")]
+    #[error("{method} {node}{path}: {source}")]
     Unreachable {
         method: Method,
         node: String,
         path: String,
         source: UpstreamError,
     },
-    #[error("{method} http://{node}{path} answered {status}")]
+    #[error("{method} {node}{path} answered {status}")]
     Refused {
         method: Method,
         node: String,
@@ -168,7 +168,7 @@ async fn repair_group(
     for write in &repair.writes {
         let mut request = Request::new(Full::new(write.body.clone()));
         *request.method_mut() = write.method.clone();
-        *request.uri_mut() = uri(&owner, &write.path_and_query)?;
+        *request.uri_mut() = uri(&deps.client, &owner, &write.path_and_query)?;
         let headers = request.headers_mut();
         if let Some(value) = &write.headers.content_type {
             headers.insert(header::CONTENT_TYPE, value.clone());
@@ -182,7 +182,7 @@ async fn repair_group(
     for suspect in repair.suspects.keys().filter(|node| **node != owner) {
         let mut request = Request::new(Full::new(Bytes::new()));
         *request.method_mut() = Method::DELETE;
-        *request.uri_mut() = uri(suspect, &path)?;
+        *request.uri_mut() = uri(&deps.client, suspect, &path)?;
         send(deps, request, suspect, &path, timeout).await?;
     }
     Ok(deps
@@ -191,8 +191,9 @@ async fn repair_group(
         .then_some(owner))
 }
 
-fn uri(node: &str, path: &str) -> Result<http::Uri, RepairError> {
-    format!("http://{node}{path}")
+fn uri(client: &HttpClient, node: &str, path: &str) -> Result<http::Uri, RepairError> {
+    client
+        .node_url(node, path)
         .parse()
         .map_err(|e: http::uri::InvalidUri| RepairError::Unreachable {
             method: Method::PUT,

@@ -19,7 +19,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConsulConfig, ConsulScheme};
+use crate::config::{ConsulConfig, ConsulScheme, Secret};
 
 /// Non-blocking calls (register, acquire, ...) give up after this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,6 +104,17 @@ pub struct ServiceRegistration {
 pub struct HttpCheck {
     #[serde(rename = "HTTP")]
     pub http: String,
+    #[serde(rename = "TLSServerName", skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    #[serde(rename = "TLSSkipVerify", skip_serializing_if = "std::ops::Not::not")]
+    pub tls_skip_verify: bool,
+    /// Sent by Consul as the check's `Authorization` header; `Debug` shows it redacted.
+    #[serde(
+        rename = "Header",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "authorization_header"
+    )]
+    pub authorization: Option<Secret>,
     /// Go duration strings (`5s`, `1500ms`).
     pub interval: String,
     pub timeout: String,
@@ -113,6 +124,19 @@ pub struct HttpCheck {
     /// status of a check that already exists, so this only matters for an agent that lost its registrations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<&'static str>,
+}
+
+/// A check's `Header` map (`{"Authorization": ["Basic ..."]}`), the one place the credential is written out.
+fn authorization_header<S: serde::Serializer>(
+    value: &Option<Secret>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(usize::from(value.is_some())))?;
+    if let Some(value) = value {
+        map.serialize_entry("Authorization", &[value.expose()])?;
+    }
+    map.end()
 }
 
 /// One registered instance from `/v1/health/service/<name>`.
@@ -577,6 +601,9 @@ mod tests {
             tags: vec![],
             check: HttpCheck {
                 http: "http://10.0.0.1:9091/-/healthy".into(),
+                tls_server_name: None,
+                tls_skip_verify: false,
+                authorization: None,
                 interval: "5s".into(),
                 timeout: "2s".into(),
                 deregister_critical_service_after: None,

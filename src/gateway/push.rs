@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
 use super::{json, text, text_lines, AppState};
 use crate::ambiguous::{AckedWrite, WriteHeaders};
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, NodeScheme};
 use crate::grouping::{self, GroupingKey, GroupingKeyError, NonUtf8};
 use crate::node_route::NodeRoute;
 use crate::outlier::OutlierDetector;
@@ -209,9 +209,9 @@ fn route(state: &AppState, mut request: Request<Body>) -> Routed {
     };
     if !proxying {
         return Routed::Answered(if is_get {
-            owner_info(&request, &key, &owner.name)
+            owner_info(&request, &key, config.upstream.scheme, &owner.name)
         } else {
-            redirect(&request, &owner.name)
+            redirect(&request, config.upstream.scheme, &owner.name)
         });
     }
     Routed::Proxy {
@@ -287,8 +287,13 @@ fn path_and_query(request: &Request<Body>) -> &str {
 }
 
 /// The original's `GET /metrics/job/...`: which node owns the group.
-fn owner_info(request: &Request<Body>, key: &GroupingKey, owner: &str) -> Response<Body> {
-    let url = format!("http://{owner}{}", request.uri().path());
+fn owner_info(
+    request: &Request<Body>,
+    key: &GroupingKey,
+    scheme: NodeScheme,
+    owner: &str,
+) -> Response<Body> {
+    let url = format!("{}{owner}{}", scheme.prefix(), request.uri().path());
     let wants_json = request
         .headers()
         .get(header::ACCEPT)
@@ -309,15 +314,16 @@ fn owner_info(request: &Request<Body>, key: &GroupingKey, owner: &str) -> Respon
     }
 }
 
-fn redirect(request: &Request<Body>, owner: &str) -> Response<Body> {
-    const SCHEME: &str = "http://";
+/// `307` to the owner, with `pushgateway.scheme` in `Location`.
+fn redirect(request: &Request<Body>, scheme: NodeScheme, owner: &str) -> Response<Body> {
+    let scheme = scheme.prefix();
     const BODY_PREFIX: &str = "Temporary Redirect: ";
     let target = path_and_query(request);
     // One buffer holds the body; the Location header shares its tail (no second copy, no formatting machinery).
     let mut body =
-        String::with_capacity(BODY_PREFIX.len() + SCHEME.len() + owner.len() + target.len() + 1);
+        String::with_capacity(BODY_PREFIX.len() + scheme.len() + owner.len() + target.len() + 1);
     body.push_str(BODY_PREFIX);
-    body.push_str(SCHEME);
+    body.push_str(scheme);
     body.push_str(owner);
     body.push_str(target);
     body.push('\n');
@@ -610,9 +616,14 @@ async fn forward(
             *upstream_request.headers_mut() = headers;
             let pool = pool.clone();
             let connect_timeout = config.proxy.connect_timeout;
-            Box::pin(async move { pool.send(upstream_request, connect_timeout).await })
+            // The pool sets the gateway's own `Authorization` (if any) and speaks TLS for https.
+            let transport = state.client.transport();
+            Box::pin(async move {
+                pool.send(upstream_request, connect_timeout, transport)
+                    .await
+            })
         }
-        _ => match node.upstream_uri(target) {
+        _ => match node.upstream_uri(state.client.transport().scheme, target) {
             Some(uri) => {
                 let mut upstream_request = Request::new(Full::new(body));
                 *upstream_request.method_mut() = method.clone();

@@ -228,7 +228,7 @@ async fn request_node(
 ) -> Result<Bytes, NodeFailure> {
     let request = Request::builder()
         .method(method)
-        .uri(format!("http://{node}{path}"))
+        .uri(state.client.node_url(node, path))
         // Pushgateway 1.5.1 would answer protobuf to a client preferring it; the merge reads text only.
         .header(header::ACCEPT, "text/plain; version=0.0.4")
         .body(Full::new(Bytes::new()))

@@ -10,6 +10,7 @@ use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::{json, AppState};
+use crate::config::NodeScheme;
 use crate::membership::SourceKind;
 
 /// The target label naming the node (`host:port`, the same as `__address__`), for relabeling into a label
@@ -17,16 +18,23 @@ use crate::membership::SourceKind;
 pub const NODE_LABEL: &str = "__meta_dynamic_sharding_node";
 /// The target label naming the membership source the node came from: `static` or `consul`.
 pub const SOURCE_LABEL: &str = "__meta_dynamic_sharding_membership_source";
+/// Prometheus' own target label for the scrape scheme: `pushgateway.scheme`, so a scrape config needs no
+/// `scheme:` of its own (its `tls_config` and `basic_auth` still apply).
+pub const SCHEME_LABEL: &str = "__scheme__";
 
 pub async fn targets(State(state): State<AppState>) -> Response<Body> {
     let table = state.ring.load_full();
     let source = state.membership.borrow().source;
-    json(StatusCode::OK, &target_groups(table.ring.nodes(), source))
+    let scheme = state.config.load().upstream.scheme;
+    json(
+        StatusCode::OK,
+        &target_groups(table.ring.nodes(), source, scheme),
+    )
 }
 
 /// The HTTP SD answer for `nodes`: one target group per node, because a label naming the node can only be
 /// attached to a group, not to one target of it. No node gives `[]`, which Prometheus reads as "no targets".
-pub fn target_groups(nodes: &[String], source: SourceKind) -> Value {
+pub fn target_groups(nodes: &[String], source: SourceKind, scheme: NodeScheme) -> Value {
     Value::Array(
         nodes
             .iter()
@@ -36,6 +44,7 @@ pub fn target_groups(nodes: &[String], source: SourceKind) -> Value {
                     "labels": {
                         NODE_LABEL: node,
                         SOURCE_LABEL: source.as_str(),
+                        SCHEME_LABEL: scheme.as_str(),
                     },
                 })
             })
@@ -51,20 +60,25 @@ mod tests {
     fn one_group_per_node_labelled_with_node_and_source() {
         let nodes = vec!["127.0.0.1:9091".to_string(), "127.0.0.1:9092".to_string()];
         assert_eq!(
-            target_groups(&nodes, SourceKind::Consul),
+            target_groups(&nodes, SourceKind::Consul, NodeScheme::Https),
             json!([
                 {"targets": ["127.0.0.1:9091"], "labels": {
                     "__meta_dynamic_sharding_node": "127.0.0.1:9091",
-                    "__meta_dynamic_sharding_membership_source": "consul"}},
+                    "__meta_dynamic_sharding_membership_source": "consul",
+                    "__scheme__": "https"}},
                 {"targets": ["127.0.0.1:9092"], "labels": {
                     "__meta_dynamic_sharding_node": "127.0.0.1:9092",
-                    "__meta_dynamic_sharding_membership_source": "consul"}},
+                    "__meta_dynamic_sharding_membership_source": "consul",
+                    "__scheme__": "https"}},
             ])
         );
     }
 
     #[test]
     fn no_node_is_an_empty_array() {
-        assert_eq!(target_groups(&[], SourceKind::Static).to_string(), "[]");
+        assert_eq!(
+            target_groups(&[], SourceKind::Static, NodeScheme::Http).to_string(),
+            "[]"
+        );
     }
 }

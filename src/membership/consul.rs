@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 
 use super::{Membership, NodeStatus, SourceKind};
-use crate::config::{Config, ConsulConfig};
+use crate::config::{BasicAuth, Config, ConsulConfig, UpstreamConfig};
 use crate::consul::index::{backoff, next_index, pause_before_next, went_backwards};
 use crate::consul::{ConsulClient, HttpCheck, ServiceInstance, ServiceRegistration};
 use crate::shutdown::Shutdown;
@@ -109,10 +109,12 @@ pub fn instance_node(instance: &ServiceInstance) -> Option<String> {
 
 /// The Consul registration of a configured node `host:port`: the Go original's ID `<host>_<port>`, so an
 /// existing fleet's registrations are updated in place rather than duplicated. `in_ring` nodes get a check that
-/// starts `passing` (see the module doc); others start with Consul's default, `critical`.
+/// starts `passing` (see the module doc); others start with Consul's default, `critical`. The check speaks the
+/// nodes' scheme and sends the gateway's `basic_auth` (the Pushgateway guards `/-/healthy` too).
 pub fn registration_for(
     node: &str,
     consul: &ConsulConfig,
+    upstream: &UpstreamConfig,
     in_ring: bool,
 ) -> Option<ServiceRegistration> {
     let (host, port) = node.rsplit_once(':')?;
@@ -125,7 +127,10 @@ pub fn registration_for(
         port,
         tags: consul.tag.iter().cloned().collect(),
         check: HttpCheck {
-            http: format!("http://{node}/-/healthy"),
+            http: format!("{}{node}/-/healthy", upstream.scheme.prefix()),
+            tls_server_name: upstream.tls.server_name.clone(),
+            tls_skip_verify: upstream.tls.insecure_skip_verify,
+            authorization: upstream.basic_auth.as_ref().map(BasicAuth::header_value),
             interval: go_duration(consul.check_interval),
             timeout: go_duration(consul.check_timeout),
             deregister_critical_service_after: consul.deregister_critical_after.map(go_duration),
@@ -194,11 +199,14 @@ async fn register_loop(
     let mut registered: BTreeSet<String> = BTreeSet::new();
     let mut failures: u32 = 0;
     loop {
-        let servers = config.borrow_and_update().servers.clone();
+        let (servers, upstream) = {
+            let config = config.borrow_and_update();
+            (config.servers.clone(), config.upstream.clone())
+        };
         let in_ring: BTreeSet<String> = membership.borrow().healthy_nodes().into_iter().collect();
         let wanted: Vec<ServiceRegistration> = servers
             .iter()
-            .filter_map(|node| registration_for(node, &consul, in_ring.contains(node)))
+            .filter_map(|node| registration_for(node, &consul, &upstream, in_ring.contains(node)))
             .collect();
         let mut error = None;
         for registration in &wanted {
@@ -558,7 +566,13 @@ mod tests {
 
     #[test]
     fn registrations_use_the_go_originals_ids_and_a_healthy_check() {
-        let registration = registration_for("10.0.0.1:9091", &consul_config(), false).unwrap();
+        let registration = registration_for(
+            "10.0.0.1:9091",
+            &consul_config(),
+            &Default::default(),
+            false,
+        )
+        .unwrap();
         assert_eq!(registration.id, "10.0.0.1_9091");
         assert_eq!(registration.address, "10.0.0.1");
         assert_eq!(registration.port, 9091);
@@ -571,13 +585,50 @@ mod tests {
             registration.check.status, None,
             "Consul's default: critical"
         );
-        let in_ring = registration_for("10.0.0.1:9091", &consul_config(), true).unwrap();
+        let in_ring =
+            registration_for("10.0.0.1:9091", &consul_config(), &Default::default(), true).unwrap();
         assert_eq!(in_ring.check.status, Some("passing"));
 
-        let v6 = registration_for("[::1]:9091", &consul_config(), false).unwrap();
+        let v6 =
+            registration_for("[::1]:9091", &consul_config(), &Default::default(), false).unwrap();
         assert_eq!(v6.id, "::1_9091");
         assert_eq!(v6.address, "::1");
         assert_eq!(v6.check.http, "http://[::1]:9091/-/healthy");
+    }
+
+    #[test]
+    fn checks_follow_the_nodes_scheme_tls_and_credentials() {
+        let upstream = crate::config::Config::parse(
+            "pushgateway: {servers: ['a:1'], scheme: https, tls_config: {server_name: pgw, \
+             insecure_skip_verify: true}, basic_auth: {username: u, password: 'check-secret'}}",
+        )
+        .unwrap()
+        .upstream;
+        let registration =
+            registration_for("10.0.0.1:9091", &consul_config(), &upstream, false).unwrap();
+        assert_eq!(registration.check.http, "https://10.0.0.1:9091/-/healthy");
+        let json = serde_json::to_value(&registration).unwrap();
+        assert_eq!(json["Check"]["TLSServerName"], "pgw");
+        assert_eq!(json["Check"]["TLSSkipVerify"], true);
+        // base64("u:check-secret"): Consul needs it to probe a node that guards /-/healthy.
+        assert_eq!(
+            json["Check"]["Header"]["Authorization"][0],
+            "Basic dTpjaGVjay1zZWNyZXQ="
+        );
+        assert!(!format!("{registration:?}").contains("dTpjaGVjay1zZWNyZXQ="));
+        let plain = serde_json::to_value(
+            registration_for(
+                "10.0.0.1:9091",
+                &consul_config(),
+                &Default::default(),
+                false,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        for key in ["TLSServerName", "TLSSkipVerify", "Header"] {
+            assert!(plain["Check"].get(key).is_none(), "{key} in {plain}");
+        }
     }
 
     #[test]

@@ -169,6 +169,7 @@ async fn probe_and_publish(
             continue;
         };
         let error = result.as_ref().err().cloned();
+        let first_probe = state.healthy.is_none();
         if state.record(result, thresholds) {
             match (state.healthy, error) {
                 (Some(false), Some(error)) => {
@@ -176,6 +177,10 @@ async fn probe_and_publish(
                 }
                 _ => tracing::info!(%node, "node is healthy again, adding it to the ring"),
             }
+        } else if let (true, Some(error)) = (first_probe, &error) {
+            // No flip from "unknown", but a node that is down (or refuses our TLS or credentials) from the
+            // start must be visible too.
+            tracing::warn!(%node, %error, "first health probe failed, the node stays out of the ring");
         } else if let (Some(error), Some(true)) = (&state.last_error, state.healthy) {
             tracing::debug!(%node, %error, failures = state.failures_in_a_row, "health probe failed");
         }

@@ -33,14 +33,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Why a request to a node did not do what the rebalancer wanted.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeRequestError {
-    #[error("{method} http://{node}{path}: {source}")]
+    #[error("{method} {node}{path}: {source}")]
     Unreachable {
         method: Method,
         node: String,
         path: String,
         source: upstream::UpstreamError,
     },
-    #[error("{method} http://{node}{path} answered {status}: {body}")]
+    #[error("{method} {node}{path} answered {status}: {body}")]
     Status {
         method: Method,
         node: String,
@@ -48,7 +48,7 @@ pub enum NodeRequestError {
         status: StatusCode,
         body: String,
     },
-    #[error("GET http://{node}/api/v1/metrics: {message}")]
+    #[error("GET {node}/api/v1/metrics: {message}")]
     Listing { node: String, message: String },
 }
 
@@ -304,7 +304,7 @@ impl Executor<'_> {
         };
         let request = Request::builder()
             .method(method.clone())
-            .uri(format!("http://{node}{path}"))
+            .uri(self.client.node_url(node, path))
             .header(header::CONTENT_TYPE, TEXT_FORMAT)
             .body(Full::new(body))
             .map_err(|e| unreachable(upstream::UpstreamError::Request(e.to_string())))?;

@@ -26,6 +26,7 @@
 //! - [`Gateway`]: the `dynamic-sharding` binary: `start(config_yaml)`, `start_with_args(config_yaml, args)`,
 //!   `addr()`, `url()`, `pid()`, `signal("HUP")`, `config_path()` (rewrite it, then signal to reload), `kill()`,
 //!   `log_text()`.
+//! - [`tls`]: test-time certificates and bcrypt hashes, and Pushgateways with `--web.config.file` (TLS + basic auth).
 //! - [`python_push`]`(gateway, job, grouping, op)`: pushes with Debian's `/usr/bin/python3` and `prometheus_client`;
 //!   `Ok(())` or `Err(error text)`.
 //!
@@ -37,6 +38,7 @@
 
 pub mod fault_proxy;
 pub mod placement;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -1049,7 +1051,7 @@ impl Gateway {
     }
 
     /// The node owning the group of push path `path`, from the original's `GET` answer
-    /// `nextUrl:http://<owner><path>`.
+    /// `nextUrl:<scheme>://<owner><path>`.
     pub async fn owner_of(&self, path: &str) -> String {
         let reply = self.request(Method::GET, path, "").await;
         assert_eq!(
@@ -1061,7 +1063,11 @@ impl Gateway {
         let url = reply
             .body
             .trim()
-            .strip_prefix("nextUrl:http://")
+            .strip_prefix("nextUrl:")
+            .and_then(|url| {
+                url.strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"))
+            })
             .unwrap_or_else(|| panic!("unexpected owner answer {:?}", reply.body));
         url.split('/').next().unwrap_or_default().to_string()
     }
