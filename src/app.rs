@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
@@ -16,6 +15,7 @@ use crate::config::{normalize_listen_addr, Config, ConfigError};
 use crate::consul::{self, ConsulClient, ConsulError};
 use crate::gateway::{self, AppState, ReloadRequest};
 use crate::membership::{self, static_probe};
+use crate::server::{self, ServerError};
 use crate::shutdown;
 use crate::telemetry::Metrics;
 use crate::upstream;
@@ -39,15 +39,10 @@ pub enum AppError {
     Consul(#[from] ConsulError),
     #[error("invalid listen address: {0}")]
     ListenAddress(String),
-    #[error("cannot listen on {addr}: {source} (is another process using the port?)")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Server(#[from] ServerError),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 /// Runs the gateway until SIGTERM/SIGINT.
@@ -58,12 +53,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         .clone()
         .unwrap_or_else(|| config.listen_addr.clone());
     let bind_addr = normalize_listen_addr(&listen_addr).map_err(AppError::ListenAddress)?;
-    let listener = TcpListener::bind(&bind_addr)
-        .await
-        .map_err(|source| AppError::Bind {
-            addr: bind_addr.clone(),
-            source,
-        })?;
+    let listener = server::bind(&bind_addr).await?;
 
     let metrics = Metrics::new();
     metrics.config_reload_success.set(1);
@@ -153,17 +143,12 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         version = env!("CARGO_PKG_VERSION"),
         "dynamic-sharding listening"
     );
-    let (stop_serving_tx, stop_serving_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(
+    let server = server::serve(
         listener,
-        axum::ServiceExt::<http::Request<axum::body::Body>>::into_make_service(
-            gateway::GatewayService::new(state),
-        ),
-    )
-    .with_graceful_shutdown(async {
-        let _ = stop_serving_rx.await;
-    });
-    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+        gateway::GatewayService::new(state),
+        shutdown.clone(),
+    );
+    let mut server = std::pin::pin!(server);
 
     let reload = |answer: Option<ReloadRequest>| {
         let result = reload_config(&options, &listen_addr, &config_tx, &shared_config, &metrics);
@@ -173,7 +158,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
     };
     loop {
         tokio::select! {
-            result = &mut server => return result.map_err(AppError::Serve),
+            () = &mut server => return Ok(()),
             _ = terminate.recv() => { tracing::info!("received SIGTERM, shutting down gracefully"); break }
             _ = interrupt.recv() => { tracing::info!("received SIGINT, shutting down gracefully"); break }
             _ = hangup.recv() => { tracing::info!("received SIGHUP, reloading configuration"); reload(None) }
@@ -182,10 +167,9 @@ pub async fn run(options: Options) -> Result<(), AppError> {
     }
 
     shutdown_trigger.trigger();
-    let _ = stop_serving_tx.send(());
     let grace = shared_config.load().proxy.shutdown_timeout;
     match tokio::time::timeout(grace, server).await {
-        Ok(result) => result.map_err(AppError::Serve)?,
+        Ok(()) => {}
         Err(_) => tracing::warn!(
             ?grace,
             "in-flight requests did not finish in time; exiting anyway"
