@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
+use crate::body_budget::BodyBudget;
 use crate::config::{normalize_listen_addr, Config, ConfigError};
 use crate::consul::{self, ConsulClient, ConsulError};
 use crate::gateway::{self, AppState, ReloadRequest};
@@ -29,6 +30,8 @@ pub struct Options {
     pub enable_lifecycle: bool,
     /// `--web.enable-admin-api`: allows `PUT /api/v1/admin/wipe`.
     pub enable_admin_api: bool,
+    /// `--web.max-connections`: overrides `web.max_connections`.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,8 @@ pub enum AppError {
     ListenAddress(String),
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("--web.max-connections: must be at least 1, e.g. 512")]
+    MaxConnections,
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -53,6 +58,13 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         .clone()
         .unwrap_or_else(|| config.listen_addr.clone());
     let bind_addr = normalize_listen_addr(&listen_addr).map_err(AppError::ListenAddress)?;
+    let mut limits = server::Limits::from(&config.web);
+    if let Some(max_connections) = options.max_connections {
+        if max_connections == 0 {
+            return Err(AppError::MaxConnections);
+        }
+        limits.max_connections = max_connections;
+    }
     let listener = server::bind(&bind_addr).await?;
 
     let metrics = Metrics::new();
@@ -129,6 +141,10 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         admin_api_enabled: options.enable_admin_api,
         read_side: Default::default(),
         rebalance: rebalancer,
+        body_budget: BodyBudget::new(
+            metrics.server.body_bytes_in_use.clone(),
+            metrics.server.bodies_refused.clone(),
+        ),
     };
 
     let mut terminate = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
@@ -140,12 +156,15 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         mode = ?config.mode,
         algorithm = ?config.ring_algorithm,
         servers = %config.servers.join(","),
+        max_connections = limits.max_connections,
         version = env!("CARGO_PKG_VERSION"),
         "dynamic-sharding listening"
     );
     let server = server::serve(
         listener,
         gateway::GatewayService::new(state),
+        limits,
+        metrics.server.clone(),
         shutdown.clone(),
     );
     let mut server = std::pin::pin!(server);

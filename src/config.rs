@@ -152,6 +152,7 @@ struct RawConfig {
     proxy: Option<RawProxy>,
     read: Option<RawRead>,
     rebalance: Option<RawRebalance>,
+    web: Option<RawWeb>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +215,15 @@ struct RawProxy {
     retry: Option<bool>,
     shutdown_timeout: Option<PromDuration>,
     per_node_pool: Option<bool>,
+    max_body_memory: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    max_connections: Option<usize>,
+    header_read_timeout: Option<PromDuration>,
+    idle_timeout: Option<PromDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,6 +257,33 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub rebalance: RebalanceConfig,
     pub read: ReadConfig,
+    /// Client connections; read once at start (like `http_listen_addr`, a reload does not change them).
+    pub web: WebConfig,
+}
+
+/// `web`: limits on client connections (see `crate::server`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebConfig {
+    /// Connections served at once; further ones wait in the listen backlog (`--web.max-connections`).
+    pub max_connections: usize,
+    /// From when the gateway starts waiting for a request (on connect, or after the previous response) until
+    /// its whole head (request line and headers) has arrived; then the connection is closed.
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay open without sending a byte of its next request (after connecting, or
+    /// after the previous response). At most `header_read_timeout`, which bounds that wait too.
+    pub idle_timeout: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            // Prometheus' and the Pushgateway's `--web.max-connections` default.
+            max_connections: 512,
+            // nginx's `client_header_timeout` default.
+            header_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The read side (`GET /metrics`, `/api/v1/...`), fanned out to every healthy node.
@@ -353,6 +390,8 @@ pub struct ProxyConfig {
     /// Proxied pushes use the per-node, handler-driven connection pool (`upstream_pool`); `false` falls back to
     /// the shared client. On by default: 11% fewer instructions and 3-7% less CPU per push (bench/PROFILING.md).
     pub per_node_pool: bool,
+    /// Request bodies held in memory at once, over all connections; a push beyond it gets `503`.
+    pub max_body_memory: u64,
 }
 
 impl Default for ProxyConfig {
@@ -365,6 +404,7 @@ impl Default for ProxyConfig {
             retry: true,
             shutdown_timeout: Duration::from_secs(15),
             per_node_pool: true,
+            max_body_memory: 256 << 20,
         }
     }
 }
@@ -513,7 +553,17 @@ impl Config {
             per_node_pool: raw_proxy
                 .per_node_pool
                 .unwrap_or(proxy_defaults.per_node_pool),
+            max_body_memory: raw_proxy
+                .max_body_memory
+                .map_or(proxy_defaults.max_body_memory, |s| s.0),
         };
+        if proxy.max_body_memory < proxy.max_body_size {
+            return Err(invalid(format!(
+                "proxy.max_body_memory: {} is less than proxy.max_body_size ({}), so a body of the allowed size \
+                 could never be accepted; set it to at least proxy.max_body_size",
+                proxy.max_body_memory, proxy.max_body_size
+            )));
+        }
         if proxy.max_body_size == 0 {
             return Err(invalid(
                 "proxy.max_body_size: must be greater than 0, e.g. 16MiB",
@@ -539,6 +589,7 @@ impl Config {
             return Err(invalid("read.timeout: must be greater than 0, e.g. 5s"));
         }
         let rebalance = validate_rebalance(raw.rebalance.unwrap_or_default())?;
+        let web = validate_web(raw.web.unwrap_or_default())?;
 
         Ok(Config {
             listen_addr,
@@ -550,8 +601,41 @@ impl Config {
             proxy,
             read,
             rebalance,
+            web,
         })
     }
+}
+
+fn validate_web(raw: RawWeb) -> Result<WebConfig, ConfigError> {
+    let defaults = WebConfig::default();
+    let web = WebConfig {
+        max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
+        header_read_timeout: raw
+            .header_read_timeout
+            .map_or(defaults.header_read_timeout, |d| d.0),
+        idle_timeout: raw.idle_timeout.map_or(defaults.idle_timeout, |d| d.0),
+    };
+    if web.max_connections == 0 {
+        return Err(invalid("web.max_connections: must be at least 1, e.g. 512"));
+    }
+    for (key, value) in [
+        ("web.header_read_timeout", web.header_read_timeout),
+        ("web.idle_timeout", web.idle_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(invalid(format!("{key}: must be greater than 0, e.g. 60s")));
+        }
+    }
+    if web.idle_timeout > web.header_read_timeout {
+        return Err(invalid(format!(
+            "web.idle_timeout: {} is longer than web.header_read_timeout ({}), which already closes a connection \
+             that sends no complete request head within it; set it at most {}",
+            humantime::format_duration(web.idle_timeout),
+            humantime::format_duration(web.header_read_timeout),
+            humantime::format_duration(web.header_read_timeout),
+        )));
+    }
+    Ok(web)
 }
 
 fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, ConfigError> {
@@ -913,8 +997,43 @@ mod tests {
                 "invalid size",
             ),
             ("consul_server: {username: x}", "consul_server.addr"),
+            (
+                "pushgateway: {servers: [a]}\nproxy: {max_body_size: 2MiB, max_body_memory: 1MiB}",
+                "proxy.max_body_memory",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nweb: {max_connections: 0}",
+                "web.max_connections",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nweb: {header_read_timeout: 0s}",
+                "web.header_read_timeout",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nweb: {header_read_timeout: 10s, idle_timeout: 1m}",
+                "web.idle_timeout",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nweb: {max_conections: 5}",
+                "max_conections",
+            ),
         ];
         assert_each_error_mentions(&cases);
+    }
+
+    #[test]
+    fn web_section_parses_and_defaults() {
+        let config = Config::parse("pushgateway: {servers: [a]}").unwrap();
+        assert_eq!(config.web, WebConfig::default());
+        let config = Config::parse(
+            "pushgateway: {servers: [a]}\nweb: {max_connections: 3, header_read_timeout: 5s, idle_timeout: 2s}\n\
+             proxy: {max_body_memory: 64MiB}",
+        )
+        .unwrap();
+        assert_eq!(config.web.max_connections, 3);
+        assert_eq!(config.web.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(config.web.idle_timeout, Duration::from_secs(2));
+        assert_eq!(config.proxy.max_body_memory, 64 << 20);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`routing`]: turns membership snapshots into immutable ring snapshots, read lock-free by handlers.
 //! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`, HTTP SD, and the read
 //!   API fanned out to every node).
+//! - [`body_budget`]: the memory budget for request bodies shared by all connections.
 //! - [`upstream`]: the pooled HTTP client towards Pushgateways.
 //! - [`upstream_pool`]: per-node connection pools for proxied pushes, driven by the handler (no task per connection).
 //! - [`rebalance`]: moves groups to their owner after ring changes, so every group is on exactly one node.
@@ -17,6 +18,7 @@
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
 //! - [`app`]: wiring, reload and graceful shutdown.
 pub mod app;
+pub mod body_budget;
 pub mod config;
 pub mod consul;
 pub mod exposition;

@@ -169,6 +169,43 @@ pub struct Metrics {
     pub rebalance_failures: Family<RebalanceFailureLabels, Counter>,
     pub rebalance_last_pass_seconds: Gauge<f64, AtomicU64>,
     pub rebalance_last_pass_timestamp: Gauge<f64, AtomicU64>,
+    pub server: ServerMetrics,
+}
+
+/// Client connections and request bodies (see `crate::server`, `crate::body_budget`).
+#[derive(Clone, Debug, Default)]
+pub struct ServerMetrics {
+    pub connections_open: Gauge,
+    pub accept_errors: Counter,
+    pub body_bytes_in_use: Gauge,
+    pub bodies_refused: Counter,
+}
+
+impl ServerMetrics {
+    fn register(registry: &mut Registry) -> ServerMetrics {
+        let metrics = ServerMetrics::default();
+        registry.register(
+            "http_connections_open",
+            "Client connections being served now (at most web.max_connections)",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "http_accept_errors",
+            "Failures to accept a client connection (e.g. out of file descriptors)",
+            metrics.accept_errors.clone(),
+        );
+        registry.register(
+            "request_body_bytes_in_use",
+            "Bytes of request bodies held in memory now, over all connections (at most proxy.max_body_memory)",
+            metrics.body_bytes_in_use.clone(),
+        );
+        registry.register(
+            "request_bodies_refused",
+            "Push bodies refused with 503 because proxy.max_body_memory was in use",
+            metrics.bodies_refused.clone(),
+        );
+        metrics
+    }
 }
 
 impl Metrics {
@@ -336,6 +373,7 @@ impl Metrics {
             build_info,
         );
 
+        let server = ServerMetrics::register(&mut registry);
         Metrics {
             registry: Arc::new(registry),
             requests,
@@ -362,6 +400,7 @@ impl Metrics {
             rebalance_failures,
             rebalance_last_pass_seconds,
             rebalance_last_pass_timestamp,
+            server,
         }
     }
 

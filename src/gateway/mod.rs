@@ -24,6 +24,7 @@ use futures_util::future::Either;
 use http::{header, HeaderValue, StatusCode};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::body_budget::BodyBudget;
 use crate::config::Config;
 use crate::membership::static_probe::SuspectReporter;
 use crate::membership::Membership;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub read_side: read::ReadSide,
     /// Coordinates pushes with group moves; its status is part of `/-/ring`.
     pub rebalance: Rebalancer,
+    /// Bytes of push bodies held in memory, over all connections (`proxy.max_body_memory`).
+    pub body_budget: BodyBudget,
 }
 
 /// The gateway's whole HTTP service: push paths go straight to [`push::PushService`], everything else through
