@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::ring::Algorithm;
+use crate::secret::Secret;
 
 /// The default Pushgateway port applied to `pushgateway.servers` entries without one (the original's behaviour).
 pub const DEFAULT_PUSHGATEWAY_PORT: u16 = 9091;
@@ -307,7 +308,7 @@ pub struct ConsulConfig {
     pub addr: String,
     pub scheme: ConsulScheme,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub service_name: String,
     /// Register `pushgateway.servers` in Consul (off for fleets that register Pushgateways themselves).
     pub register: bool,
@@ -319,7 +320,7 @@ pub struct ConsulConfig {
     /// Only instances carrying this tag join the ring; registrations get it too.
     pub tag: Option<String>,
     /// Sent as `X-Consul-Token`.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     pub tls: ConsulTlsConfig,
 }
 
@@ -651,6 +652,13 @@ fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, ConfigError>
     } else {
         (addr, None)
     };
+    // Checked before any message that quotes the address, which would then show the password.
+    if addr.contains('@') {
+        return Err(invalid(
+            "consul_server.addr: contains user info (user:password@); it would be shown in logs and /-/ring. \
+             Remove it and set consul_server.username and consul_server.password instead",
+        ));
+    }
     if addr.is_empty() {
         return Err(invalid(
             "consul_server.addr: missing; set it to the Consul agent's host:port, e.g. localhost:8500",
@@ -723,7 +731,7 @@ fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, ConfigError>
         addr,
         scheme,
         username: non_empty(consul.username),
-        password: consul.password.filter(|p| !p.is_empty()),
+        password: consul.password.filter(|p| !p.is_empty()).map(Secret::new),
         service_name: non_empty(consul.register_service_name)
             .unwrap_or_else(|| "pushgateway".to_string()),
         register: consul.register.unwrap_or(true),
@@ -732,7 +740,7 @@ fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, ConfigError>
         deregister_critical_after,
         datacenter: non_empty(consul.datacenter),
         tag: non_empty(consul.tag),
-        token: non_empty(consul.token),
+        token: non_empty(consul.token).map(Secret::new),
         tls,
     })
 }
@@ -796,6 +804,14 @@ pub fn node_address(entry: &str, default_port: u16) -> Result<String, String> {
         .trim_end_matches('/');
     if entry.is_empty() {
         return Err("empty entry; give a host or host:port".to_string());
+    }
+    // Not quoted back: the entry would show the password.
+    if entry.contains('@') {
+        return Err(
+            "contains user info (user:password@), which would be shown in logs and /-/ring; \
+                    remove it (the gateway sends no credentials to Pushgateways)"
+                .to_string(),
+        );
     }
     if entry.contains('/') || entry.contains(char::is_whitespace) {
         return Err(format!("{entry:?} is not a host or host:port"));
@@ -886,7 +902,7 @@ mod tests {
         );
         assert_eq!(consul.datacenter.as_deref(), Some("dc2"));
         assert_eq!(consul.tag.as_deref(), Some("shard"));
-        assert_eq!(consul.token.as_deref(), Some("secret"));
+        assert_eq!(consul.token.as_ref().map(Secret::expose), Some("secret"));
         assert_eq!(consul.tls.ca_file.as_deref(), Some("/ca.pem"));
         assert!(consul.tls.insecure_skip_verify);
     }
@@ -1019,6 +1035,48 @@ mod tests {
             ),
         ];
         assert_each_error_mentions(&cases);
+    }
+
+    #[test]
+    fn user_info_in_addresses_is_rejected_without_showing_the_password() {
+        for (text, key) in [
+            (
+                "consul_server: {addr: 'http://admin:s3cr3t@consul.example:8500'}",
+                "consul_server.addr",
+            ),
+            (
+                "consul_server: {addr: 'admin:s3cr3t@consul.example:8500/'}",
+                "consul_server.addr",
+            ),
+            (
+                "pushgateway: {servers: ['http://admin:s3cr3t@10.0.0.1:9091']}",
+                "pushgateway.servers[0]",
+            ),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+            assert!(!err.contains("s3cr3t"), "{err}");
+        }
+        let err = Config::parse("consul_server: {addr: 'admin:s3cr3t@consul.example:8500'}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("consul_server.username") && err.contains("consul_server.password"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_debug_rendering_of_the_config_shows_no_credential() {
+        let config = Config::parse(
+            "consul_server: {addr: 'consul.example:8500', username: u, password: pa55, token: t0ken}",
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("pa55") && !shown.contains("t0ken"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`upstream`]: the pooled HTTP client towards Pushgateways.
 //! - [`upstream_pool`]: per-node connection pools for proxied pushes, driven by the handler (no task per connection).
 //! - [`rebalance`]: moves groups to their owner after ring changes, so every group is on exactly one node.
+//! - [`secret`]: `Secret`, a credential whose every rendering is redacted.
 //! - [`server`]: binding, the accept loop, per-connection HTTP serving, connection limits, graceful serving.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
 //! - [`app`]: wiring, reload and graceful shutdown.
@@ -29,6 +30,7 @@ pub mod node_route;
 pub mod rebalance;
 pub mod ring;
 pub mod routing;
+pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
