@@ -172,6 +172,31 @@ mod tests {
         StreamBody::new(futures_util::stream::iter(frames))
     }
 
+    proptest::proptest! {
+        /// Whatever the order of reservations and releases, the total in use is the sum of the live
+        /// reservations, never exceeds the limit, and returns to zero.
+        #[test]
+        fn in_use_is_the_sum_of_live_reservations_and_within_the_limit(
+            operations in proptest::collection::vec((0u64..64, proptest::bool::ANY), 0..200),
+            limit in 0u64..256,
+        ) {
+            let budget = BodyBudget::default();
+            let mut held = Vec::new();
+            for (bytes, release) in operations {
+                if release && !held.is_empty() {
+                    held.swap_remove(bytes as usize % held.len());
+                } else if let Some(reservation) = budget.reserve(bytes, limit) {
+                    held.push(reservation);
+                }
+                let live: u64 = held.iter().map(Reservation::bytes).sum();
+                proptest::prop_assert_eq!(budget.in_use(), live);
+                proptest::prop_assert!(live <= limit);
+            }
+            drop(held);
+            proptest::prop_assert_eq!(budget.in_use(), 0);
+        }
+    }
+
     #[test]
     fn reservations_stay_within_the_limit_and_are_returned_on_drop() {
         let budget = BodyBudget::default();

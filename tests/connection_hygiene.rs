@@ -370,3 +370,46 @@ async fn out_of_file_descriptors_is_logged_counted_and_recovers_when_connections
         .await;
     assert_eq!(push.status, StatusCode::OK, "{}", push.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_push_finish_then_exits_zero() {
+    const BODY: &str = "inflight_gauge 7\n";
+    let node = Pushgateway::start().await;
+    let mut gateway = Gateway::start(&config(&node, "")).await;
+    let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
+    let head = format!(
+        "PUT /metrics/job/inflight HTTP/1.1\r\nHost: gateway\r\nContent-Length: {}\r\n\r\n",
+        BODY.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The push is in its handler once its declared body is held from the budget.
+    wait_until(secs(30), POLL_INTERVAL, || async {
+        let metrics = gateway.request(Method::GET, "/-/metrics", "").await.body;
+        metric_value(&metrics, "dynamic_sharding_request_body_bytes_in_use")
+            == Some(BODY.len() as f64)
+    })
+    .await
+    .expect("the push reached its handler");
+
+    gateway.signal("TERM");
+    wait_until(secs(30), POLL_INTERVAL, || async {
+        gateway.log_text().contains("shutting down gracefully")
+    })
+    .await
+    .expect("the gateway began shutting down");
+    stream.write_all(BODY.as_bytes()).await.unwrap();
+    let answer = tokio::time::timeout(secs(30), read_response(&mut stream)).await;
+    assert_eq!(answer.ok().flatten().map(|(h, _)| h.status), Some(200));
+    assert!(node.metrics_text().await.contains("inflight_gauge"));
+    wait_until(secs(30), POLL_INTERVAL, || {
+        let exited = gateway.exit_status().is_some();
+        async move { exited }
+    })
+    .await
+    .expect("the gateway exits once the push is done");
+    assert!(
+        gateway.exit_status().is_some_and(|s| s.success()),
+        "{}",
+        gateway.log_text()
+    );
+}
