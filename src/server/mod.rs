@@ -8,24 +8,25 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::ErrorKind;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::util::Oneshot;
 
 use crate::config::WebConfig;
 use crate::shutdown::Shutdown;
 use crate::telemetry::ServerMetrics;
 
-mod idle;
-use idle::IdleTimeout;
+mod timeouts;
+use timeouts::{RequestCount, Timeouts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -92,10 +93,9 @@ pub async fn serve<S>(
     S::Future: Send + 'static,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
-    // hyper starts this timer whenever it waits for a request head: on a new connection and after each
-    // response of a keep-alive one, so it bounds a slowly dripped head and an idle connection alike.
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+    // `Timeouts` bounds heads and idle waits with one timer per connection; hyper's own header timer would box
+    // a new one for every request.
+    http.header_read_timeout(None);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection task holds a clone of `open_tx`; `recv` yields `None` once the last one has ended.
     let (open_tx, mut open_rx) = mpsc::channel::<Infallible>(1);
@@ -131,7 +131,7 @@ pub async fn serve<S>(
             stream,
             service.clone(),
             http.clone(),
-            limits.idle_timeout,
+            limits,
             shutdown.clone(),
         );
         let open = open_tx.clone();
@@ -202,42 +202,93 @@ fn is_connection_error(error: &std::io::Error) -> bool {
 
 /// Serves one connection until the client closes it, an error or a timeout ends it, or shutdown asked it to
 /// close after its in-flight request.
-fn serve_connection<S>(
+async fn serve_connection<S>(
     stream: TcpStream,
     service: S,
     http: hyper::server::conn::http1::Builder,
-    idle_timeout: Duration,
+    limits: Limits,
     mut shutdown: Shutdown,
-) -> impl Future<Output = ()> + Send
-where
+) where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
 {
-    // The same request adaptation `axum::serve` does: one boxed body per request, nothing more.
-    let service = TowerToHyperService::new(
-        service.map_request(|request: http::Request<Incoming>| request.map(Body::new)),
-    );
-    async move {
-        let io = TokioIo::new(IdleTimeout::new(stream, idle_timeout));
-        let connection = http.serve_connection(io, service);
-        let mut connection = std::pin::pin!(connection);
-        let mut closing = false;
-        loop {
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                    break;
+    let requests = Arc::new(RequestCount::default());
+    let service = ConnectionService {
+        inner: service,
+        requests: requests.clone(),
+    };
+    let io = TokioIo::new(Timeouts::new(
+        stream,
+        limits.header_read_timeout,
+        limits.idle_timeout,
+        requests,
+    ));
+    let connection = http.serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
                 }
-                _ = shutdown.recv(), if !closing => {
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
+                break;
+            }
+            _ = shutdown.recv(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// The gateway's service as hyper calls it on one connection: what `axum::serve` does (one boxed body per
+/// request, a clone of the service per request), plus telling [`Timeouts`] that a request head is complete.
+struct ConnectionService<S> {
+    inner: S,
+    requests: Arc<RequestCount>,
+}
+
+impl<S> hyper::service::Service<http::Request<Incoming>> for ConnectionService<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Answered<Oneshot<S, http::Request<Body>>>;
+
+    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        self.requests.head_complete();
+        Answered {
+            future: Oneshot::new(self.inner.clone(), request.map(Body::new)),
+            requests: Some(self.requests.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The service's future, telling [`Timeouts`] when the response is ready (so the write that follows is
+    /// the answer, not a `100 Continue`).
+    struct Answered<F> {
+        #[pin]
+        future: F,
+        requests: Option<Arc<RequestCount>>,
+    }
+}
+
+impl<F: Future> Future for Answered<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.future.poll(cx));
+        if let Some(requests) = this.requests.take() {
+            requests.answered();
+        }
+        Poll::Ready(output)
     }
 }
