@@ -236,6 +236,11 @@ fn reload_config(
                     "http_listen_addr changed; the new address takes effect after a restart"
                 );
             }
+            if new_config.web != shared_config.load().web {
+                tracing::warn!(
+                    "web.* changed; the new connection limits take effect after a restart"
+                );
+            }
             metrics.config_reload_success.set(1);
             metrics.config_reload_timestamp.set(unix_now());
             tracing::info!(
