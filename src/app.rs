@@ -58,7 +58,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         .clone()
         .unwrap_or_else(|| config.listen_addr.clone());
     let bind_addr = normalize_listen_addr(&listen_addr).map_err(AppError::ListenAddress)?;
-    let mut limits = server::Limits::from(&config.web);
+    let mut limits = config.web;
     if let Some(max_connections) = options.max_connections {
         if max_connections == 0 {
             return Err(AppError::MaxConnections);

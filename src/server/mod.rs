@@ -47,24 +47,6 @@ pub async fn bind(addr: &str) -> Result<TcpListener, ServerError> {
         })
 }
 
-/// Limits on client connections (`web.*` in the config).
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-}
-
-impl From<&WebConfig> for Limits {
-    fn from(web: &WebConfig) -> Limits {
-        Limits {
-            max_connections: web.max_connections,
-            header_read_timeout: web.header_read_timeout,
-            idle_timeout: web.idle_timeout,
-        }
-    }
-}
-
 /// Accept errors are logged at most this often; the rest are counted (`http_accept_errors_total`).
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// The pause after an accept error doubles from the first to the last (as Go's `net/http` does), so a
@@ -82,7 +64,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
-    limits: Limits,
+    limits: WebConfig,
     metrics: ServerMetrics,
     mut shutdown: Shutdown,
 ) where
@@ -206,7 +188,7 @@ async fn serve_connection<S>(
     stream: TcpStream,
     service: S,
     http: hyper::server::conn::http1::Builder,
-    limits: Limits,
+    limits: WebConfig,
     mut shutdown: Shutdown,
 ) where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
@@ -290,5 +272,32 @@ impl<F: Future> Future for Answered<F> {
             requests.answered();
         }
         Poll::Ready(output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_are_logged_at_most_once_per_interval_and_the_pause_doubles_to_a_cap() {
+        let mut errors = AcceptErrors::default();
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert_eq!(errors.record(&emfile), ACCEPT_BACKOFF_FIRST);
+        assert_eq!(errors.unlogged, 0, "the first error is logged");
+        assert_eq!(errors.record(&emfile), ACCEPT_BACKOFF_FIRST * 2);
+        assert_eq!(
+            errors.unlogged, 1,
+            "the next one within the interval is only counted"
+        );
+        let pauses: Vec<Duration> = (0..12).map(|_| errors.record(&emfile)).collect();
+        assert_eq!(pauses.last(), Some(&ACCEPT_BACKOFF_MAX));
+        assert!(pauses.windows(2).all(|pair| pair[0] <= pair[1]));
+        tokio::time::advance(ACCEPT_ERROR_LOG_INTERVAL).await;
+        errors.record(&emfile);
+        assert_eq!(
+            errors.unlogged, 0,
+            "logged again once the interval has passed"
+        );
     }
 }
