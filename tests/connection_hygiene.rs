@@ -280,7 +280,12 @@ async fn bodies_beyond_the_memory_budget_get_503_with_retry_after_and_memory_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_body_over_max_body_size_gets_413_before_it_is_sent() {
     let node = Pushgateway::start().await;
-    let gateway = Gateway::start(&config(&node, "proxy: {max_body_size: 1KiB}\n")).await;
+    // Short connection timeouts: waiting for a body after a 100 Continue must not count as idle.
+    let gateway = Gateway::start(&config(
+        &node,
+        "proxy: {max_body_size: 1KiB}\nweb: {header_read_timeout: 1s, idle_timeout: 1s}\n",
+    ))
+    .await;
 
     // With Expect: 100-continue the client waits for permission: the answer is 413, never 100.
     let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
@@ -313,10 +318,28 @@ async fn a_declared_body_over_max_body_size_gets_413_before_it_is_sent() {
     assert_eq!(head.status, 413, "{}", head.text);
 
     // A body within the limit with Expect: 100-continue still gets its 100 and goes through.
-    let reply = gateway
-        .request(Method::PUT, "/metrics/job/fits", "fits_gauge 1\n")
-        .await;
-    assert_eq!(reply.status, StatusCode::OK);
+    const FITS: &str = "fits_gauge 1\n";
+    let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
+    let head = format!(
+        "PUT /metrics/job/fits HTTP/1.1\r\nHost: gateway\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        FITS.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let continue_head = tokio::time::timeout(secs(30), read_head(&mut stream))
+        .await
+        .ok()
+        .flatten()
+        .expect("100 Continue");
+    assert_eq!(continue_head.status, 100, "{}", continue_head.text);
+    // A client slower than the idle timeout to send its body after the 100 Continue.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stream.write_all(FITS.as_bytes()).await.unwrap();
+    let answer = tokio::time::timeout(secs(30), read_head(&mut stream))
+        .await
+        .ok()
+        .flatten()
+        .expect("an answer to the push");
+    assert_eq!(answer.status, 200, "{}", answer.text);
     assert!(node.metrics_text().await.contains("fits_gauge"));
 }
 
