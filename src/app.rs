@@ -8,16 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::ambiguous::{self, Journal};
+use crate::body_budget::BodyBudget;
 use crate::config::{normalize_listen_addr, Config, ConfigError};
 use crate::consul::{self, ConsulClient, ConsulError};
 use crate::gateway::{self, AppState, ReloadRequest};
 use crate::membership::{self, static_probe};
 use crate::outlier::OutlierDetector;
+use crate::server::{self, ServerError};
 use crate::shutdown;
 use crate::telemetry::Metrics;
 use crate::upstream;
@@ -31,6 +32,8 @@ pub struct Options {
     pub enable_lifecycle: bool,
     /// `--web.enable-admin-api`: allows `PUT /api/v1/admin/wipe`.
     pub enable_admin_api: bool,
+    /// `--web.max-connections`: overrides `web.max_connections`.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,15 +46,12 @@ pub enum AppError {
     Upstream(#[from] upstream::UpstreamConfigError),
     #[error("invalid listen address: {0}")]
     ListenAddress(String),
-    #[error("cannot listen on {addr}: {source} (is another process using the port?)")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("--web.max-connections: must be at least 1, e.g. 512")]
+    MaxConnections,
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 /// Runs the gateway until SIGTERM/SIGINT.
@@ -62,12 +62,14 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         .clone()
         .unwrap_or_else(|| config.listen_addr.clone());
     let bind_addr = normalize_listen_addr(&listen_addr).map_err(AppError::ListenAddress)?;
-    let listener = TcpListener::bind(&bind_addr)
-        .await
-        .map_err(|source| AppError::Bind {
-            addr: bind_addr.clone(),
-            source,
-        })?;
+    let mut limits = config.web;
+    if let Some(max_connections) = options.max_connections {
+        if max_connections == 0 {
+            return Err(AppError::MaxConnections);
+        }
+        limits.max_connections = max_connections;
+    }
+    let listener = server::bind(&bind_addr).await?;
 
     let metrics = Metrics::new();
     metrics.config_reload_success.set(1);
@@ -163,6 +165,10 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         rebalance: rebalancer,
         outliers,
         journal,
+        body_budget: BodyBudget::new(
+            metrics.server.body_bytes_in_use.clone(),
+            metrics.server.bodies_refused.clone(),
+        ),
     };
 
     let mut terminate = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
@@ -174,20 +180,18 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         mode = ?config.mode,
         algorithm = ?config.ring_algorithm,
         servers = %config.servers.join(","),
+        max_connections = limits.max_connections,
         version = env!("CARGO_PKG_VERSION"),
         "dynamic-sharding listening"
     );
-    let (stop_serving_tx, stop_serving_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(
+    let server = server::serve(
         listener,
-        axum::ServiceExt::<http::Request<axum::body::Body>>::into_make_service(
-            gateway::GatewayService::new(state),
-        ),
-    )
-    .with_graceful_shutdown(async {
-        let _ = stop_serving_rx.await;
-    });
-    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+        gateway::GatewayService::new(state),
+        limits,
+        metrics.server.clone(),
+        shutdown.clone(),
+    );
+    let mut server = std::pin::pin!(server);
 
     let reload = |answer: Option<ReloadRequest>| {
         let result = reload_config(
@@ -204,7 +208,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
     };
     loop {
         tokio::select! {
-            result = &mut server => return result.map_err(AppError::Serve),
+            () = &mut server => return Ok(()),
             _ = terminate.recv() => { tracing::info!("received SIGTERM, shutting down gracefully"); break }
             _ = interrupt.recv() => { tracing::info!("received SIGINT, shutting down gracefully"); break }
             _ = hangup.recv() => { tracing::info!("received SIGHUP, reloading configuration"); reload(None) }
@@ -213,10 +217,9 @@ pub async fn run(options: Options) -> Result<(), AppError> {
     }
 
     shutdown_trigger.trigger();
-    let _ = stop_serving_tx.send(());
     let grace = shared_config.load().proxy.shutdown_timeout;
     match tokio::time::timeout(grace, server).await {
-        Ok(result) => result.map_err(AppError::Serve)?,
+        Ok(()) => {}
         Err(_) => tracing::warn!(
             ?grace,
             "in-flight requests did not finish in time; exiting anyway"
@@ -270,6 +273,11 @@ fn reload_config(
                     old = %listen_addr,
                     new = %new_config.listen_addr,
                     "http_listen_addr changed; the new address takes effect after a restart"
+                );
+            }
+            if new_config.web != shared_config.load().web {
+                tracing::warn!(
+                    "web.* changed; the new connection limits take effect after a restart"
                 );
             }
             metrics.config_reload_success.set(1);

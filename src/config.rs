@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::ring::Algorithm;
+pub use crate::secret::Secret;
 
 /// The default Pushgateway port applied to `pushgateway.servers` entries without one (the original's behaviour).
 pub const DEFAULT_PUSHGATEWAY_PORT: u16 = 9091;
@@ -155,6 +156,7 @@ struct RawConfig {
     outlier_detection: Option<RawOutlierDetection>,
     ambiguous_writes: Option<RawAmbiguousWrites>,
     groups: Option<RawGroups>,
+    web: Option<RawWeb>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,7 +238,7 @@ impl std::fmt::Debug for RawBasicAuth {
             .field("username", &self.username)
             .field(
                 "password",
-                &self.password.as_ref().map(|_| Secret::REDACTED),
+                &self.password.as_ref().map(|_| crate::secret::REDACTED),
             )
             .field("password_file", &self.password_file)
             .finish()
@@ -269,6 +271,7 @@ struct RawProxy {
     shutdown_timeout: Option<PromDuration>,
     per_node_pool: Option<bool>,
     max_in_flight_per_node: Option<usize>,
+    max_body_memory: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +290,14 @@ struct RawAmbiguousWrites {
     linger: Option<PromDuration>,
     max_groups: Option<usize>,
     max_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    max_connections: Option<usize>,
+    header_read_timeout: Option<PromDuration>,
+    idle_timeout: Option<PromDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -325,36 +336,8 @@ pub struct Config {
     pub groups: GroupsConfig,
     /// How the gateway talks to every Pushgateway: scheme, TLS, basic auth.
     pub upstream: UpstreamConfig,
-}
-
-/// A credential read from the config. `Debug` and `Display` never show it; only [`Secret::expose`] does.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// What `Debug` and `Display` print instead of the value.
-    pub const REDACTED: &'static str = "<secret>";
-
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(Self::REDACTED)
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(Self::REDACTED)
-    }
+    /// Client connections; read once at start (like `http_listen_addr`, a reload does not change them).
+    pub web: WebConfig,
 }
 
 /// `pushgateway.scheme`: how every Pushgateway is reached.
@@ -517,6 +500,31 @@ impl Default for AmbiguousWritesConfig {
     }
 }
 
+/// `web`: limits on client connections (see `crate::server`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebConfig {
+    /// Connections served at once; further ones wait in the listen backlog (`--web.max-connections`).
+    pub max_connections: usize,
+    /// From when the gateway starts waiting for a request (on connect, or after the previous response) until
+    /// its whole head (request line and headers) has arrived; then the connection is closed.
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay open without sending a byte of its next request (after connecting, or
+    /// after the previous response). At most `header_read_timeout`, which bounds that wait too.
+    pub idle_timeout: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            // Prometheus' and the Pushgateway's `--web.max-connections` default.
+            max_connections: 512,
+            // nginx's `client_header_timeout` default.
+            header_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// The read side (`GET /metrics`, `/api/v1/...`), fanned out to every healthy node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadConfig {
@@ -538,7 +546,7 @@ pub struct ConsulConfig {
     pub addr: String,
     pub scheme: ConsulScheme,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub service_name: String,
     /// Register `pushgateway.servers` in Consul (off for fleets that register Pushgateways themselves).
     pub register: bool,
@@ -550,7 +558,7 @@ pub struct ConsulConfig {
     /// Only instances carrying this tag join the ring; registrations get it too.
     pub tag: Option<String>,
     /// Sent as `X-Consul-Token`.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     pub tls: ConsulTlsConfig,
 }
 
@@ -624,6 +632,8 @@ pub struct ProxyConfig {
     /// Pushes forwarded to one node at once; beyond it a push goes to the next node (or gets 503), so one slow
     /// node cannot hold every connection.
     pub max_in_flight_per_node: usize,
+    /// Request bodies held in memory at once, over all connections; a push beyond it gets `503`.
+    pub max_body_memory: u64,
 }
 
 impl Default for ProxyConfig {
@@ -637,6 +647,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(15),
             per_node_pool: true,
             max_in_flight_per_node: 128,
+            max_body_memory: 256 << 20,
         }
     }
 }
@@ -793,11 +804,21 @@ impl Config {
             max_in_flight_per_node: raw_proxy
                 .max_in_flight_per_node
                 .unwrap_or(proxy_defaults.max_in_flight_per_node),
+            max_body_memory: raw_proxy
+                .max_body_memory
+                .map_or(proxy_defaults.max_body_memory, |s| s.0),
         };
         if proxy.max_in_flight_per_node == 0 {
             return Err(invalid(
                 "proxy.max_in_flight_per_node: must be at least 1, e.g. 128",
             ));
+        }
+        if proxy.max_body_memory < proxy.max_body_size {
+            return Err(invalid(format!(
+                "proxy.max_body_memory: {} is less than proxy.max_body_size ({}), so a body of the allowed size \
+                 could never be accepted; set it to at least proxy.max_body_size",
+                proxy.max_body_memory, proxy.max_body_size
+            )));
         }
         if proxy.max_body_size == 0 {
             return Err(invalid(
@@ -828,6 +849,7 @@ impl Config {
             validate_outlier_detection(raw.outlier_detection.unwrap_or_default())?;
         let ambiguous_writes = validate_ambiguous_writes(raw.ambiguous_writes.unwrap_or_default())?;
         let groups = validate_groups(raw.groups.unwrap_or_default())?;
+        let web = validate_web(raw.web.unwrap_or_default())?;
 
         Ok(Config {
             listen_addr,
@@ -843,6 +865,7 @@ impl Config {
             ambiguous_writes,
             groups,
             upstream,
+            web,
         })
     }
 }
@@ -1011,6 +1034,38 @@ fn validate_ambiguous_writes(
     Ok(config)
 }
 
+fn validate_web(raw: RawWeb) -> Result<WebConfig, ConfigError> {
+    let defaults = WebConfig::default();
+    let web = WebConfig {
+        max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
+        header_read_timeout: raw
+            .header_read_timeout
+            .map_or(defaults.header_read_timeout, |d| d.0),
+        idle_timeout: raw.idle_timeout.map_or(defaults.idle_timeout, |d| d.0),
+    };
+    if web.max_connections == 0 {
+        return Err(invalid("web.max_connections: must be at least 1, e.g. 512"));
+    }
+    for (key, value) in [
+        ("web.header_read_timeout", web.header_read_timeout),
+        ("web.idle_timeout", web.idle_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(invalid(format!("{key}: must be greater than 0, e.g. 60s")));
+        }
+    }
+    if web.idle_timeout > web.header_read_timeout {
+        return Err(invalid(format!(
+            "web.idle_timeout: {} is longer than web.header_read_timeout ({}), which already closes a connection \
+             that sends no complete request head within it; set it at most {}",
+            humantime::format_duration(web.idle_timeout),
+            humantime::format_duration(web.header_read_timeout),
+            humantime::format_duration(web.header_read_timeout),
+        )));
+    }
+    Ok(web)
+}
+
 fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, ConfigError> {
     let addr = consul
         .addr
@@ -1024,6 +1079,13 @@ fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, ConfigError>
     } else {
         (addr, None)
     };
+    // Checked before any message that quotes the address, which would then show the password.
+    if addr.contains('@') {
+        return Err(invalid(
+            "consul_server.addr: contains user info (user:password@); it would be shown in logs and /-/ring. \
+             Remove it and set consul_server.username and consul_server.password instead",
+        ));
+    }
     if addr.is_empty() {
         return Err(invalid(
             "consul_server.addr: missing; set it to the Consul agent's host:port, e.g. localhost:8500",
@@ -1096,7 +1158,7 @@ fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, ConfigError>
         addr,
         scheme,
         username: non_empty(consul.username),
-        password: consul.password.filter(|p| !p.is_empty()),
+        password: consul.password.filter(|p| !p.is_empty()).map(Secret::new),
         service_name: non_empty(consul.register_service_name)
             .unwrap_or_else(|| "pushgateway".to_string()),
         register: consul.register.unwrap_or(true),
@@ -1105,7 +1167,7 @@ fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, ConfigError>
         deregister_critical_after,
         datacenter: non_empty(consul.datacenter),
         tag: non_empty(consul.tag),
-        token: non_empty(consul.token),
+        token: non_empty(consul.token).map(Secret::new),
         tls,
     })
 }
@@ -1169,6 +1231,14 @@ pub fn node_address(entry: &str, default_port: u16) -> Result<String, String> {
         .trim_end_matches('/');
     if entry.is_empty() {
         return Err("empty entry; give a host or host:port".to_string());
+    }
+    // Not quoted back: the entry would show the password.
+    if entry.contains('@') {
+        return Err(
+            "contains user info (user:password@), which would be shown in logs and /-/ring; \
+                    remove it (the gateway sends no credentials to Pushgateways)"
+                .to_string(),
+        );
     }
     if entry.contains('/') || entry.contains(char::is_whitespace) {
         return Err(format!("{entry:?} is not a host or host:port"));
@@ -1259,7 +1329,7 @@ mod tests {
         );
         assert_eq!(consul.datacenter.as_deref(), Some("dc2"));
         assert_eq!(consul.tag.as_deref(), Some("shard"));
-        assert_eq!(consul.token.as_deref(), Some("secret"));
+        assert_eq!(consul.token.as_ref().map(Secret::expose), Some("secret"));
         assert_eq!(consul.tls.ca_file.as_deref(), Some("/ca.pem"));
         assert!(consul.tls.insecure_skip_verify);
     }
@@ -1419,8 +1489,85 @@ mod tests {
                 "invalid size",
             ),
             ("consul_server: {username: x}", "consul_server.addr"),
+            (
+                "pushgateway: {servers: [a]}\nproxy: {max_body_size: 2MiB, max_body_memory: 1MiB}",
+                "proxy.max_body_memory",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nweb: {max_connections: 0}",
+                "web.max_connections",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nweb: {header_read_timeout: 0s}",
+                "web.header_read_timeout",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nweb: {header_read_timeout: 10s, idle_timeout: 1m}",
+                "web.idle_timeout",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nweb: {max_conections: 5}",
+                "max_conections",
+            ),
         ];
         assert_each_error_mentions(&cases);
+    }
+
+    #[test]
+    fn user_info_in_addresses_is_rejected_without_showing_the_password() {
+        for (text, key) in [
+            (
+                "consul_server: {addr: 'http://admin:s3cr3t@consul.example:8500'}",
+                "consul_server.addr",
+            ),
+            (
+                "consul_server: {addr: 'admin:s3cr3t@consul.example:8500/'}",
+                "consul_server.addr",
+            ),
+            (
+                "pushgateway: {servers: ['http://admin:s3cr3t@10.0.0.1:9091']}",
+                "pushgateway.servers[0]",
+            ),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+            assert!(!err.contains("s3cr3t"), "{err}");
+        }
+        let err = Config::parse("consul_server: {addr: 'admin:s3cr3t@consul.example:8500'}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("consul_server.username") && err.contains("consul_server.password"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_debug_rendering_of_the_config_shows_no_credential() {
+        let config = Config::parse(
+            "consul_server: {addr: 'consul.example:8500', username: u, password: pa55, token: t0ken}",
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("pa55") && !shown.contains("t0ken"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn web_section_parses_and_defaults() {
+        let config = Config::parse("pushgateway: {servers: [a]}").unwrap();
+        assert_eq!(config.web, WebConfig::default());
+        let config = Config::parse(
+            "pushgateway: {servers: [a]}\nweb: {max_connections: 3, header_read_timeout: 5s, idle_timeout: 2s}\n\
+             proxy: {max_body_memory: 64MiB}",
+        )
+        .unwrap();
+        assert_eq!(config.web.max_connections, 3);
+        assert_eq!(config.web.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(config.web.idle_timeout, Duration::from_secs(2));
+        assert_eq!(config.proxy.max_body_memory, 64 << 20);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`routing`]: turns membership snapshots into immutable ring snapshots, read lock-free by handlers.
 //! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`, HTTP SD, and the read
 //!   API fanned out to every node).
+//! - [`body_budget`]: the memory budget for request bodies shared by all connections.
 //! - [`upstream`]: the pooled HTTP client towards Pushgateways, and the scheme, TLS and credentials every request
 //!   to a node uses.
 //! - [`upstream_pool`]: per-node connection pools for proxied pushes, driven by the handler (no task per connection).
@@ -17,10 +18,13 @@
 //! - [`ambiguous`]: pushes whose outcome on a node is unknown; the acknowledged value is written again once the
 //!   node could no longer apply a late write.
 //! - [`rebalance`]: moves groups to their owner after ring changes, so every group is on exactly one node.
+//! - [`secret`]: `Secret`, a credential whose every rendering is redacted.
+//! - [`server`]: binding, the accept loop, per-connection HTTP serving, connection limits, graceful serving.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
 //! - [`app`]: wiring, reload and graceful shutdown.
 pub mod ambiguous;
 pub mod app;
+pub mod body_budget;
 pub mod config;
 pub mod consul;
 pub mod exposition;
@@ -32,6 +36,8 @@ pub mod outlier;
 pub mod rebalance;
 pub mod ring;
 pub mod routing;
+pub mod secret;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod upstream;

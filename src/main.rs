@@ -33,6 +33,10 @@ struct Flags {
     /// Enable PUT /api/v1/admin/wipe (forwarded to every node), as the Pushgateway's own flag does.
     #[arg(long = "web.enable-admin-api")]
     web_enable_admin_api: bool,
+    /// Maximum number of simultaneous connections; further ones wait until one closes. Overrides
+    /// web.max_connections from the config file (default 512).
+    #[arg(long = "web.max-connections", value_name = "N")]
+    web_max_connections: Option<usize>,
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", value_enum, default_value = "info")]
     log_level: LogLevel,
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         listen_address: flags.web_listen_address,
         enable_lifecycle: flags.web_enable_lifecycle,
         enable_admin_api: flags.web_enable_admin_api,
+        max_connections: flags.web_max_connections,
     };
     match runtime.block_on(app::run(options)) {
         Ok(()) => ExitCode::SUCCESS,

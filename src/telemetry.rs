@@ -180,6 +180,7 @@ pub struct Metrics {
     pub groups_expired: Counter,
     pub groups_expiring: Gauge,
     pub faults: FaultMetrics,
+    pub server: ServerMetrics,
 }
 
 /// Passive failure detection and ambiguous-write repair (`crate::outlier`, `crate::ambiguous`).
@@ -244,6 +245,42 @@ impl FaultMetrics {
             "ambiguous_writes_forgotten",
             "Groups with an ambiguous write that were forgotten without a repair, by reason",
             metrics.ambiguous_forgotten.clone(),
+        );
+        metrics
+    }
+}
+
+/// Client connections and request bodies (see `crate::server`, `crate::body_budget`).
+#[derive(Clone, Debug, Default)]
+pub struct ServerMetrics {
+    pub connections_open: Gauge,
+    pub accept_errors: Counter,
+    pub body_bytes_in_use: Gauge,
+    pub bodies_refused: Counter,
+}
+
+impl ServerMetrics {
+    fn register(registry: &mut Registry) -> ServerMetrics {
+        let metrics = ServerMetrics::default();
+        registry.register(
+            "http_connections_open",
+            "Client connections being served now (at most web.max_connections)",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "http_accept_errors",
+            "Failures to accept a client connection (e.g. out of file descriptors)",
+            metrics.accept_errors.clone(),
+        );
+        registry.register(
+            "request_body_bytes_in_use",
+            "Bytes of request bodies held in memory now, over all connections (at most proxy.max_body_memory)",
+            metrics.body_bytes_in_use.clone(),
+        );
+        registry.register(
+            "request_bodies_refused",
+            "Push bodies refused with 503 because proxy.max_body_memory was in use",
+            metrics.bodies_refused.clone(),
         );
         metrics
     }
@@ -434,6 +471,7 @@ impl Metrics {
             groups_expiring.clone(),
         );
 
+        let server = ServerMetrics::register(&mut registry);
         Metrics {
             faults,
             groups_expired,
@@ -464,6 +502,7 @@ impl Metrics {
             rebalance_failures,
             rebalance_last_pass_seconds,
             rebalance_last_pass_timestamp,
+            server,
         }
     }
 

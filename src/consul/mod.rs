@@ -19,7 +19,8 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConsulConfig, ConsulScheme, Secret};
+use crate::config::{ConsulConfig, ConsulScheme};
+use crate::secret::Secret;
 
 /// Non-blocking calls (register, acquire, ...) give up after this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -221,7 +222,7 @@ pub struct ConsulClient {
     base_url: String,
     datacenter: Option<String>,
     username: Option<String>,
-    password: Option<String>,
+    password: Option<Secret>,
 }
 
 impl ConsulClient {
@@ -229,7 +230,8 @@ impl ConsulClient {
     pub fn new(config: &ConsulConfig) -> Result<ConsulClient, ConsulError> {
         let mut headers = HeaderMap::new();
         if let Some(token) = &config.token {
-            let mut value = HeaderValue::from_str(token).map_err(|_| ConsulError::InvalidToken)?;
+            let mut value =
+                HeaderValue::from_str(token.expose()).map_err(|_| ConsulError::InvalidToken)?;
             value.set_sensitive(true);
             headers.insert("X-Consul-Token", value);
         }
@@ -289,7 +291,9 @@ impl ConsulClient {
     fn request(&self, method: Method, url: &str) -> RequestBuilder {
         let request = self.http.request(method, url);
         match &self.username {
-            Some(username) => request.basic_auth(username, self.password.as_deref()),
+            Some(username) => {
+                request.basic_auth(username, self.password.as_ref().map(Secret::expose))
+            }
             None => request,
         }
     }

@@ -25,6 +25,7 @@ use http::{header, HeaderValue, StatusCode};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::ambiguous::Journal;
+use crate::body_budget::BodyBudget;
 use crate::config::Config;
 use crate::membership::static_probe::SuspectReporter;
 use crate::membership::Membership;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub outliers: OutlierDetector,
     /// Groups with an ambiguous write, and their acknowledged pushes since.
     pub journal: Journal,
+    /// Bytes of push bodies held in memory, over all connections (`proxy.max_body_memory`).
+    pub body_budget: BodyBudget,
 }
 
 /// The gateway's whole HTTP service: push paths go straight to [`push::PushService`], everything else through

@@ -16,10 +16,11 @@ use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 
 use super::{json, text, text_lines, AppState};
 use crate::ambiguous::{AckedWrite, WriteHeaders};
+use crate::body_budget::{self, BodyError};
 use crate::config::{Config, Mode, NodeScheme};
 use crate::grouping::{self, GroupingKey, GroupingKeyError, NonUtf8};
 use crate::node_route::NodeRoute;
@@ -404,6 +405,21 @@ async fn proxy(
     }
 }
 
+/// `503` for a push whose body does not fit in `proxy.max_body_memory` now; the client may retry shortly.
+fn body_memory_exhausted(config: &Config) -> Response<Body> {
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "request bodies held in memory have reached proxy.max_body_memory ({} bytes); retry later",
+            config.proxy.max_body_memory
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// Forwards the push to `owner`, or to `successor` if the owner cannot be reached. `Err` is our own answer.
 async fn proxy_to(
     state: &AppState,
@@ -414,21 +430,28 @@ async fn proxy_to(
     successor: Option<Arc<NodeRoute>>,
 ) -> Result<(Response<Body>, Arc<NodeRoute>), Response<Body>> {
     let (mut parts, body) = request.into_parts();
-    let limit = usize::try_from(config.proxy.max_body_size).unwrap_or(usize::MAX);
-    let body = match tokio::time::timeout(
+    let limit = config.proxy.max_body_size;
+    let collected = tokio::time::timeout(
         config.proxy.client_body_timeout,
-        Limited::new(body, limit).collect(),
+        body_budget::collect(
+            body,
+            limit,
+            &state.body_budget,
+            config.proxy.max_body_memory,
+        ),
     )
-    .await
-    {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(error)) if error.is::<LengthLimitError>() => {
+    .await;
+    // `_held` keeps the body's bytes counted against `proxy.max_body_memory` until the push is done.
+    let (body, _held) = match collected {
+        Ok(Ok(collected)) => collected,
+        Ok(Err(BodyError::TooLarge)) => {
             return Err(text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is larger than {limit} bytes (proxy.max_body_size)"),
             ))
         }
-        Ok(Err(error)) => {
+        Ok(Err(BodyError::OverBudget)) => return Err(body_memory_exhausted(config)),
+        Ok(Err(BodyError::Read(error))) => {
             return Err(text(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read request body: {error}"),
