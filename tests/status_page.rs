@@ -109,13 +109,13 @@ async fn rendered_dom(url: String) -> String {
         .expect("Chromium task")
 }
 
-/// A 1280x900 screenshot of `url` at `file`.
-async fn screenshot(url: String, file: PathBuf) {
+/// A screenshot of `url` at `file`, 1280 pixels wide and `height` high.
+async fn screenshot(url: String, file: PathBuf, height: u32) {
     let shot = file.clone();
     tokio::task::spawn_blocking(move || {
         chromium(&[
             format!("--screenshot={}", shot.display()),
-            "--window-size=1280,900".to_owned(),
+            format!("--window-size=1280,{height}"),
             url,
         ])
     })
@@ -251,9 +251,19 @@ async fn chromium_shows_every_node_and_group_where_it_lives_and_a_killed_node_as
         "a label value became markup:\n{dom}"
     );
     assert!(dom.contains("note=\"&lt;script&gt;alert(1)&lt;/script&gt;\""));
+    assert!(dom.contains("<section id=\"expiry\"><h2>Group expiry<small>off</small></h2>"));
+    assert!(dom.contains("<section id=\"rebalancer\">"));
     screenshot(
         format!("{}/", gateway.url()),
         output_dir().join("status-page.png"),
+        900,
+    )
+    .await;
+    // The whole page, down to the rebalancer, faults and expiry sections.
+    screenshot(
+        format!("{}/", gateway.url()),
+        output_dir().join("status-page-full.png"),
+        1900,
     )
     .await;
 
@@ -292,6 +302,7 @@ async fn chromium_shows_every_node_and_group_where_it_lives_and_a_killed_node_as
     screenshot(
         format!("{}/", gateway.url()),
         output_dir().join("status-page-node-down.png"),
+        900,
     )
     .await;
 }
@@ -325,4 +336,52 @@ async fn status_page_answers_get_only_and_rejects_a_bad_page_number() {
         gateway.request(Method::GET, "/", "").await.status,
         StatusCode::OK
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_shows_a_poisoned_node_whose_reads_fail_with_its_own_error() {
+    let nodes = Pushgateway::start_many(2).await;
+    let gateway = Gateway::start(&config(&nodes)).await;
+    wait_for_ring(&gateway, 2).await;
+    // Straight to the node, bypassing the gateway: two groups whose push_time_seconds collide break its /metrics.
+    let poisoned = nodes[0].addr();
+    assert_eq!(
+        nodes[0].push("/metrics/job/p", "a 1\n").await,
+        StatusCode::OK
+    );
+    nodes[0]
+        .push("/metrics/job/p/instance@base64/=", "a 1\n")
+        .await;
+    let read = gateway.request(Method::GET, "/metrics", "").await;
+    assert_eq!(
+        read.header("x-dynamic-sharding-missing-nodes").as_deref(),
+        Some(poisoned.as_str())
+    );
+
+    let dom = rendered_dom(format!("{}/", gateway.url())).await;
+    let node_row = dom
+        .split(&format!("data-node=\"{poisoned}\""))
+        .nth(1)
+        .and_then(|rest| rest.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row for {poisoned}:\n{dom}"));
+    assert!(node_row.contains("reads failing"), "{node_row}");
+    let failures = dom
+        .split("<section id=\"read-failures\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</section>").next())
+        .unwrap_or_else(|| panic!("no read-failures section:\n{dom}"));
+    assert!(failures.contains(&poisoned), "{failures}");
+    assert!(failures.contains("/metrics"), "{failures}");
+    assert!(
+        failures.contains("was collected before with the same name and label values"),
+        "the node's own error: {failures}"
+    );
+    let other = nodes[1].addr();
+    assert!(!failures.contains(&other), "{failures}");
+    screenshot(
+        format!("{}/", gateway.url()),
+        output_dir().join("status-page-reads-failing.png"),
+        900,
+    )
+    .await;
 }

@@ -42,9 +42,20 @@ const LISTING_PATH: &str = "/api/v1/metrics";
 /// The job label, shown first and filtered on.
 const JOB: &str = "job";
 
-/// The group expiry setting as the page shows it. Group expiry (`groups.expire_after`) is not built yet.
-fn expiry_summary(_config: &Config) -> String {
-    "off".to_owned()
+/// The "Group expiry" section: a one-word state for the summary card, then setting/value rows. Group expiry
+/// (`groups.expire_after`) is not built yet.
+fn expiry_summary(_config: &Config) -> Expiry {
+    Expiry {
+        state: "off".to_owned(),
+        rows: vec![("groups.expire_after".to_owned(), "off".to_owned())],
+    }
+}
+
+/// What the page shows of group expiry.
+#[derive(Debug, Clone, PartialEq)]
+struct Expiry {
+    state: String,
+    rows: Vec<(String, String)>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -390,7 +401,7 @@ struct PageView<'a> {
     read_failures: Value,
     rebalance: Value,
     pending_repairs: usize,
-    expiry: String,
+    expiry: Expiry,
     groups: GroupPage,
 }
 
@@ -459,6 +470,9 @@ a{color:var(--accent)}
 nav.pager{display:flex;gap:16px;align-items:center;margin:10px 0 0}
 dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:3px 16px;margin:0}
 dl.kv dt{color:var(--muted)}dl.kv dd{margin:0}
+dl.kv.cols{grid-template-columns:repeat(2,max-content minmax(0,1fr))}
+.row{display:grid;grid-template-columns:minmax(0,2fr) minmax(0,1.2fr) minmax(0,1fr);gap:0 18px;align-items:start}
+section h2+h2,dl+h2,p+h2{margin-top:14px}
 "#;
 
 fn render(view: &PageView<'_>) -> String {
@@ -483,9 +497,14 @@ fn render(view: &PageView<'_>) -> String {
     );
     render_cards(&mut out, view);
     render_nodes(&mut out, view);
-    render_groups(&mut out, view);
+    // The operational state above the (long) group list.
+    out.push_str("<div class=\"row\">");
     render_rebalancer(&mut out, view);
     render_faults(&mut out, view);
+    render_expiry(&mut out, view);
+    out.push_str("</div>");
+    render_read_failures(&mut out, view);
+    render_groups(&mut out, view);
     out.push_str("</main></body></html>\n");
     out
 }
@@ -521,7 +540,7 @@ fn render_cards(out: &mut String, view: &PageView<'_>) {
     w!(
         out,
         "<div class=\"card\" id=\"card-expiry\"><b>{}</b><span>group expiry</span></div>",
-        Escaped(&view.expiry)
+        Escaped(&view.expiry.state)
     );
     out.push_str("</div>");
 }
@@ -797,11 +816,14 @@ fn render_rebalancer(out: &mut String, view: &PageView<'_>) {
     }
     match status.get("last_pass") {
         Some(Value::Object(pass)) => {
-            out.push_str("<h2>Last pass</h2><dl class=\"kv\" id=\"last-pass\">");
+            out.push_str("<h2>Last pass</h2><dl class=\"kv cols\" id=\"last-pass\">");
             // Every field the rebalancer reports, so new ones show up without changing this page.
             for (key, value) in pass {
                 let value = match value {
-                    Value::String(text) => text.clone(),
+                    Value::String(text) => readable_time(text),
+                    Value::Number(number) if !number.is_i64() && !number.is_u64() => {
+                        format!("{:.3}", number.as_f64().unwrap_or_default())
+                    }
                     other => other.to_string(),
                 };
                 w!(
@@ -838,17 +860,21 @@ fn render_faults(out: &mut String, view: &PageView<'_>) {
     for node in ejected {
         w!(out, "<span class=\"mono\">{}</span> ", Escaped(node));
     }
-    w!(
-        out,
-        "</dd><dt>group expiry</dt><dd id=\"expiry\">{}</dd></dl>",
-        Escaped(&view.expiry)
-    );
-    let failures = view.read_failures.as_array().map_or(&[][..], Vec::as_slice);
-    out.push_str("<h2>Nodes whose reads fail</h2>");
-    if failures.is_empty() {
-        out.push_str("<p class=\"muted\" id=\"read-failures\">none</p>");
+    let failures = view.read_failures.as_array().map_or(0, Vec::len);
+    out.push_str("</dd><dt>nodes whose reads fail</dt><dd>");
+    if failures == 0 {
+        out.push_str("none");
     } else {
-        out.push_str("<table id=\"read-failures\"><thead><tr><th>node</th><th>path</th><th>kind</th>\
+        w!(out, "{failures}, <a href=\"#read-failures\">see below</a>");
+    }
+    out.push_str("</dd></dl></section>");
+}
+
+/// The nodes whose last fanned-out read failed, with the node's own error; absent when there are none.
+fn render_read_failures(out: &mut String, view: &PageView<'_>) {
+    let failures = view.read_failures.as_array().map_or(&[][..], Vec::as_slice);
+    if !failures.is_empty() {
+        out.push_str("<section id=\"read-failures\"><h2>Nodes whose reads fail</h2><table><thead><tr><th>node</th><th>path</th><th>kind</th>\
             <th>since</th><th class=\"num\">failures in a row</th><th>error</th></tr></thead><tbody>");
         for entry in failures {
             let field = |key: &str| match entry.get(key) {
@@ -863,14 +889,42 @@ fn render_faults(out: &mut String, view: &PageView<'_>) {
                 Escaped(&field("node")),
                 Escaped(&field("path")),
                 Escaped(&field("kind")),
-                Escaped(&field("since")),
+                Escaped(&readable_time(&field("since"))),
                 Escaped(&field("failures_in_a_row")),
                 Escaped(&field("error")),
             );
         }
-        out.push_str("</tbody></table>");
+        out.push_str("</tbody></table></section>");
     }
-    out.push_str("</section>");
+}
+
+fn render_expiry(out: &mut String, view: &PageView<'_>) {
+    w!(
+        out,
+        "<section id=\"expiry\"><h2>Group expiry<small>{}</small></h2><dl class=\"kv\">",
+        Escaped(&view.expiry.state)
+    );
+    for (setting, value) in &view.expiry.rows {
+        w!(
+            out,
+            "<dt>{}</dt><dd>{}</dd>",
+            Escaped(setting),
+            Escaped(value)
+        );
+    }
+    out.push_str("</dl></section>");
+}
+
+/// An RFC 3339 timestamp to the second with a space before the time, so a narrow column wraps between date and
+/// time; anything else as it is.
+fn readable_time(text: &str) -> String {
+    match humantime::parse_rfc3339_weak(text) {
+        Ok(time) => humantime::format_rfc3339_seconds(time)
+            .to_string()
+            .replacen('T', " ", 1)
+            .replace('Z', " UTC"),
+        Err(_) => text.to_owned(),
+    }
 }
 
 fn unix_time(seconds: f64) -> Option<SystemTime> {
@@ -1025,6 +1079,15 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_read_as_date_and_time_and_other_text_stays() {
+        assert_eq!(
+            readable_time("2026-12-01T20:50:13.861Z"),
+            "2026-12-01 20:50:13 UTC"
+        );
+        assert_eq!(readable_time("ring change"), "ring change");
+    }
+
+    #[test]
     fn page_numbers_start_at_one_and_bad_ones_say_how_to_fix_them() {
         assert_eq!(parse_page(None), Ok(1));
         assert_eq!(parse_page(Some("")), Ok(1));
@@ -1077,7 +1140,10 @@ mod tests {
             read_failures: Value::Array(vec![]),
             rebalance: serde_json::json!({"enabled": true, "leader": true, "last_pass": null}),
             pending_repairs: 0,
-            expiry: "off".to_owned(),
+            expiry: Expiry {
+                state: "off".to_owned(),
+                rows: vec![("groups.expire_after".to_owned(), "off".to_owned())],
+            },
             groups,
         };
         let html = render(&view);
@@ -1086,6 +1152,7 @@ mod tests {
         assert!(html.contains("x=\"&lt;script&gt;alert(1)&lt;/script&gt;\""));
         assert!(html.contains("data-health=\"down\""));
         assert!(html.contains("value=\"&lt;j&gt;\""));
-        assert!(html.contains("1m 1s"), "age of a push at 1 s seen at 61 s");
+        assert!(html.contains("1m 1s"), "age of a push at 1 s seen at 62 s");
+        assert!(html.contains("<section id=\"expiry\"><h2>Group expiry<small>off</small></h2>"));
     }
 }
