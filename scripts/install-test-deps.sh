@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the integration tests run against: Pushgateway, Prometheus, curl, Debian's python3 with
-# prometheus_client (apt), and a Consul binary at tools/bin/consul (from Debian bullseye, which bookworm lacks).
+# Installs what the integration tests run against: Pushgateway, Prometheus (and its promtool), curl, Debian's
+# python3 with prometheus_client, headless Chromium with a font for the status page test, systemd-analyze for
+# the unit file test (apt), and a Consul binary at tools/bin/consul (from Debian bullseye, which bookworm lacks).
 #
 # Idempotent and quick when everything is present: apt is only touched when a package is missing, and Consul is
 # only fetched when tools/bin/consul does not run. Never adds bullseye to the system's apt sources: the bullseye
@@ -10,7 +11,8 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 consul_bin="$repo_root/tools/bin/consul"
 # openssl makes the TLS tests' certificates (tests/common/tls.rs); python3's crypt module makes their bcrypt hashes.
-apt_packages=(prometheus-pushgateway prometheus python3-prometheus-client curl openssl)
+# chromium (and a font) renders the status page; systemd's systemd-analyze checks the unit file.
+apt_packages=(prometheus-pushgateway prometheus python3-prometheus-client curl openssl chromium fonts-dejavu-core systemd)
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

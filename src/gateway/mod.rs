@@ -6,11 +6,13 @@
 //! - [`read`]: the Pushgateway read API (`GET /metrics`, `/api/v1/metrics`, `/api/v1/status`,
 //!   `PUT /api/v1/admin/wipe`), fanned out to every healthy node and merged.
 //! - [`sd`]: `/-/sd`, Prometheus HTTP service discovery listing the healthy nodes.
+//! - [`status_page`]: `GET /`, the HTML status page for people.
 
 pub mod admin;
 pub mod push;
 pub mod read;
 pub mod sd;
+pub mod status_page;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -109,6 +111,8 @@ impl tower::Service<http::Request<Body>> for GatewayService {
 /// that are not pushes either, like the Pushgateway).
 pub fn router(push: push::PushService, state: AppState) -> axum::Router {
     axum::Router::new()
+        // `get` alone: other methods get 405 with `Allow: GET,HEAD`.
+        .route("/", get(status_page::page))
         .route("/-/healthy", get(admin::healthy).head(admin::healthy))
         .route("/-/ready", get(admin::ready).head(admin::ready))
         .route("/-/reload", any(admin::reload))

@@ -186,14 +186,14 @@ impl NodeFailure {
 }
 
 /// One node's part of a fan-out.
-struct NodeAnswer {
-    node: String,
-    result: Result<Bytes, NodeFailure>,
+pub(super) struct NodeAnswer {
+    pub(super) node: String,
+    pub(super) result: Result<Bytes, NodeFailure>,
 }
 
 /// Sends `method path` to every node in `nodes` concurrently, each within `timeout`. A 2xx answer's body is the
 /// node's result; anything else is a [`NodeFailure`], logged and counted here, so callers only combine.
-async fn fan_out(
+pub(super) async fn fan_out(
     state: &AppState,
     nodes: &[String],
     method: Method,
@@ -244,7 +244,12 @@ async fn request_node(
     Ok(response.into_body())
 }
 
-fn note_failure(state: &AppState, node: &str, path: &'static str, failure: &NodeFailure) {
+pub(super) fn note_failure(
+    state: &AppState,
+    node: &str,
+    path: &'static str,
+    failure: &NodeFailure,
+) {
     match state.read_side.record_failure(node, path, failure) {
         FailureNews::Started => {
             tracing::warn!(%node, path, error = %failure, "node failed a fanned-out read and is left out of it (shown in /-/ring until it answers again)")
@@ -284,19 +289,24 @@ fn note_failure(state: &AppState, node: &str, path: &'static str, failure: &Node
 /// answers' bodies too, so a node answering 200 with an unusable body does not flip back and forth.
 fn note_successes(state: &AppState, path: &'static str, answers: &[NodeAnswer]) {
     for answer in answers.iter().filter(|answer| answer.result.is_ok()) {
-        let Some(was) = state.read_side.record_success(&answer.node, path) else {
-            continue;
-        };
-        tracing::info!(node = %answer.node, path, failed_reads = was.failures, "node answers fanned-out reads again");
-        state
-            .metrics
-            .read_node_failing
-            .get_or_create(&ReadPathLabels {
-                node: Arc::from(answer.node.as_str()),
-                path,
-            })
-            .set(0);
+        note_success(state, &answer.node, path);
     }
+}
+
+/// Clears the failure of `node` reading `path`, if it had one.
+pub(super) fn note_success(state: &AppState, node: &str, path: &'static str) {
+    let Some(was) = state.read_side.record_success(node, path) else {
+        return;
+    };
+    tracing::info!(%node, path, failed_reads = was.failures, "node answers fanned-out reads again");
+    state
+        .metrics
+        .read_node_failing
+        .get_or_create(&ReadPathLabels {
+            node: Arc::from(node),
+            path,
+        })
+        .set(0);
 }
 
 /// `node: error` for every failed node, for messages and `warnings`.

@@ -165,6 +165,29 @@ impl GoRing {
         }
     }
 
+    /// How much of the 32-bit hash circle each of `node_count` nodes owns: a token owns the hashes from the
+    /// previous token up to (not including) its own, the first token also those past the last one.
+    pub(crate) fn arc_per_node(&self, node_count: usize) -> Vec<u64> {
+        let mut arcs = vec![0u64; node_count];
+        let Some(last) = self.points.last() else {
+            return arcs;
+        };
+        let mut previous = u64::from(last.token);
+        for (position, point) in self.points.iter().enumerate() {
+            let token = u64::from(point.token);
+            let arc = if position == 0 {
+                token + (1u64 << 32) - previous
+            } else {
+                token - previous
+            };
+            if let Some(total) = arcs.get_mut(point.owner as usize) {
+                *total += arc;
+            }
+            previous = token;
+        }
+        arcs
+    }
+
     /// Token values with their owner indices, in ring order (for tests).
     #[cfg(test)]
     pub(crate) fn tokens(&self) -> impl Iterator<Item = (u32, usize)> + '_ {

@@ -185,6 +185,24 @@ impl Ring {
         }
     }
 
+    /// Each node's share of the key space, parallel to [`Ring::nodes`], summing to 1 (empty without nodes): the
+    /// fraction of slots it owns (`rendezvous`), or of the 32-bit hash circle its tokens own (`go-compatible`).
+    /// For the status page; O(slots) or O(tokens), so computed per page view, not per push.
+    pub fn shares(&self) -> Vec<f64> {
+        let counts = match &self.table {
+            Table::Rendezvous(table) => table.slots_per_node(self.nodes.len()),
+            Table::GoCompatible(ring) => ring.arc_per_node(self.nodes.len()),
+        };
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return vec![0.0; counts.len()];
+        }
+        counts
+            .iter()
+            .map(|&count| count as f64 / total as f64)
+            .collect()
+    }
+
     fn node(&self, index: usize) -> Option<&str> {
         self.nodes.get(index).map(String::as_str)
     }

@@ -114,6 +114,17 @@ impl RendezvousTable {
             .map(|&index| index as usize)
     }
 
+    /// How many slots each of `node_count` nodes owns.
+    pub(crate) fn slots_per_node(&self, node_count: usize) -> Vec<u64> {
+        let mut counts = vec![0u64; node_count];
+        for &owner in self.owners.iter() {
+            if let Some(count) = counts.get_mut(owner as usize) {
+                *count += 1;
+            }
+        }
+        counts
+    }
+
     /// Index of the node owning `slot` (for tests).
     #[cfg(test)]
     pub(crate) fn owner_of_slot(&self, slot: usize) -> Option<usize> {

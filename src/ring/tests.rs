@@ -831,3 +831,62 @@ proptest! {
         prop_assert_eq!(ring_rebuild_difference(&before, &after), None);
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Shares of the key space (status page)
+// ---------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn shares_of_an_empty_and_a_single_node_ring() {
+    for algorithm in Algorithm::ALL {
+        assert!(Ring::build(algorithm, &[]).shares().is_empty());
+        assert_eq!(Ring::build(algorithm, &names(&["a:1"])).shares(), vec![1.0]);
+    }
+}
+
+#[test]
+fn rendezvous_shares_are_the_slots_each_node_owns() {
+    let nodes: Vec<String> = (1..=5).map(|host| format!("10.0.0.{host}:9091")).collect();
+    let ring = Ring::build(Algorithm::Rendezvous, &nodes);
+    let mut slots_per_node = vec![0usize; nodes.len()];
+    if let super::Table::Rendezvous(table) = &ring.table {
+        for slot in 0..SLOT_COUNT {
+            if let Some(owner) = table.owner_of_slot(slot) {
+                slots_per_node[owner] += 1;
+            }
+        }
+    }
+    let expected: Vec<f64> = slots_per_node
+        .iter()
+        .map(|&slots| slots as f64 / SLOT_COUNT as f64)
+        .collect();
+    assert_eq!(ring.shares(), expected);
+}
+
+proptest! {
+    /// Whatever the node set, the shares sum to 1 and predict where keys go: each node's share of 20,000 keys
+    /// is within 0.03 of its computed share.
+    #[test]
+    fn shares_sum_to_one_and_match_where_keys_go(
+        hosts in prop::collection::btree_set(1u8..=250, 1..8),
+        algorithm in prop::sample::select(Algorithm::ALL.to_vec()),
+    ) {
+        let nodes: Vec<String> = hosts.iter().map(|host| format!("10.1.0.{host}:9091")).collect();
+        let ring = Ring::build(algorithm, &nodes);
+        let shares = ring.shares();
+        prop_assert_eq!(shares.len(), ring.nodes().len());
+        prop_assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        let keys = 20_000;
+        let mut hits = vec![0usize; shares.len()];
+        for key in 0..keys {
+            let key = format!("/metrics/job/j{key}");
+            if let Some(owner) = ring.owner_index(key.as_bytes()) {
+                hits[owner] += 1;
+            }
+        }
+        for (node, (&share, &hit)) in shares.iter().zip(&hits).enumerate() {
+            let observed = hit as f64 / keys as f64;
+            prop_assert!((observed - share).abs() < 0.03, "node {} share {} observed {}", node, share, observed);
+        }
+    }
+}
