@@ -257,6 +257,7 @@ pub struct ServerMetrics {
     pub accept_errors: Counter,
     pub body_bytes_in_use: Gauge,
     pub bodies_refused: Counter,
+    pub heads_too_large: Counter,
 }
 
 impl ServerMetrics {
@@ -281,6 +282,11 @@ impl ServerMetrics {
             "request_bodies_refused",
             "Push bodies refused with 503 because proxy.max_body_memory was in use",
             metrics.bodies_refused.clone(),
+        );
+        registry.register(
+            "http_requests_too_large",
+            "Requests refused by the HTTP parser because their target (over 65534 bytes) or headers were too large",
+            metrics.heads_too_large.clone(),
         );
         metrics
     }

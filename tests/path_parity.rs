@@ -315,6 +315,23 @@ async fn a_request_target_over_hypers_limit_is_414_and_one_at_the_limit_is_forwa
         pair.assert_same("PUT", "/metrics/job/after", BODY).await,
         200
     );
+    // Not silent: counted, and logged (at most every 10 s, so once here) with what to do about it.
+    let metrics = pair
+        .gateway
+        .request(reqwest::Method::GET, "/-/metrics", "")
+        .await
+        .body;
+    assert_eq!(
+        metric_sum(&metrics, "dynamic_sharding_http_requests_too_large_total"),
+        2.0,
+        "{metrics}"
+    );
+    let log = pair.gateway.log_text();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("level=warn") && line.contains("over 65534 bytes (414)"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

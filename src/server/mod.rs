@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -92,10 +93,10 @@ pub async fn serve<S>(
             accepted = listener.accept() => accepted,
             _ = shutdown.recv() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => {
+        let (stream, peer) = match accepted {
+            Ok((stream, peer)) => {
                 accept_errors.backoff = ACCEPT_BACKOFF_FIRST;
-                stream
+                (stream, peer)
             }
             // The client gave up between connecting and our accept: nothing is wrong with the gateway.
             Err(error) if is_connection_error(&error) => continue,
@@ -111,6 +112,8 @@ pub async fn serve<S>(
         };
         let connection = serve_connection(
             stream,
+            peer,
+            metrics.heads_too_large.clone(),
             service.clone(),
             http.clone(),
             limits,
@@ -129,6 +132,34 @@ pub async fn serve<S>(
     drop(listener);
     drop(open_tx);
     while open_rx.recv().await.is_some() {}
+}
+
+/// At most one log line per interval for requests hyper refused as too large, over all connections.
+static TOO_LARGE_LOG: LogInterval = LogInterval::new();
+
+/// A lock-free "at most once per `ACCEPT_ERROR_LOG_INTERVAL`" gate shared by connection tasks.
+struct LogInterval {
+    last_logged_secs: AtomicU64,
+}
+
+impl LogInterval {
+    const fn new() -> LogInterval {
+        LogInterval {
+            last_logged_secs: AtomicU64::new(0),
+        }
+    }
+
+    fn due(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_logged_secs.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= ACCEPT_ERROR_LOG_INTERVAL.as_secs()
+            && self
+                .last_logged_secs
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 /// Rate-limits accept-error log lines and grows the pause after each error.
@@ -186,6 +217,8 @@ fn is_connection_error(error: &std::io::Error) -> bool {
 /// close after its in-flight request.
 async fn serve_connection<S>(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
+    heads_too_large: prometheus_client::metrics::counter::Counter,
     service: S,
     http: hyper::server::conn::http1::Builder,
     limits: WebConfig,
@@ -214,8 +247,21 @@ async fn serve_connection<S>(
     loop {
         tokio::select! {
             result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "connection ended with an error");
+                match result {
+                    Err(error) if error.is_parse_too_large() => {
+                        heads_too_large.inc();
+                        if TOO_LARGE_LOG.due() {
+                            tracing::warn!(
+                                %peer,
+                                %error,
+                                "request refused before routing: its target is over 65534 bytes (414) or its \
+                                 headers over hyper's limit (431); a lone Pushgateway accepts up to 1 MiB, see the \
+                                 README's deliberate differences (logged at most every 10 s)"
+                            );
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "connection ended with an error"),
+                    Ok(()) => {}
                 }
                 break;
             }
