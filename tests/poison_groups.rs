@@ -32,6 +32,13 @@ async fn wait_for_ring(gateway: &Gateway, size: usize) {
     .expect("every node in the ring");
 }
 
+/// Poisons `node` straight, bypassing the gateway (which would drop the empty label): `{job="p"}` and then
+/// `{job="p",instance=""}`; the Pushgateway answers the second push 400 but keeps it.
+async fn poison_directly(node: &Pushgateway) {
+    assert_eq!(node.push("/metrics/job/p", "a 1\n").await, StatusCode::OK);
+    node.push("/metrics/job/p/instance@base64/=", "a 1\n").await;
+}
+
 fn node<'a>(nodes: &'a [Pushgateway], addr: &str) -> &'a Pushgateway {
     nodes
         .iter()
@@ -190,14 +197,7 @@ async fn a_node_poisoned_directly_is_reported_after_a_read_until_it_recovers() {
     wait_for_ring(&gateway, nodes.len()).await;
     let poisoned = &nodes[0];
     let addr = poisoned.addr();
-    // Straight to the node, bypassing the gateway: the Pushgateway answers the second push 400 but keeps it.
-    assert_eq!(
-        poisoned.push("/metrics/job/p", "a 1\n").await,
-        StatusCode::OK
-    );
-    poisoned
-        .push("/metrics/job/p/instance@base64/=", "a 1\n")
-        .await;
+    poison_directly(poisoned).await;
     let reply = poisoned.request(Method::GET, "/metrics", "").await;
     assert_eq!(
         reply.status,
@@ -355,14 +355,7 @@ async fn a_node_poisoned_directly_is_reported_by_the_push_path_until_it_accepts_
     wait_for_ring(&gateway, nodes.len()).await;
     let poisoned = &nodes[0];
     let addr = poisoned.addr();
-    // Straight to the node, bypassing the gateway (which would have dropped the empty label).
-    assert_eq!(
-        poisoned.push("/metrics/job/p", "a 1\n").await,
-        StatusCode::OK
-    );
-    poisoned
-        .push("/metrics/job/p/instance@base64/=", "a 1\n")
-        .await;
+    poison_directly(poisoned).await;
     let mut job = None;
     for i in 0..500 {
         let candidate = format!("victim{i}");
