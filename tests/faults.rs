@@ -345,8 +345,10 @@ async fn one_hung_node_holds_at_most_its_in_flight_limit_and_the_rest_go_to_the_
         "outlier_detection: {consecutive_failures: 0}",
     ))
     .await;
+    // 4 pushes hold the hung node; 3 more overflow to the next nodes, which stay within their own limit of 4
+    // (more overflowing pushes could exceed it on one of them, and a push is retried only once).
     let mut jobs = Vec::new();
-    for i in 0..10 {
+    for i in 0..7 {
         jobs.push(job_owned_by(&gateway, &gray.addr(), &format!("held{i}_")).await);
     }
     gray.set(Fault::HoldPushes);
@@ -372,7 +374,7 @@ async fn one_hung_node_holds_at_most_its_in_flight_limit_and_the_rest_go_to_the_
             gray.addr()
         ),
     );
-    assert!(overflow >= 6.0, "overflow {overflow}\n{metrics}");
+    assert!(overflow >= 3.0, "overflow {overflow}\n{metrics}");
     assert!(timeouts <= 4.0, "timeouts {timeouts}\n{metrics}");
     let ring = gateway.ring().await;
     assert!(
