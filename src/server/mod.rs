@@ -27,6 +27,7 @@ use crate::shutdown::Shutdown;
 use crate::telemetry::ServerMetrics;
 
 mod timeouts;
+pub mod web_config;
 use timeouts::{RequestCount, Timeouts};
 
 #[derive(Debug, thiserror::Error)]
