@@ -2,7 +2,7 @@
 //! acceptor that picks up new certificate files, basic authentication with a cache of verified passwords, and the
 //! extra response headers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
@@ -15,6 +15,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DistinguishedName, RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::web_config::{ClientAuth, TlsSettings, TlsVersion, WebConfigError, WebSettings};
@@ -275,23 +276,28 @@ impl ClientCertVerifier for AnyClientCert {
     }
 }
 
-/// At most this many verified (user, password) pairs are remembered; past it the cache starts over, so a client
-/// trying many passwords cannot grow it, and it costs one bcrypt per pair again.
-const VERIFIED_CACHE_LIMIT: usize = 1024;
+/// At most this many checked (user, password) pairs are remembered; past it the cache starts over, so a client
+/// trying many passwords cannot grow it.
+const CHECKED_CACHE_LIMIT: usize = 1024;
 
-/// `basic_auth_users`: user -> bcrypt hash, and the SHA-256 digests of (user, password) pairs bcrypt accepted, so
-/// a client pushing with the same credentials pays one bcrypt, not one per request. Only digests are kept, never
-/// a password; the cache goes with the configuration on reload.
+/// `basic_auth_users`: user -> bcrypt hash, and the outcome of each (user, password) pair bcrypt checked, keyed by
+/// their SHA-256 digest: a client pushing with the same credentials pays one bcrypt, not one per request, and so
+/// does a misconfigured client retrying a wrong password. Only digests are kept, never a password; the cache goes
+/// with the configuration on reload.
 pub(super) struct Auth {
     users: HashMap<String, String>,
-    verified: Mutex<HashSet<[u8; 32]>>,
+    checked: Mutex<HashMap<[u8; 32], bool>>,
+    /// One bcrypt at a time, as exporter-toolkit does: a flood of new passwords queues here (as tasks, not
+    /// threads) instead of taking every core; cached pairs never wait for it.
+    bcrypt_turn: Semaphore,
 }
 
 impl Auth {
     fn new(users: HashMap<String, String>) -> Auth {
         Auth {
             users,
-            verified: Mutex::new(HashSet::new()),
+            checked: Mutex::new(HashMap::new()),
+            bcrypt_turn: Semaphore::new(1),
         }
     }
 
@@ -307,11 +313,14 @@ impl Auth {
             .chain_update(password.as_bytes())
             .finalize()
             .into();
-        if self.lock().contains(&digest) {
-            return true;
+        if let Some(&ok) = self.lock().get(&digest) {
+            return ok;
         }
-        let known = self.users.get(&user);
-        let hash = known.cloned();
+        let Ok(_turn) = self.bcrypt_turn.acquire().await else {
+            return false; // never closed
+        };
+        let hash = self.users.get(&user).cloned();
+        let known = hash.is_some();
         let verified = tokio::task::spawn_blocking(move || match hash {
             Some(hash) => bcrypt::verify(password, &hash),
             // An unknown user costs a bcrypt too (against a fixed hash), so timing does not tell which users exist.
@@ -321,23 +330,20 @@ impl Auth {
         .ok()
         .and_then(Result::ok)
         .unwrap_or(false);
-        let ok = verified && known.is_some();
-        if ok {
-            let mut cache = self.lock();
-            if cache.len() >= VERIFIED_CACHE_LIMIT {
-                cache.clear();
-            }
-            cache.insert(digest);
+        let ok = verified && known;
+        let mut cache = self.lock();
+        if cache.len() >= CHECKED_CACHE_LIMIT {
+            cache.clear();
         }
+        cache.insert(digest, ok);
         ok
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
-        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], bool>> {
+        self.checked.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Made once, on the blocking pool, at the cost exporter-toolkit's documentation suggests for user hashes.
 fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| bcrypt::hash("dynamic-sharding: no such user", 10).unwrap_or_default())
@@ -386,17 +392,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn right_credentials_pass_and_are_cached_wrong_ones_and_unknown_users_do_not() {
+    async fn right_credentials_pass_wrong_ones_and_unknown_users_do_not_and_each_pair_is_checked_once(
+    ) {
         let users = HashMap::from([("alice".to_string(), bcrypt::hash("secret", 4).unwrap())]);
         let auth = Auth::new(users);
         assert!(!auth.authenticate(&basic("alice", "wrong")).await);
         assert!(!auth.authenticate(&basic("bob", "secret")).await);
         assert!(!auth.authenticate(&HeaderMap::new()).await);
-        assert!(auth.lock().is_empty(), "failures are not cached");
+        assert_eq!(auth.lock().len(), 2, "failures are cached too");
+        assert!(
+            !auth.authenticate(&basic("alice", "wrong")).await,
+            "and stay failures"
+        );
         assert!(auth.authenticate(&basic("alice", "secret")).await);
-        assert_eq!(auth.lock().len(), 1);
+        assert_eq!(auth.lock().len(), 3);
         assert!(auth.authenticate(&basic("alice", "secret")).await);
-        assert_eq!(auth.lock().len(), 1, "the second request hits the cache");
+        assert_eq!(auth.lock().len(), 3, "the second request hits the cache");
         assert!(!auth.authenticate(&basic("alice", "secre")).await);
     }
 }

@@ -156,6 +156,7 @@ impl WebSettings {
             names.sort();
             for (name, value) in names {
                 let key = format!("http_server_config.headers.{name}");
+                check_header(&name, &value).map_err(|message| invalid(&key, &message))?;
                 let header_name = HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| invalid(&key, "not a valid HTTP header name"))?;
                 let header_value = HeaderValue::from_str(&value)
@@ -185,6 +186,30 @@ impl WebSettings {
             users,
         })
     }
+}
+
+/// exporter-toolkit allows only these response headers, and for two of them only these values, so a file that
+/// works for the Pushgateway works here and the other way round.
+const ALLOWED_HEADERS: [(&str, &[&str]); 5] = [
+    ("Strict-Transport-Security", &[]),
+    ("X-Content-Type-Options", &["nosniff"]),
+    ("X-Frame-Options", &["deny", "sameorigin"]),
+    ("X-XSS-Protection", &[]),
+    ("Content-Security-Policy", &[]),
+];
+
+fn check_header(name: &str, value: &str) -> Result<(), String> {
+    let Some((_, values)) = ALLOWED_HEADERS.iter().find(|(allowed, _)| *allowed == name) else {
+        let names: Vec<&str> = ALLOWED_HEADERS.iter().map(|(n, _)| *n).collect();
+        return Err(format!(
+            "this header cannot be configured; allowed: {}",
+            names.join(", ")
+        ));
+    };
+    if !values.is_empty() && !values.contains(&value) {
+        return Err(format!("{value:?} is not one of {values:?}"));
+    }
+    Ok(())
 }
 
 enum ParseError {
@@ -376,6 +401,14 @@ mod tests {
                 "client_ca_file",
             ),
             ("http_server_config: {http2: true}\n".to_string(), "http2"),
+            (
+                "http_server_config: {headers: {X-Custom: a}}\n".to_string(),
+                "headers.X-Custom",
+            ),
+            (
+                "http_server_config: {headers: {X-Frame-Options: allow}}\n".to_string(),
+                "headers.X-Frame-Options",
+            ),
             (
                 "basic_auth_users: {bob: plaintext}\n".to_string(),
                 "basic_auth_users.bob",
