@@ -224,6 +224,37 @@ async fn require_and_verify_client_cert_admits_only_clients_with_a_certificate_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_any_client_cert_admits_any_certificate_but_not_none() {
+    let pki = Pki::generate();
+    let node = Pushgateway::start().await;
+    let gateway = SecureGateway::start(
+        &pki,
+        &proxy_config(&[node.addr()], ""),
+        &web_yaml(&pki, "  client_auth_type: RequireAnyClientCert\n"),
+        true,
+    )
+    .await;
+    let url = format!("{}/-/healthy", gateway.url());
+    let stranger = pki.client_with(&pki.ca_file(), Some("stranger"));
+    let status = get(&stranger, &url, Some(&pki.password))
+        .await
+        .unwrap_or_else(|e| panic!("a certificate from another CA was refused: {e}"))
+        .status();
+    assert_eq!(status, StatusCode::OK, "not checked against a CA, as in Go");
+    let result = get(
+        &pki.client_with(&pki.ca_file(), None),
+        &url,
+        Some(&pki.password),
+    )
+    .await;
+    assert!(
+        result.is_err(),
+        "no client certificate: got {:?}",
+        result.map(|r| r.status())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_to_the_tls_listener_gets_no_http_response() {
     let pki = Pki::generate();
     let node = Pushgateway::start().await;
