@@ -34,6 +34,8 @@ pub struct Options {
     pub enable_admin_api: bool,
     /// `--web.max-connections`: overrides `web.max_connections`.
     pub max_connections: Option<usize>,
+    /// `--web.config.file`: TLS, basic auth and response headers of the listener (exporter-toolkit format).
+    pub web_config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,8 @@ pub enum AppError {
     ListenAddress(String),
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error(transparent)]
+    WebConfig(#[from] server::web_config::WebConfigError),
     #[error("--web.max-connections: must be at least 1, e.g. 512")]
     MaxConnections,
     #[error("cannot install signal handler: {0}")]
@@ -69,6 +73,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         }
         limits.max_connections = max_connections;
     }
+    let security = Arc::new(ArcSwap::from_pointee(load_security(&options)?));
     let listener = server::bind(&bind_addr).await?;
 
     let metrics = Metrics::new();
@@ -181,12 +186,15 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         algorithm = ?config.ring_algorithm,
         servers = %config.servers.join(","),
         max_connections = limits.max_connections,
+        tls = security.load().is_tls(),
+        basic_auth = security.load().requires_auth(),
         version = env!("CARGO_PKG_VERSION"),
         "dynamic-sharding listening"
     );
     let server = server::serve(
         listener,
         gateway::GatewayService::new(state),
+        security.clone(),
         limits,
         metrics.server.clone(),
         shutdown.clone(),
@@ -200,6 +208,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
             &config_tx,
             &shared_config,
             &client,
+            &security,
             &metrics,
         );
         if let Some(answer) = answer {
@@ -257,17 +266,23 @@ fn reload_config(
     config_tx: &watch::Sender<Arc<Config>>,
     shared_config: &ArcSwap<Config>,
     client: &upstream::HttpClient,
+    security: &ArcSwap<server::Security>,
     metrics: &Metrics,
 ) -> Result<(), String> {
-    // The TLS files and `password_file` are read again; if they are unusable the reload fails as a whole.
-    let loaded = Config::load(&options.config_file).and_then(|new_config| {
-        client
-            .reconfigure(&new_config)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        Ok(new_config)
-    });
+    // The TLS files, `password_file` and `--web.config.file` are read again; if one is unusable the reload fails
+    // as a whole and everything stays as it was.
+    let loaded = load_security(options)
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
+        .and_then(|new_security| {
+            let new_config = Config::load(&options.config_file)?;
+            client
+                .reconfigure(&new_config)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            Ok((new_config, new_security))
+        });
     match loaded {
-        Ok(new_config) => {
+        Ok((new_config, new_security)) => {
+            security.store(Arc::new(new_security));
             if options.listen_address.is_none() && new_config.listen_addr != listen_addr {
                 tracing::warn!(
                     old = %listen_addr,
@@ -297,6 +312,16 @@ fn reload_config(
             tracing::error!(%error, "configuration reload failed; keeping the previous configuration");
             Err(error.to_string())
         }
+    }
+}
+
+/// The listener's TLS and authentication from `--web.config.file`; none without the flag.
+fn load_security(
+    options: &Options,
+) -> Result<server::Security, server::web_config::WebConfigError> {
+    match &options.web_config_file {
+        Some(path) => server::Security::load(path),
+        None => Ok(server::Security::none()),
     }
 }
 

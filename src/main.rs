@@ -37,6 +37,10 @@ struct Flags {
     /// web.max_connections from the config file (default 512).
     #[arg(long = "web.max-connections", value_name = "N")]
     web_max_connections: Option<usize>,
+    /// Path to a web configuration file (exporter-toolkit format) that enables TLS, client certificates, basic
+    /// authentication and extra response headers on the listener; re-read on reload.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    web_config_file: Option<PathBuf>,
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", value_enum, default_value = "info")]
     log_level: LogLevel,
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         enable_lifecycle: flags.web_enable_lifecycle,
         enable_admin_api: flags.web_enable_admin_api,
         max_connections: flags.web_max_connections,
+        web_config_file: flags.web_config_file,
     };
     match runtime.block_on(app::run(options)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,8 +2,8 @@
 //! connection per accepted socket (header-read and idle timeouts), and graceful shutdown. `app.rs` only wires a
 //! service into it.
 //!
-//! The accept path is one function per step so that a TLS handshake (tokio-rustls) can slot in between accepting
-//! a socket and serving it, and an auth layer around the service, without touching the per-request path.
+//! With `--web.config.file` ([`web_config`], [`Security`]): a TLS handshake (tokio-rustls) between accepting a
+//! socket and serving it, and basic authentication of every request before the gateway's service sees it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,10 +14,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
+use futures_util::future::{BoxFuture, Either};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tower::util::Oneshot;
@@ -26,7 +29,10 @@ use crate::config::WebConfig;
 use crate::shutdown::Shutdown;
 use crate::telemetry::ServerMetrics;
 
+mod security;
 mod timeouts;
+pub mod web_config;
+pub use security::Security;
 use timeouts::{RequestCount, Timeouts};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +71,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
+    security: Arc<ArcSwap<Security>>,
     limits: WebConfig,
     metrics: ServerMetrics,
     mut shutdown: Shutdown,
@@ -110,20 +117,47 @@ pub async fn serve<S>(
                 }
             }
         };
-        let connection = serve_connection(
-            stream,
-            peer,
-            metrics.heads_too_large.clone(),
-            service.clone(),
-            http.clone(),
-            limits,
-            shutdown.clone(),
-        );
+        let shared_security = security.clone();
+        let security = security.load_full();
+        let heads_too_large = metrics.heads_too_large.clone();
+        let service = service.clone();
+        let http = http.clone();
+        let connection_shutdown = shutdown.clone();
         let open = open_tx.clone();
         let connections_open = metrics.connections_open.clone();
         connections_open.inc();
         tokio::spawn(async move {
-            connection.await;
+            // One `serve_connection` call per stream type (plain or TLS); a macro keeps the argument list once.
+            macro_rules! serve {
+                ($io:expr) => {
+                    serve_connection(
+                        $io,
+                        peer,
+                        heads_too_large,
+                        service,
+                        shared_security,
+                        http,
+                        limits,
+                        connection_shutdown,
+                    )
+                    .await
+                };
+            }
+            match &security.tls {
+                None => serve!(stream),
+                Some(tls) => {
+                    // As Go's net/http does, the handshake has a header-read timeout of its own; the first
+                    // request head then gets a fresh one.
+                    let handshake = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => serve!(stream),
+                        // A plain-HTTP client, a client certificate refused, an untrusted server certificate:
+                        // the client sees its handshake fail (or, speaking plain HTTP, a TLS alert and EOF).
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             connections_open.dec();
             drop(slot);
             drop(open);
@@ -215,11 +249,13 @@ fn is_connection_error(error: &std::io::Error) -> bool {
 
 /// Serves one connection until the client closes it, an error or a timeout ends it, or shutdown asked it to
 /// close after its in-flight request.
-async fn serve_connection<S>(
-    stream: TcpStream,
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<S, T>(
+    stream: T,
     peer: std::net::SocketAddr,
     heads_too_large: prometheus_client::metrics::counter::Counter,
     service: S,
+    security: Arc<ArcSwap<Security>>,
     http: hyper::server::conn::http1::Builder,
     limits: WebConfig,
     mut shutdown: Shutdown,
@@ -229,10 +265,12 @@ async fn serve_connection<S>(
         + Send
         + 'static,
     S::Future: Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let requests = Arc::new(RequestCount::default());
     let service = ConnectionService {
         inner: service,
+        security,
         requests: requests.clone(),
     };
     let io = TokioIo::new(Timeouts::new(
@@ -274,28 +312,86 @@ async fn serve_connection<S>(
 }
 
 /// The gateway's service as hyper calls it on one connection: what `axum::serve` does (one boxed body per
-/// request, a clone of the service per request), plus telling [`Timeouts`] that a request head is complete.
+/// request, a clone of the service per request), plus telling [`Timeouts`] that a request head is complete, and
+/// with `basic_auth_users` authenticating the request before the service sees it.
 struct ConnectionService<S> {
     inner: S,
+    // Loaded per request, so a reload (a user removed, a password changed) holds on open connections too.
+    security: Arc<ArcSwap<Security>>,
     requests: Arc<RequestCount>,
 }
+
+type Respond = Result<http::Response<Body>, Infallible>;
 
 impl<S> hyper::service::Service<http::Request<Incoming>> for ConnectionService<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone,
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = Answered<Oneshot<S, http::Request<Body>>>;
+    type Future = Answered<Either<Oneshot<S, http::Request<Body>>, BoxFuture<'static, Respond>>>;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         self.requests.head_complete();
+        let request = request.map(Body::new);
+        let security = self.security.load_full();
+        let future = if security.auth.is_some() {
+            Either::Right(authenticated(self.inner.clone(), security.clone(), request))
+        } else {
+            Either::Left(Oneshot::new(self.inner.clone(), request))
+        };
         Answered {
-            future: Oneshot::new(self.inner.clone(), request.map(Body::new)),
+            future,
+            headers: (!security.headers.is_empty()).then_some(security),
             requests: Some(self.requests.clone()),
         }
     }
+}
+
+/// Every request, `/-/healthy` included (as exporter-toolkit does), passes only with the credentials of a
+/// configured user; otherwise it gets a 401 and nothing is routed or forwarded. The client's `Authorization` is
+/// then removed: it is for the gateway, not the Pushgateways (whose own credentials the upstream code sets).
+fn authenticated<S>(
+    service: S,
+    security: Arc<Security>,
+    mut request: http::Request<Body>,
+) -> BoxFuture<'static, Respond>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    Box::pin(async move {
+        let passed = match &security.auth {
+            Some(auth) => auth.authenticate(request.headers()).await,
+            None => true,
+        };
+        if !passed {
+            return Ok(unauthorized());
+        }
+        request.headers_mut().remove(http::header::AUTHORIZATION);
+        Oneshot::new(service, request).await
+    })
+}
+
+fn unauthorized() -> http::Response<Body> {
+    let mut response = http::Response::new(Body::from("Unauthorized\n"));
+    *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Basic realm=\"dynamic-sharding\""),
+    );
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 pin_project_lite::pin_project! {
@@ -304,20 +400,27 @@ pin_project_lite::pin_project! {
     struct Answered<F> {
         #[pin]
         future: F,
+        // `http_server_config.headers`, added to every response.
+        headers: Option<Arc<Security>>,
         requests: Option<Arc<RequestCount>>,
     }
 }
 
-impl<F: Future> Future for Answered<F> {
-    type Output = F::Output;
+impl<F: Future<Output = Respond>> Future for Answered<F> {
+    type Output = Respond;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Respond> {
         let this = self.project();
-        let output = std::task::ready!(this.future.poll(cx));
+        let Ok(mut response) = std::task::ready!(this.future.poll(cx));
+        if let Some(security) = this.headers.take() {
+            for (name, value) in security.headers.iter() {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
         if let Some(requests) = this.requests.take() {
             requests.answered();
         }
-        Poll::Ready(output)
+        Poll::Ready(Ok(response))
     }
 }
 

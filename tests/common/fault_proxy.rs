@@ -5,6 +5,8 @@
 //! Each request is read whole (head and `Content-Length` body), then relayed to the Pushgateway on a connection
 //! of its own with `Connection: close`, and the answer relayed back; the client connection closes after it.
 //! Only push methods (`PUT`, `POST`, `DELETE`) are affected by a fault; probes and reads always pass.
+//! The relay keeps the head of every request it read ([`FaultProxy::request_heads`]), to check what the gateway
+//! sends a node.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +31,7 @@ pub enum Fault {
 pub struct FaultProxy {
     addr: String,
     fault: Arc<Mutex<Fault>>,
+    heads: Arc<Mutex<Vec<String>>>,
     accept: JoinHandle<()>,
 }
 
@@ -45,15 +48,18 @@ impl FaultProxy {
         let fault = Arc::new(Mutex::new(Fault::None));
         let upstream = upstream.to_string();
         let shared = fault.clone();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let recorded = heads.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let fault = *shared.lock().unwrap_or_else(|p| p.into_inner());
-                tokio::spawn(relay(client, upstream.clone(), fault));
+                tokio::spawn(relay(client, upstream.clone(), fault, recorded.clone()));
             }
         });
         FaultProxy {
             addr,
             fault,
+            heads,
             accept,
         }
     }
@@ -66,6 +72,11 @@ impl FaultProxy {
     /// Applies to connections accepted from now on.
     pub fn set(&self, fault: Fault) {
         *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+    }
+
+    /// The heads (request line and headers) of every request relayed so far, in order.
+    pub fn request_heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -132,10 +143,19 @@ async fn exchange(upstream: &str, head: &str, body: &[u8]) -> Option<Vec<u8>> {
     Some(answer)
 }
 
-async fn relay(mut client: TcpStream, upstream: String, fault: Fault) {
+async fn relay(
+    mut client: TcpStream,
+    upstream: String,
+    fault: Fault,
+    heads: Arc<Mutex<Vec<String>>>,
+) {
     let Some((head, body)) = read_request(&mut client).await else {
         return;
     };
+    heads
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(head.clone());
     let method = head.split(' ').next().unwrap_or_default();
     let is_push = matches!(method, "PUT" | "POST" | "DELETE");
     match (is_push, fault) {

@@ -7,6 +7,9 @@
 //!   `basic_auth_users`), ready once `GET https://.../-/ready` with the credentials answers 200.
 //! - [`Pki::client`]: a reqwest client that trusts the CA (and does not follow redirects), for talking to the
 //!   nodes directly.
+//! - [`SecureGateway::start`]: the gateway with `--web.config.file` (TLS on its listener, basic auth), ready once
+//!   `GET https://.../-/healthy` answers 200 to a client with the credentials and (when asked) a client certificate.
+//! - [`python_push_https`]: Python's `prometheus_client` pushing over https with `basic_auth_handler`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +27,8 @@ pub struct Pki {
     dir: TempDir,
     /// A fresh random password per test run; its bcrypt hash is in `web.yml`.
     pub password: String,
+    /// The bcrypt hash of `password` (`$2b$`), for web config files the tests write.
+    pub hash: String,
 }
 
 impl Pki {
@@ -93,6 +98,55 @@ impl Pki {
             &path("server.crt"),
         ]);
 
+        // Client certificates: one from the CA, one from the unrelated CA; and a second server certificate
+        // from the unrelated CA, to rotate to.
+        for (name, ca, ext) in [
+            ("client", "ca", "extendedKeyUsage=clientAuth\n"),
+            ("stranger", "other-ca", "extendedKeyUsage=clientAuth\n"),
+            (
+                "server2",
+                "other-ca",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            ),
+        ] {
+            openssl(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &path(&format!("{name}.key")),
+                "-out",
+                &path(&format!("{name}.csr")),
+            ]);
+            std::fs::write(
+                dir.path().join(format!("{name}.ext")),
+                format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{ext}"),
+            )
+            .unwrap_or_else(|e| panic!("cannot write {name}.ext: {e}"));
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &path(&format!("{name}.csr")),
+                "-CA",
+                &path(&format!("{ca}.crt")),
+                "-CAkey",
+                &path(&format!("{ca}.key")),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &path(&format!("{name}.ext")),
+                "-out",
+                &path(&format!("{name}.crt")),
+            ]);
+        }
+
         let password = random_password();
         let hash = bcrypt(&password);
         std::fs::write(
@@ -104,7 +158,46 @@ impl Pki {
             ),
         )
         .unwrap_or_else(|e| panic!("cannot write web.yml: {e}"));
-        Pki { dir, password }
+        Pki {
+            dir,
+            password,
+            hash,
+        }
+    }
+
+    /// `<dir>/<name>`: e.g. `server.crt`, `client.key`, `server2.crt` (signed by the other CA).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A client that trusts only `ca` and presents `identity` (the stem of a `.crt`/`.key` pair) if given.
+    pub fn client_with(&self, ca: &Path, identity: Option<&str>) -> reqwest::Client {
+        let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("cannot read {}: {e}", ca.display()));
+        let ca = reqwest::Certificate::from_pem(&pem)
+            .unwrap_or_else(|e| panic!("{} is not a PEM certificate: {e}", ca.display()));
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .redirect(reqwest::redirect::Policy::none())
+            // A new connection per request: certificate rotation is seen by the next handshake.
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(30));
+        if let Some(stem) = identity {
+            let mut pem = std::fs::read(self.path(&format!("{stem}.crt")))
+                .unwrap_or_else(|e| panic!("cannot read {stem}.crt: {e}"));
+            pem.extend(
+                std::fs::read(self.path(&format!("{stem}.key")))
+                    .unwrap_or_else(|e| panic!("cannot read {stem}.key: {e}")),
+            );
+            let identity = reqwest::Identity::from_pem(&pem)
+                .unwrap_or_else(|e| panic!("{stem}.crt/.key is not a usable identity: {e}"));
+            builder = builder.identity(identity);
+        }
+        builder
+            .build()
+            .unwrap_or_else(|e| panic!("cannot build the TLS test client: {e}"))
     }
 
     pub fn ca_file(&self) -> PathBuf {
@@ -178,7 +271,7 @@ fn random_password() -> String {
 }
 
 /// A bcrypt hash (`$2b$`) as exporter-toolkit's `basic_auth_users` takes it.
-fn bcrypt(password: &str) -> String {
+pub fn bcrypt(password: &str) -> String {
     let output = Command::new("/usr/bin/python3")
         .args([
             "-W",
@@ -270,5 +363,158 @@ impl SecurePushgateway {
             .unwrap_or_else(|e| panic!("GET {}/metrics: {e}", self.url()));
         assert_eq!(response.status(), StatusCode::OK);
         response.text().await.unwrap_or_default()
+    }
+}
+
+/// The gateway serving https with basic auth (and whatever else `web_yaml` asks for), proxying to the nodes that
+/// `config_yaml` names. It runs with `--web.enable-lifecycle` and `--log.level=debug`.
+pub struct SecureGateway {
+    guard: ChildGuard,
+    port: u16,
+    web_config: PathBuf,
+    _dir: TempDir,
+}
+
+impl SecureGateway {
+    /// Ready once a client trusting the CA (presenting `client.crt` when `client_cert`) with the credentials gets
+    /// 200 from `/-/healthy`.
+    pub async fn start(
+        pki: &Pki,
+        config_yaml: &str,
+        web_yaml: &str,
+        client_cert: bool,
+    ) -> SecureGateway {
+        let dir = tempfile::Builder::new()
+            .prefix("ds-test-secure-gateway-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
+        let config = dir.path().join("config.yml");
+        let web_config = dir.path().join("web.yml");
+        std::fs::write(&config, config_yaml)
+            .unwrap_or_else(|e| panic!("cannot write config.yml: {e}"));
+        std::fs::write(&web_config, web_yaml)
+            .unwrap_or_else(|e| panic!("cannot write web.yml: {e}"));
+        let client = pki.client_with(&pki.ca_file(), client_cert.then_some("client"));
+        for _ in 0..3 {
+            let port = free_port();
+            let mut guard = ChildGuard::spawn(
+                &format!("secure-gateway-{port}"),
+                gateway_command(&config, &web_config, port),
+            );
+            let started = Instant::now();
+            loop {
+                if guard.exit_status().is_some() {
+                    if guard.log_text().contains("Address already in use") {
+                        break;
+                    }
+                    panic!("secure gateway exited: {}", guard.log_tail(20));
+                }
+                let ready = client
+                    .get(format!("https://127.0.0.1:{port}/-/healthy"))
+                    .basic_auth(USERNAME, Some(&pki.password))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == StatusCode::OK);
+                if ready {
+                    return SecureGateway {
+                        guard,
+                        port,
+                        web_config,
+                        _dir: dir,
+                    };
+                }
+                assert!(
+                    started.elapsed() < STARTUP_TIMEOUT,
+                    "secure gateway not ready: {}",
+                    guard.log_tail(20)
+                );
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+        panic!("secure gateway lost its port 3 times");
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr())
+    }
+
+    /// The `--web.config.file` it runs with: rewrite it, then reload.
+    pub fn web_config(&self) -> &Path {
+        &self.web_config
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.guard.log_text()
+    }
+}
+
+/// The gateway binary with `--config.file`, `--web.config.file`, lifecycle on and debug logging, on `port`.
+pub fn gateway_command(config: &Path, web_config: &Path, port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dynamic-sharding"));
+    command
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--web.config.file={}", web_config.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--web.enable-lifecycle")
+        .arg("--log.level=debug");
+    command
+}
+
+const PYTHON_HTTPS_PUSH_SCRIPT: &str = r#"
+import os, sys
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler
+gateway, job, value = sys.argv[1:4]
+def handler(url, method, timeout, headers, data):
+    return basic_auth_handler(url, method, timeout, headers, data, os.environ["DS_USER"], os.environ["DS_PASSWORD"])
+try:
+    registry = CollectorRegistry()
+    Gauge("python_https_gauge", "Set by the test through prometheus_client.", registry=registry).set(float(value))
+    push_to_gateway(gateway, job=job, registry=registry, handler=handler, timeout=20)
+except Exception as error:
+    print(f"{type(error).__name__}: {error}", file=sys.stderr)
+    sys.exit(1)
+"#;
+
+/// `push_to_gateway(gateway_url, job)` of a gauge `python_https_gauge = value` with `basic_auth_handler`; Python
+/// trusts only the test CA (`SSL_CERT_FILE`). The password goes through the environment, not the command line.
+pub async fn python_push_https(
+    pki: &Pki,
+    gateway_url: &str,
+    job: &str,
+    value: f64,
+    password: &str,
+) -> Result<(), String> {
+    let mut command = tokio::process::Command::new("/usr/bin/python3");
+    command
+        .args([
+            "-c",
+            PYTHON_HTTPS_PUSH_SCRIPT,
+            gateway_url,
+            job,
+            &value.to_string(),
+        ])
+        .env("no_proxy", "*")
+        .env("SSL_CERT_FILE", pki.ca_file())
+        .env("DS_USER", USERNAME)
+        .env("DS_PASSWORD", password)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("python3 did not finish a push to {gateway_url} within 60 s"))
+        .unwrap_or_else(|e| panic!("cannot run python3 (scripts/install-test-deps.sh): {e}"));
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
     }
 }
