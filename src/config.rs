@@ -157,6 +157,13 @@ struct RawConfig {
     ambiguous_writes: Option<RawAmbiguousWrites>,
     groups: Option<RawGroups>,
     web: Option<RawWeb>,
+    replication: Option<RawReplication>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    factor: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -338,6 +345,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Client connections; read once at start (like `http_listen_addr`, a reload does not change them).
     pub web: WebConfig,
+    /// `replication.factor`: how many nodes hold each group (1: only its owner).
+    pub replication_factor: usize,
 }
 
 /// `pushgateway.scheme`: how every Pushgateway is reached.
@@ -850,10 +859,17 @@ impl Config {
         let ambiguous_writes = validate_ambiguous_writes(raw.ambiguous_writes.unwrap_or_default())?;
         let groups = validate_groups(raw.groups.unwrap_or_default())?;
         let web = validate_web(raw.web.unwrap_or_default())?;
+        let mode = raw.mode.unwrap_or_default();
+        let replication_factor = validate_replication(
+            raw.replication.unwrap_or_default(),
+            mode,
+            consul.is_some(),
+            servers.len(),
+        )?;
 
         Ok(Config {
             listen_addr,
-            mode: raw.mode.unwrap_or_default(),
+            mode,
             servers,
             consul,
             health_check,
@@ -866,8 +882,43 @@ impl Config {
             groups,
             upstream,
             web,
+            replication_factor,
         })
     }
+}
+
+/// `replication.factor`: at least 1; above 1 only in proxy mode (a redirected client writes to one node) and, with
+/// a static server list, at most its length (a factor no ring can reach would leave every group under-replicated).
+fn validate_replication(
+    raw: RawReplication,
+    mode: Mode,
+    consul: bool,
+    server_count: usize,
+) -> Result<usize, ConfigError> {
+    let Some(factor) = raw.factor else {
+        return Ok(1);
+    };
+    let factor = usize::try_from(factor)
+        .ok()
+        .filter(|&factor| factor >= 1)
+        .ok_or_else(|| {
+            invalid(format!(
+                "replication.factor: {factor} is not a number of nodes; use 1 (no replication) or more, e.g. 2"
+            ))
+        })?;
+    if factor > 1 && mode == Mode::Redirect {
+        return Err(invalid(format!(
+            "replication.factor: {factor} needs mode: proxy (a redirected client writes to one node only); \
+             set mode: proxy or replication.factor: 1"
+        )));
+    }
+    if !consul && factor > server_count {
+        return Err(invalid(format!(
+            "replication.factor: {factor} is more than the {server_count} pushgateway.servers; list more servers \
+             or lower the factor"
+        )));
+    }
+    Ok(factor)
 }
 
 fn validate_groups(raw: RawGroups) -> Result<GroupsConfig, ConfigError> {
@@ -1454,6 +1505,39 @@ mod tests {
     fn no_servers_and_no_consul_is_an_error() {
         let err = Config::parse("mode: proxy").unwrap_err();
         assert!(err.to_string().contains("pushgateway.servers"), "{err}");
+    }
+
+    #[test]
+    fn replication_factor_defaults_to_one_and_is_validated() {
+        let servers = "pushgateway: {servers: [a, b, c]}\n";
+        assert_eq!(Config::parse(servers).unwrap().replication_factor, 1);
+        let config = Config::parse(&format!("{servers}replication: {{factor: 3}}\n")).unwrap();
+        assert_eq!(config.replication_factor, 3);
+        for (yaml, expected) in [
+            (
+                "replication: {factor: 0}",
+                "replication.factor: 0 is not a number of nodes",
+            ),
+            (
+                "replication: {factor: -2}",
+                "replication.factor: -2 is not a number of nodes",
+            ),
+            (
+                "replication: {factor: 4}",
+                "replication.factor: 4 is more than the 3 pushgateway.servers",
+            ),
+            (
+                "replication: {factor: 2}\nmode: redirect",
+                "replication.factor: 2 needs mode: proxy",
+            ),
+            ("replication: {factr: 2}", "unknown field `factr`"),
+        ] {
+            let err = Config::parse(&format!("{servers}{yaml}\n")).unwrap_err();
+            assert!(err.to_string().contains(expected), "{yaml}: {err}");
+        }
+        // With Consul the node count is not known in advance.
+        let consul = "consul_server: {addr: '127.0.0.1:8500'}\nreplication: {factor: 5}\n";
+        assert_eq!(Config::parse(consul).unwrap().replication_factor, 5);
     }
 
     #[test]
