@@ -11,9 +11,8 @@
 //! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`, HTTP SD, and the read
 //!   API fanned out to every node).
 //! - [`body_budget`]: the memory budget for request bodies shared by all connections.
-//! - [`upstream`]: the pooled HTTP client towards Pushgateways, and the scheme, TLS and credentials every request
-//!   to a node uses.
-//! - [`upstream_pool`]: per-node connection pools for proxied pushes, driven by the handler (no task per connection).
+//! - [`pushgateway`]: every conversation with a Pushgateway: node addresses, the HTTP client and its transport
+//!   (scheme, TLS, credentials), the push path's per-node pools and forwarding, the API calls, one error type.
 //! - [`outlier`]: passive failure detection: nodes whose pushes keep failing are ejected from the ring for a while.
 //! - [`ambiguous`]: pushes whose outcome on a node is unknown; the acknowledged value is written again once the
 //!   node could no longer apply a late write.
@@ -33,6 +32,7 @@ pub mod grouping;
 pub mod membership;
 pub mod node_route;
 pub mod outlier;
+pub mod pushgateway;
 pub mod rebalance;
 pub mod ring;
 pub mod routing;
@@ -40,5 +40,3 @@ pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
-pub mod upstream;
-pub mod upstream_pool;

@@ -32,10 +32,10 @@ use crate::config::Config;
 use crate::membership::static_probe::SuspectReporter;
 use crate::membership::Membership;
 use crate::outlier::OutlierDetector;
+use crate::pushgateway::HttpClient;
 use crate::rebalance::Rebalancer;
 use crate::routing::RingHandle;
 use crate::telemetry::Metrics;
-use crate::upstream::HttpClient;
 
 /// A request to re-read the config file; the answer says whether the new config was applied.
 pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
