@@ -793,6 +793,80 @@ pub async fn wipe(State(state): State<AppState>, method: Method) -> Response<Bod
 mod tests {
     use super::*;
 
+    /// One node's `/api/v1/metrics` answer holding group `{job="j"}` with gauge `x` at `value`, plus a gauge
+    /// `left_over` when `extra`.
+    fn api_answer(value: &str, push_time: &str, extra: bool) -> Bytes {
+        let gauge = |name: &str, value: &str| {
+            json!({"type": "GAUGE", "metrics": [{"labels": {"job": "j"}, "value": value}]})
+                .as_object()
+                .cloned()
+                .map(|family| (name.to_owned(), Value::Object(family)))
+                .unwrap()
+        };
+        let mut group = serde_json::Map::new();
+        group.insert("labels".into(), json!({"job": "j"}));
+        group.extend([gauge("x", value), gauge("push_time_seconds", push_time)]);
+        if extra {
+            group.extend([gauge("left_over", "1")]);
+        }
+        Bytes::from(json!({"status": "success", "data": [group]}).to_string())
+    }
+
+    #[test]
+    fn a_replicated_read_shows_each_group_whole_from_its_first_owner_not_a_mix_of_copies() {
+        let nodes = vec!["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
+        let ring = Ring::build(Algorithm::Rendezvous, &nodes);
+        let key =
+            GroupingKey::from_labels(BTreeMap::from([("job".to_owned(), "j".to_owned())])).unwrap();
+        let owners = ring.owner_set(&key.ring_key(), 2);
+        // The second owner holds a stale copy with a family the newest push dropped; a node outside the owner
+        // set holds an even newer stray. Listed in both orders, the first owner's copy is the only one shown.
+        let outsider = nodes
+            .iter()
+            .find(|n| !owners.contains(&n.as_str()))
+            .unwrap();
+        let mut bodies = vec![
+            (owners[1].to_string(), api_answer("1", "100", true)),
+            (owners[0].to_string(), api_answer("2", "200", false)),
+            (outsider.clone(), api_answer("3", "300", false)),
+        ];
+        for _ in 0..2 {
+            let (merged, failures) = deduplicated_exposition(&bodies, &ring, 2);
+            assert!(failures.is_empty(), "{failures:?}");
+            let samples: Vec<&str> = merged
+                .text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect();
+            assert_eq!(
+                samples,
+                ["push_time_seconds{job=\"j\"} 200", "x{job=\"j\"} 2"],
+                "{}",
+                merged.text
+            );
+            bodies.reverse();
+        }
+        // The first owner gone from the answers: the second owner's copy, whole.
+        let without_first: Vec<(String, Bytes)> = bodies
+            .iter()
+            .filter(|(node, _)| node != owners[0])
+            .cloned()
+            .collect();
+        let (merged, _) = deduplicated_exposition(&without_first, &ring, 2);
+        assert!(
+            merged.text.contains("left_over{job=\"j\"} 1"),
+            "{}",
+            merged.text
+        );
+        let groups: Vec<Value> = bodies
+            .iter()
+            .flat_map(|(node, body)| annotated_groups(node, body).unwrap())
+            .collect();
+        let shown = deduplicated_groups(groups, &ring, 2);
+        assert_eq!(shown.len(), 1);
+        assert_eq!(shown[0][NODE_KEY], owners[0]);
+    }
+
     fn status_failure(status: StatusCode, body: &str) -> NodeError {
         NodeError::Status {
             status,
