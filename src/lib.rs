@@ -17,6 +17,7 @@
 //! - [`ambiguous`]: pushes whose outcome on a node is unknown; the acknowledged value is written again once the
 //!   node could no longer apply a late write.
 //! - [`rebalance`]: moves groups to their owner after ring changes, so every group is on exactly one node.
+//! - [`move_guard`]: pushes vs. the rebalancer's moves, in process: a move never overwrites a newer push.
 //! - [`secret`]: `Secret`, a credential whose every rendering is redacted.
 //! - [`server`]: binding, the accept loop, per-connection HTTP serving, connection limits, graceful serving.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
@@ -30,6 +31,7 @@ pub mod exposition;
 pub mod gateway;
 pub mod grouping;
 pub mod membership;
+pub mod move_guard;
 pub mod node_route;
 pub mod outlier;
 pub mod pushgateway;
