@@ -905,23 +905,20 @@ fn validate_upstream(
     };
     let tls_given = tls.is_some();
     let raw_tls = tls.unwrap_or_default();
+    let files = validate_tls_files(
+        "pushgateway.tls_config",
+        [raw_tls.ca_file, raw_tls.cert_file, raw_tls.key_file],
+        tls_given,
+        scheme == NodeScheme::Https,
+    )?;
+    let [ca_file, cert_file, key_file] = files;
     let tls = NodeTlsConfig {
-        ca_file: non_empty(raw_tls.ca_file),
-        cert_file: non_empty(raw_tls.cert_file),
-        key_file: non_empty(raw_tls.key_file),
+        ca_file,
+        cert_file,
+        key_file,
         server_name: non_empty(raw_tls.server_name),
         insecure_skip_verify: raw_tls.insecure_skip_verify.unwrap_or(false),
     };
-    if tls.cert_file.is_some() != tls.key_file.is_some() {
-        return Err(invalid(
-            "pushgateway.tls_config: cert_file and key_file go together; set both (client certificate) or neither",
-        ));
-    }
-    if tls_given && scheme == NodeScheme::Http {
-        return Err(invalid(
-            "pushgateway.tls_config: set but pushgateway.scheme is http; set scheme: https or remove tls_config",
-        ));
-    }
     let basic_auth = basic_auth
         .map(|raw| {
             let username = raw.username.unwrap_or_default();
@@ -961,6 +958,35 @@ fn validate_upstream(
         tls,
         basic_auth,
     })
+}
+
+/// The PEM file paths of a TLS section (`section`: `consul_server.tls`, `pushgateway.tls_config`) in the order
+/// `ca_file`, `cert_file`, `key_file`, trimmed (blank is unset). `cert_file` and `key_file` go together, and the
+/// section may be set (`set`, or any file given) only with the https scheme.
+fn validate_tls_files(
+    section: &str,
+    files: [Option<String>; 3],
+    set: bool,
+    https: bool,
+) -> Result<[Option<String>; 3], ConfigError> {
+    let [ca_file, cert_file, key_file] = files.map(|value| {
+        value
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    });
+    if cert_file.is_some() != key_file.is_some() {
+        return Err(invalid(format!(
+            "{section}: cert_file and key_file go together; set both (client certificate) or neither"
+        )));
+    }
+    let set = set || ca_file.is_some() || cert_file.is_some();
+    if set && !https {
+        let (parent, leaf) = section.rsplit_once('.').unwrap_or((section, section));
+        return Err(invalid(format!(
+            "{section}: set but {parent}.scheme is http; set scheme: https or remove {leaf}"
+        )));
+    }
+    Ok([ca_file, cert_file, key_file])
 }
 
 /// Reads `pushgateway.basic_auth.password_file`; surrounding whitespace (a trailing newline) is not part of
@@ -1138,23 +1164,20 @@ fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, ConfigError>
             .filter(|v| !v.is_empty())
     };
     let raw_tls = consul.tls.unwrap_or_default();
+    let insecure_skip_verify = raw_tls.insecure_skip_verify.unwrap_or(false);
+    // An empty `tls: {}` is no TLS setting at all here.
+    let [ca_file, cert_file, key_file] = validate_tls_files(
+        "consul_server.tls",
+        [raw_tls.ca_file, raw_tls.cert_file, raw_tls.key_file],
+        insecure_skip_verify,
+        scheme == ConsulScheme::Https,
+    )?;
     let tls = ConsulTlsConfig {
-        ca_file: non_empty(raw_tls.ca_file),
-        cert_file: non_empty(raw_tls.cert_file),
-        key_file: non_empty(raw_tls.key_file),
-        insecure_skip_verify: raw_tls.insecure_skip_verify.unwrap_or(false),
+        ca_file,
+        cert_file,
+        key_file,
+        insecure_skip_verify,
     };
-    if tls.cert_file.is_some() != tls.key_file.is_some() {
-        return Err(invalid(
-            "consul_server.tls: cert_file and key_file go together; set both (client certificate) or neither",
-        ));
-    }
-    let tls_configured = tls != ConsulTlsConfig::default();
-    if tls_configured && scheme == ConsulScheme::Http {
-        return Err(invalid(
-            "consul_server.tls: set but consul_server.scheme is http; set scheme: https or remove tls",
-        ));
-    }
     Ok(ConsulConfig {
         addr,
         scheme,

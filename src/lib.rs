@@ -21,6 +21,7 @@
 //! - [`secret`]: `Secret`, a credential whose every rendering is redacted.
 //! - [`server`]: binding, the accept loop, per-connection HTTP serving, connection limits, graceful serving.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
+//! - [`tls_files`]: reading PEM certificates and keys (the listener's and the nodes' TLS settings).
 //! - [`app`]: wiring, reload and graceful shutdown.
 pub mod ambiguous;
 pub mod app;
@@ -42,3 +43,4 @@ pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls_files;
