@@ -167,7 +167,8 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         lifecycle_enabled: options.enable_lifecycle,
         admin_api_enabled: options.enable_admin_api,
         read_side: Default::default(),
-        rebalance: rebalancer,
+        move_guard: rebalancer.coordinator.clone(),
+        rebalance_status: rebalancer.status_json(),
         outliers,
         journal,
         body_budget: BodyBudget::new(

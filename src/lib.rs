@@ -17,9 +17,11 @@
 //! - [`ambiguous`]: pushes whose outcome on a node is unknown; the acknowledged value is written again once the
 //!   node could no longer apply a late write.
 //! - [`rebalance`]: moves groups to their owner after ring changes, so every group is on exactly one node.
+//! - [`move_guard`]: pushes vs. the rebalancer's moves, in process: a move never overwrites a newer push.
 //! - [`secret`]: `Secret`, a credential whose every rendering is redacted.
 //! - [`server`]: binding, the accept loop, per-connection HTTP serving, connection limits, graceful serving.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
+//! - [`tls_files`]: reading PEM certificates and keys (the listener's and the nodes' TLS settings).
 //! - [`app`]: wiring, reload and graceful shutdown.
 pub mod ambiguous;
 pub mod app;
@@ -30,6 +32,7 @@ pub mod exposition;
 pub mod gateway;
 pub mod grouping;
 pub mod membership;
+pub mod move_guard;
 pub mod node_route;
 pub mod outlier;
 pub mod pushgateway;
@@ -40,3 +43,4 @@ pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls_files;

@@ -10,8 +10,8 @@ use http::{Method, StatusCode};
 
 use super::{Journal, PendingRepair};
 use crate::config::Config;
+use crate::move_guard::MoveCoordinator;
 use crate::pushgateway::{api, HttpClient, NodeError};
-use crate::rebalance::MoveCoordinator;
 use crate::routing::RingHandle;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;

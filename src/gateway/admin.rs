@@ -73,7 +73,7 @@ pub async fn ring(State(state): State<AppState>) -> Response<Body> {
     let table = state.ring.load_full();
     let membership = state.membership.borrow().clone();
     let config = state.config.load();
-    let rebalance = state.rebalance.status_json();
+    let rebalance = state.rebalance_status.borrow().clone();
     let mut body = serde_json::json!({
         "algorithm": table.ring.algorithm(),
         "mode": config.mode,

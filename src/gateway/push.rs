@@ -512,11 +512,7 @@ async fn proxy_to(
         ring_key = Some(group);
     }
     // While the rebalancer moves groups, a push of a group being moved waits for the move and then wins over it.
-    let _permit = state
-        .rebalance
-        .coordinator
-        .push_permit(|| key.ring_key())
-        .await;
+    let _permit = state.move_guard.push_permit(|| key.ring_key()).await;
     if !replicas.is_empty() {
         let mut nodes = Vec::with_capacity(replicas.len() + 1);
         nodes.push(owner);

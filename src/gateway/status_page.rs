@@ -174,7 +174,7 @@ pub async fn page(
         shares: ring.shares(),
         outliers: state.outliers.status(),
         read_failures: state.read_side.failing_reads_json(),
-        rebalance: state.rebalance.status_json(),
+        rebalance: state.rebalance_status.borrow().clone(),
         pending_repairs: state.journal.len(),
         expiry: expiry_summary(&config),
         groups,

@@ -3,6 +3,7 @@
 //! scheme, TLS (rustls) and the gateway's own basic-auth header (`pushgateway.scheme`, `tls_config`,
 //! `basic_auth`).
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +16,11 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::error::NodeError;
 use crate::config::{Config, NodeScheme, NodeTlsConfig};
+use crate::tls_files::{self, TlsFileError};
 
 type Inner = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -178,18 +179,13 @@ impl Transport {
 /// Why `pushgateway.tls_config` or `basic_auth` cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientConfigError {
-    #[error("pushgateway.tls_config.{key}: cannot read {path:?}: {source}")]
-    Read {
+    #[error("pushgateway.tls_config.{key}: {source}")]
+    File {
         key: &'static str,
-        path: String,
-        source: std::io::Error,
+        source: TlsFileError,
     },
-    #[error("pushgateway.tls_config.{key}: {path:?} is not a usable PEM file: {message}")]
-    Pem {
-        key: &'static str,
-        path: String,
-        message: String,
-    },
+    #[error("pushgateway.tls_config.ca_file: {path:?} holds a certificate that cannot be a root: {message}")]
+    Root { path: String, message: String },
     #[error("pushgateway.tls_config: {0}")]
     Tls(String),
     #[error("pushgateway.tls_config.server_name: {name:?} is not a DNS name or IP address")]
@@ -213,11 +209,8 @@ fn tls_client_config(tls: &NodeTlsConfig) -> Result<rustls::ClientConfig, Client
         let mut roots = rustls::RootCertStore::empty();
         match &tls.ca_file {
             Some(path) => {
-                let pem = read_file("ca_file", path)?;
-                let certs = pem_certificates("ca_file", path, &pem)?;
-                for cert in certs {
-                    roots.add(cert).map_err(|e| ClientConfigError::Pem {
-                        key: "ca_file",
+                for cert in file("ca_file", tls_files::certificates(Path::new(path)))? {
+                    roots.add(cert).map_err(|e| ClientConfigError::Root {
                         path: path.clone(),
                         message: e.to_string(),
                     })?;
@@ -227,51 +220,22 @@ fn tls_client_config(tls: &NodeTlsConfig) -> Result<rustls::ClientConfig, Client
         }
         builder.with_root_certificates(roots)
     };
-    let config =
-        match (&tls.cert_file, &tls.key_file) {
-            (Some(cert_path), Some(key_path)) => {
-                let certs =
-                    pem_certificates("cert_file", cert_path, &read_file("cert_file", cert_path)?)?;
-                let key = PrivateKeyDer::from_pem_slice(&read_file("key_file", key_path)?)
-                    .map_err(|e| ClientConfigError::Pem {
-                        key: "key_file",
-                        path: key_path.clone(),
-                        message: e.to_string(),
-                    })?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(|e| ClientConfigError::Tls(format!("cert_file and key_file: {e}")))?
-            }
-            _ => builder.with_no_client_auth(),
-        };
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert_path), Some(key_path)) => {
+            let certs = file("cert_file", tls_files::certificates(Path::new(cert_path)))?;
+            let key = file("key_file", tls_files::private_key(Path::new(key_path)))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| ClientConfigError::Tls(format!("cert_file and key_file: {e}")))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
     Ok(config)
 }
 
-fn read_file(key: &'static str, path: &str) -> Result<Vec<u8>, ClientConfigError> {
-    std::fs::read(path).map_err(|source| ClientConfigError::Read {
-        key,
-        path: path.to_string(),
-        source,
-    })
-}
-
-fn pem_certificates(
-    key: &'static str,
-    path: &str,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, ClientConfigError> {
-    let bad = |message: String| ClientConfigError::Pem {
-        key,
-        path: path.to_string(),
-        message,
-    };
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(bad("no CERTIFICATE block found".to_string()));
-    }
-    Ok(certs)
+/// A `tls_config.<key>` file's error, naming the key.
+fn file<T>(key: &'static str, result: Result<T, TlsFileError>) -> Result<T, ClientConfigError> {
+    result.map_err(|source| ClientConfigError::File { key, source })
 }
 
 /// `insecure_skip_verify`: any certificate is accepted, but the handshake signatures are still checked, so the

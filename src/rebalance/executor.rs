@@ -3,7 +3,7 @@
 //!
 //! Before every request the executor re-checks that the ring is still the one the plan was made for and that
 //! the node may be touched (healthy, or draining and listed this pass); a group pushed through this replica
-//! during the pass is skipped (see [`guard`](super::guard)). A delete only follows a copy that succeeded, so a
+//! during the pass is skipped (see [`move_guard`](crate::move_guard)). A delete only follows a copy that succeeded, so a
 //! failure anywhere leaves the group where it was.
 
 use std::collections::BTreeMap;
@@ -15,11 +15,11 @@ use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{self, StreamExt};
 use http::{HeaderValue, Method, StatusCode};
 
-use super::guard::MoveCoordinator;
 use super::planner::{last_client_push, Action, ListedGroup, NodeListing};
 use crate::exposition::pushgateway_json::parse_api_metrics_with;
 use crate::exposition::pushgateway_json::MovedMarker;
 use crate::grouping::GroupingKey;
+use crate::move_guard::MoveCoordinator;
 use crate::pushgateway::{api, HttpClient, NodeError};
 use crate::ring::Ring;
 use crate::routing::RoutingTable;
