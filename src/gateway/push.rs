@@ -680,6 +680,7 @@ impl ReplicatedWrite<'_> {
         let results = futures_util::future::join_all(writes).await;
         let mut answer: Option<(Response<Body>, Arc<NodeRoute>)> = None;
         let mut owner_error = None;
+        let mut written_to = Vec::with_capacity(nodes.len());
         for (index, (node, (slot, result))) in nodes.iter().zip(results).enumerate() {
             let written = match result {
                 Ok(response) => {
@@ -715,16 +716,26 @@ impl ReplicatedWrite<'_> {
                     false
                 }
             };
-            let answered_here = answer.as_ref().is_some_and(|(_, by)| Arc::ptr_eq(by, node));
-            if !written && !answered_here {
-                state
-                    .metrics
-                    .replica_writes_failed
-                    .get_or_create(&NodeLabels {
-                        node: node.name.clone(),
-                    })
-                    .inc();
-                tracing::debug!(node = %node.name, grouping_key = %self.key, "replica write failed; the rebalancer restores the copy");
+            written_to.push(written);
+        }
+        // A node that did not take a push the client is told succeeded is missing a copy; when the push failed
+        // (e.g. a 400 for a bad body, which every node gives), nothing is missing.
+        if answer
+            .as_ref()
+            .is_some_and(|(response, _)| response.status().is_success())
+        {
+            for (node, written) in nodes.iter().zip(written_to) {
+                let answered_here = answer.as_ref().is_some_and(|(_, by)| Arc::ptr_eq(by, node));
+                if !written && !answered_here {
+                    state
+                        .metrics
+                        .replica_writes_failed
+                        .get_or_create(&NodeLabels {
+                            node: node.name.clone(),
+                        })
+                        .inc();
+                    tracing::debug!(node = %node.name, grouping_key = %self.key, "replica write failed; the rebalancer restores the copy");
+                }
             }
         }
         let Some((response, node)) = answer else {
