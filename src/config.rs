@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::authorization::{Authorization, UserRules};
 use crate::ring::Algorithm;
 pub use crate::secret::Secret;
 
@@ -157,6 +158,22 @@ struct RawConfig {
     ambiguous_writes: Option<RawAmbiguousWrites>,
     groups: Option<RawGroups>,
     web: Option<RawWeb>,
+    authorization: Option<RawAuthorization>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthorization {
+    #[serde(default)]
+    users: std::collections::BTreeMap<String, RawUserRules>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUserRules {
+    push_jobs: Option<String>,
+    #[serde(default)]
+    admin: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -338,6 +355,9 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Client connections; read once at start (like `http_listen_addr`, a reload does not change them).
     pub web: WebConfig,
+    /// `authorization`: who may push which jobs and use the admin endpoints; `None`: every authenticated user
+    /// may do everything (the behaviour without the section).
+    pub authorization: Option<Authorization>,
 }
 
 /// `pushgateway.scheme`: how every Pushgateway is reached.
@@ -866,8 +886,29 @@ impl Config {
             groups,
             upstream,
             web,
+            authorization: raw.authorization.map(validate_authorization).transpose()?,
         })
     }
+}
+
+fn validate_authorization(raw: RawAuthorization) -> Result<Authorization, ConfigError> {
+    let mut users = Vec::with_capacity(raw.users.len());
+    for (user, rules) in raw.users {
+        let key = format!("authorization.users.{user}");
+        if user.is_empty() || user.contains(':') {
+            return Err(invalid(format!(
+                "{key}: not a user name basic auth can carry (empty, or with ':')"
+            )));
+        }
+        let checked = UserRules::new(rules.push_jobs.as_deref(), rules.admin).map_err(|e| {
+            invalid(format!(
+                "{key}.push_jobs: {:?} is not a valid regular expression: {e}",
+                rules.push_jobs.as_deref().unwrap_or_default()
+            ))
+        })?;
+        users.push((user, checked));
+    }
+    Ok(Authorization::new(users))
 }
 
 fn validate_groups(raw: RawGroups) -> Result<GroupsConfig, ConfigError> {
@@ -1280,6 +1321,54 @@ mod tests {
                 "config {text:?}: error {err:?} should mention {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn authorization_rules_parse_and_bad_ones_name_their_key() {
+        use crate::authorization::Action;
+        let base = "pushgateway: {servers: [a]}\n";
+        assert_eq!(Config::parse(base).unwrap().authorization, None);
+        let config = Config::parse(&format!(
+            "{base}authorization:\n  users:\n    team-a: {{push_jobs: 'team_a_.*'}}\n    ops: {{push_jobs: '.*', admin: true}}\n    reader: {{}}\n"
+        ))
+        .unwrap();
+        let authz = config.authorization.unwrap();
+        assert_eq!(
+            authz.users().collect::<Vec<_>>(),
+            ["ops", "reader", "team-a"]
+        );
+        assert!(authz
+            .check(Some("team-a"), Action::Push { job: "team_a_1" })
+            .is_ok());
+        assert!(authz
+            .check(Some("reader"), Action::Push { job: "x" })
+            .is_err());
+        assert!(authz
+            .check(
+                Some("ops"),
+                Action::Admin {
+                    endpoint: "/-/reload"
+                }
+            )
+            .is_ok());
+        assert_each_error_mentions(&[
+            (
+                "pushgateway: {servers: [a]}\nauthorization: {users: {team-a: {push_jobs: 'team_(a'}}}",
+                "authorization.users.team-a.push_jobs: \"team_(a\" is not a valid regular expression",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nauthorization: {users: {team-a: {push_job: 'a'}}}",
+                "unknown field `push_job`",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nauthorization: {roles: {}}",
+                "unknown field `roles`",
+            ),
+            (
+                "pushgateway: {servers: [a]}\nauthorization: {users: {'a:b': {}}}",
+                "authorization.users.a:b",
+            ),
+        ]);
     }
 
     #[test]

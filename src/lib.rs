@@ -19,11 +19,14 @@
 //!   node could no longer apply a late write.
 //! - [`rebalance`]: moves groups to their owner after ring changes, so every group is on exactly one node.
 //! - [`secret`]: `Secret`, a credential whose every rendering is redacted.
-//! - [`server`]: binding, the accept loop, per-connection HTTP serving, connection limits, graceful serving.
+//! - [`server`]: binding, the accept loop, TLS and authentication, per-connection HTTP serving, connection limits,
+//!   graceful serving.
+//! - [`authorization`]: per-job authorization rules (who may push which jobs, who may use admin endpoints). Pure.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
 //! - [`app`]: wiring, reload and graceful shutdown.
 pub mod ambiguous;
 pub mod app;
+pub mod authorization;
 pub mod body_budget;
 pub mod config;
 pub mod consul;

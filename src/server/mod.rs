@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,7 +26,7 @@ use tower::util::Oneshot;
 
 use crate::config::WebConfig;
 use crate::shutdown::Shutdown;
-use crate::telemetry::ServerMetrics;
+use crate::telemetry::{LogInterval, ServerMetrics};
 
 mod security;
 mod timeouts;
@@ -169,32 +168,7 @@ pub async fn serve<S>(
 }
 
 /// At most one log line per interval for requests hyper refused as too large, over all connections.
-static TOO_LARGE_LOG: LogInterval = LogInterval::new();
-
-/// A lock-free "at most once per `ACCEPT_ERROR_LOG_INTERVAL`" gate shared by connection tasks.
-struct LogInterval {
-    last_logged_secs: AtomicU64,
-}
-
-impl LogInterval {
-    const fn new() -> LogInterval {
-        LogInterval {
-            last_logged_secs: AtomicU64::new(0),
-        }
-    }
-
-    fn due(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last_logged_secs.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= ACCEPT_ERROR_LOG_INTERVAL.as_secs()
-            && self
-                .last_logged_secs
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-}
+static TOO_LARGE_LOG: LogInterval = LogInterval::new(ACCEPT_ERROR_LOG_INTERVAL);
 
 /// Rate-limits accept-error log lines and grows the pause after each error.
 struct AcceptErrors {
@@ -353,8 +327,9 @@ where
 }
 
 /// Every request, `/-/healthy` included (as exporter-toolkit does), passes only with the credentials of a
-/// configured user; otherwise it gets a 401 and nothing is routed or forwarded. The client's `Authorization` is
-/// then removed: it is for the gateway, not the Pushgateways (whose own credentials the upstream code sets).
+/// configured user; otherwise it gets a 401 and nothing is routed or forwarded. The verified user goes to the
+/// service as a [`crate::authorization::User`] extension (for `authorization`), and the client's `Authorization` is
+/// removed: it is for the gateway, not the Pushgateways (whose own credentials the upstream code sets).
 fn authenticated<S>(
     service: S,
     security: Arc<Security>,
@@ -367,14 +342,16 @@ where
     S::Future: Send + 'static,
 {
     Box::pin(async move {
-        let passed = match &security.auth {
+        let user = match &security.auth {
             Some(auth) => auth.authenticate(request.headers()).await,
-            None => true,
+            None => None,
         };
-        if !passed {
+        let Some(user) = user else {
             return Ok(unauthorized());
-        }
+        };
         request.headers_mut().remove(http::header::AUTHORIZATION);
+        // Replaces whatever the request carried: only the server room says who the user is.
+        request.extensions_mut().insert(user);
         Oneshot::new(service, request).await
     })
 }

@@ -18,6 +18,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::authorization::User;
+
 use super::web_config::{ClientAuth, TlsSettings, TlsVersion, WebConfigError, WebSettings};
 
 /// The listener's security for new connections; `app.rs` swaps in a new one on reload.
@@ -67,6 +69,13 @@ impl Security {
 
     pub fn requires_auth(&self) -> bool {
         self.auth.is_some()
+    }
+
+    /// Whether `user` is one of `basic_auth_users`.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.auth
+            .as_ref()
+            .is_some_and(|auth| auth.users.contains_key(user))
     }
 }
 
@@ -301,12 +310,16 @@ impl Auth {
         }
     }
 
-    /// Whether `headers` carry the credentials of a configured user. A cache miss runs bcrypt on the blocking
+    /// The configured user whose credentials `headers` carry, if any. A cache miss runs bcrypt on the blocking
     /// pool, so a slow hash does not stall the connections served by this worker thread.
-    pub(super) async fn authenticate(&self, headers: &HeaderMap) -> bool {
-        let Some((user, password)) = basic_credentials(headers) else {
-            return false;
-        };
+    pub(super) async fn authenticate(&self, headers: &HeaderMap) -> Option<User> {
+        let (user, password) = basic_credentials(headers)?;
+        self.verify(user, password)
+            .await
+            .map(|user| User(user.into()))
+    }
+
+    async fn verify(&self, user: String, password: String) -> Option<String> {
         let digest: [u8; 32] = Sha256::new()
             .chain_update(user.as_bytes())
             .chain_update([0])
@@ -314,10 +327,10 @@ impl Auth {
             .finalize()
             .into();
         if let Some(&ok) = self.lock().get(&digest) {
-            return ok;
+            return ok.then_some(user);
         }
         let Ok(_turn) = self.bcrypt_turn.acquire().await else {
-            return false; // never closed
+            return None; // never closed
         };
         let hash = self.users.get(&user).cloned();
         let known = hash.is_some();
@@ -336,7 +349,7 @@ impl Auth {
             cache.clear();
         }
         cache.insert(digest, ok);
-        ok
+        ok.then_some(user)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], bool>> {
@@ -396,18 +409,23 @@ mod tests {
     ) {
         let users = HashMap::from([("alice".to_string(), bcrypt::hash("secret", 4).unwrap())]);
         let auth = Auth::new(users);
-        assert!(!auth.authenticate(&basic("alice", "wrong")).await);
-        assert!(!auth.authenticate(&basic("bob", "secret")).await);
-        assert!(!auth.authenticate(&HeaderMap::new()).await);
+        let alice = Some(User("alice".into()));
+        assert_eq!(auth.authenticate(&basic("alice", "wrong")).await, None);
+        assert_eq!(auth.authenticate(&basic("bob", "secret")).await, None);
+        assert_eq!(auth.authenticate(&HeaderMap::new()).await, None);
         assert_eq!(auth.lock().len(), 2, "failures are cached too");
-        assert!(
-            !auth.authenticate(&basic("alice", "wrong")).await,
+        assert_eq!(
+            auth.authenticate(&basic("alice", "wrong")).await,
+            None,
             "and stay failures"
         );
-        assert!(auth.authenticate(&basic("alice", "secret")).await);
+        assert_eq!(auth.authenticate(&basic("alice", "secret")).await, alice);
         assert_eq!(auth.lock().len(), 3);
-        assert!(auth.authenticate(&basic("alice", "secret")).await);
-        assert_eq!(auth.lock().len(), 3, "the second request hits the cache");
-        assert!(!auth.authenticate(&basic("alice", "secre")).await);
+        assert_eq!(
+            auth.authenticate(&basic("alice", "secret")).await,
+            alice,
+            "the second request hits the cache, and names the user"
+        );
+        assert_eq!(auth.authenticate(&basic("alice", "secre")).await, None);
     }
 }
