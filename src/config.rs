@@ -1372,6 +1372,21 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_example_parses_with_its_authorization_section_on() {
+        let example = include_str!("../examples/dynamic-sharding.yml");
+        Config::parse(example).unwrap();
+        let start = example.find("# authorization:").unwrap();
+        let uncommented: String = example[start..]
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = Config::parse(&format!("{}{uncommented}\n", &example[..start])).unwrap();
+        let authz = config.authorization.unwrap();
+        assert_eq!(authz.users().collect::<Vec<_>>(), ["ops", "team-a"]);
+    }
+
+    #[test]
     fn accepts_the_go_originals_file_unchanged() {
         let text = "consul_server:\n  addr: localhost:8500\n  username:\n  password:\n  register_service_name: pushgateway\n\
                     http_listen_addr: :9292\npushgateway:\n  port: 9091\n  servers:\n    - 1.1.1.1\n    - 1.1.1.2\n";
