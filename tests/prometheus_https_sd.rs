@@ -90,7 +90,8 @@ async fn prometheus_discovers_nodes_through_https_sd_with_basic_auth_and_scrapes
             format!("{}/metrics/job/team_a_raw", gateway.url()),
         )
         .basic_auth(TEAM, Some(&team_password))
-        .body("python_https_gauge 9\n")
+        // Typed like Python's gauge: the node may hold both groups, and a Pushgateway refuses a type clash.
+        .body("# TYPE python_https_gauge gauge\npython_https_gauge 9\n")
         .send()
         .await
         .expect("PUT /metrics/job/team_a_raw");
