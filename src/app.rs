@@ -318,28 +318,33 @@ fn reload_config(
     }
 }
 
-/// `authorization` refines authentication, so it needs `basic_auth_users`: without them no request carries a
-/// verified user and every push would be refused. A rule for a user that cannot log in is only a warning (it may
-/// be added to the web config next).
+/// `authorization` refines authentication, so it needs a source of verified users: `basic_auth_users`, or client
+/// certificates checked against `client_ca_file`. Without one no request carries a user and every push would be
+/// refused. A rule for a user that cannot log in with basic auth is only a warning (it may be added to the web
+/// config next).
 fn check_authorization(config: &Config, security: &server::Security) -> Result<(), ConfigError> {
     let Some(authorization) = &config.authorization else {
         return Ok(());
     };
-    if !security.requires_auth() {
+    if !security.requires_auth() && !security.verifies_client_certificates() {
         return Err(ConfigError::Invalid(
             "authorization: needs authenticated users, but no basic_auth_users are configured (in the file \
-             --web.config.file names); add them there, or remove the authorization section"
+             --web.config.file names) and no client certificates are verified (client_auth_type \
+             RequireAndVerifyClientCert or VerifyClientCertIfGiven); add one of them, or remove the \
+             authorization section"
                 .to_string(),
         ));
     }
-    for user in authorization
-        .users()
-        .filter(|user| !security.has_user(user))
-    {
-        tracing::warn!(
-            key = %format!("authorization.users.{user}"),
-            "this user is not in basic_auth_users of --web.config.file, so it cannot log in and its rules apply to nobody"
-        );
+    if security.requires_auth() {
+        for user in authorization
+            .users()
+            .filter(|user| !security.has_user(user))
+        {
+            tracing::warn!(
+                key = %format!("authorization.users.{user}"),
+                "this user is not in basic_auth_users of --web.config.file, so it cannot log in and its rules apply to nobody"
+            );
+        }
     }
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! Per-job authorization: which authenticated user may push or delete which jobs, and who may use the admin
 //! endpoints (`authorization:` in the gateway's config file). Pure: no I/O, no HTTP.
 //!
-//! The server room authenticates (`basic_auth_users` of `--web.config.file`) and hands the verified user to the
-//! gateway's service as a [`User`] request extension; handlers ask [`Authorization::check`]. The rules:
+//! The server room authenticates (`basic_auth_users` of `--web.config.file`, or else a client certificate verified
+//! against `client_ca_file`, whose first DNS subject alternative name is the user) and hands the verified user to
+//! the gateway's service as a [`User`] request extension; handlers ask [`Authorization::check`]. The rules:
 //!
 //! - a listed user may push, push-add and delete the groups of every job its `push_jobs` regex matches (fully
 //!   anchored, as Prometheus' relabeling regexes are); without `push_jobs` it pushes nothing;
@@ -76,7 +77,7 @@ pub struct Authorization {
 /// Why a request was refused: the `reason` label of `dynamic_sharding_http_requests_forbidden_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RefusalReason {
-    /// No verified user reached the service (authorization without authentication; refused at load).
+    /// No verified user reached the service (e.g. no client certificate with `VerifyClientCertIfGiven`).
     Unauthenticated,
     /// The user is not in `authorization.users`: it may only read.
     UnlistedUser,
@@ -127,7 +128,7 @@ impl Authorization {
             return Err(Refusal {
                 reason: RefusalReason::Unauthenticated,
                 message: format!(
-                    "no authenticated user may {verb} {object}: authorization needs basic_auth_users in --web.config.file"
+                    "no authenticated user may {verb} {object}: log in with basic auth or a verified client certificate"
                 ),
             });
         };

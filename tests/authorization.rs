@@ -503,3 +503,61 @@ async fn authorization_without_authentication_is_refused_at_start_and_an_unknown
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn a_verified_client_certificate_names_the_user_when_there_is_no_basic_auth() {
+    let pki = Pki::generate();
+    pki.client_cert_for("team-a-cert", TEAM_A);
+    let node = Pushgateway::start().await;
+    let web = format!(
+        "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_auth_type: VerifyClientCertIfGiven\n  \
+         client_ca_file: {}\n",
+        pki.path("server.crt").display(),
+        pki.path("server.key").display(),
+        pki.ca_file().display(),
+    );
+    let gateway = SecureGateway::start(&pki, &config(&[node.addr()], RULES), &web, false).await;
+    let put = |identity: Option<&'static str>, job: &'static str| {
+        let client = pki.client_with(&pki.ca_file(), identity);
+        let url = format!("{}/metrics/job/{job}", gateway.url());
+        async move {
+            let response = client
+                .put(url)
+                .body("cert_metric 1\n")
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.text().await.unwrap_or_default())
+        }
+    };
+    common::wait_until(common::secs(20), common::POLL_INTERVAL, || async {
+        put(Some("team-a-cert"), "team_a_x").await.0 == StatusCode::OK
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "team-a's certificate never pushed ({e}): {}",
+            gateway.log_text()
+        )
+    });
+    let (status, body) = put(Some("team-a-cert"), "team_b_x").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body.trim(),
+        r#"user "team-a" may not push job "team_b_x": authorization.users.team-a.push_jobs is "team_a_.*""#
+    );
+    // A certificate from the CA without a DNS name, and no certificate at all: no user, so reads only.
+    for identity in [Some("client"), None] {
+        let (status, body) = put(identity, "team_a_y").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{identity:?}: {body}");
+        assert!(body.starts_with("no authenticated user may push"), "{body}");
+        let read = pki
+            .client_with(&pki.ca_file(), identity)
+            .get(format!("{}/-/sd", gateway.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), StatusCode::OK);
+    }
+    assert_eq!(jobs(&node.groups().await), ["team_a_x"]);
+}

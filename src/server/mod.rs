@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tower::util::Oneshot;
 
+use crate::authorization::User;
 use crate::config::WebConfig;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{LogInterval, ServerMetrics};
@@ -128,9 +129,10 @@ pub async fn serve<S>(
         tokio::spawn(async move {
             // One `serve_connection` call per stream type (plain or TLS); a macro keeps the argument list once.
             macro_rules! serve {
-                ($io:expr) => {
+                ($io:expr, $certificate_user:expr) => {
                     serve_connection(
                         $io,
+                        $certificate_user,
                         peer,
                         heads_too_large,
                         service,
@@ -143,13 +145,16 @@ pub async fn serve<S>(
                 };
             }
             match &security.tls {
-                None => serve!(stream),
+                None => serve!(stream, None),
                 Some(tls) => {
                     // As Go's net/http does, the handshake has a header-read timeout of its own; the first
                     // request head then gets a fresh one.
                     let handshake = tls.acceptor().accept(stream);
                     match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                        Ok(Ok(stream)) => serve!(stream),
+                        Ok(Ok(stream)) => {
+                            let user = tls.certificate_user(stream.get_ref().1);
+                            serve!(stream, user)
+                        }
                         // A plain-HTTP client, a client certificate refused, an untrusted server certificate:
                         // the client sees its handshake fail (or, speaking plain HTTP, a TLS alert and EOF).
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
@@ -226,6 +231,7 @@ fn is_connection_error(error: &std::io::Error) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<S, T>(
     stream: T,
+    certificate_user: Option<User>,
     peer: std::net::SocketAddr,
     heads_too_large: prometheus_client::metrics::counter::Counter,
     service: S,
@@ -245,6 +251,7 @@ async fn serve_connection<S, T>(
     let service = ConnectionService {
         inner: service,
         security,
+        certificate_user,
         requests: requests.clone(),
     };
     let io = TokioIo::new(Timeouts::new(
@@ -292,6 +299,9 @@ struct ConnectionService<S> {
     inner: S,
     // Loaded per request, so a reload (a user removed, a password changed) holds on open connections too.
     security: Arc<ArcSwap<Security>>,
+    /// The user a verified client certificate names (see `ReloadingTls::certificate_user`); the identity of
+    /// every request on this connection unless `basic_auth_users` asks each request for its own.
+    certificate_user: Option<User>,
     requests: Arc<RequestCount>,
 }
 
@@ -311,11 +321,14 @@ where
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         self.requests.head_complete();
-        let request = request.map(Body::new);
+        let mut request = request.map(Body::new);
         let security = self.security.load_full();
         let future = if security.auth.is_some() {
             Either::Right(authenticated(self.inner.clone(), security.clone(), request))
         } else {
+            if let Some(user) = &self.certificate_user {
+                request.extensions_mut().insert(user.clone());
+            }
             Either::Left(Oneshot::new(self.inner.clone(), request))
         };
         Answered {
@@ -328,7 +341,7 @@ where
 
 /// Every request, `/-/healthy` included (as exporter-toolkit does), passes only with the credentials of a
 /// configured user; otherwise it gets a 401 and nothing is routed or forwarded. The verified user goes to the
-/// service as a [`crate::authorization::User`] extension (for `authorization`), and the client's `Authorization` is
+/// service as a [`User`] extension (for `authorization`), and the client's `Authorization` is
 /// removed: it is for the gateway, not the Pushgateways (whose own credentials the upstream code sets).
 fn authenticated<S>(
     service: S,

@@ -71,6 +71,14 @@ impl Security {
         self.auth.is_some()
     }
 
+    /// Whether a verified client certificate can name the user (`client_auth_type` `VerifyClientCertIfGiven` or
+    /// `RequireAndVerifyClientCert`).
+    pub fn verifies_client_certificates(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|tls| tls.settings.client_auth.verifies())
+    }
+
     /// Whether `user` is one of `basic_auth_users`.
     pub fn has_user(&self, user: &str) -> bool {
         self.auth
@@ -132,6 +140,18 @@ impl ReloadingTls {
             }
         }
         current.1.clone()
+    }
+
+    /// The user a client certificate names: the first DNS name of its subject alternative names, and only when
+    /// `client_ca_file` verified it (with `RequestClientCert`/`RequireAnyClientCert` anyone can make one).
+    pub(super) fn certificate_user(&self, connection: &rustls::ServerConnection) -> Option<User> {
+        if !self.settings.client_auth.verifies() {
+            return None;
+        }
+        let certificate = connection.peer_certificates()?.first()?;
+        let certificate = webpki::EndEntityCert::try_from(certificate).ok()?;
+        let name = certificate.valid_dns_names().next()?;
+        Some(User(name.into()))
     }
 }
 

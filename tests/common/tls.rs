@@ -166,6 +166,50 @@ impl Pki {
         }
     }
 
+    /// A client certificate `<stem>.crt`/`<stem>.key` from the test CA whose subject alternative name is the DNS
+    /// name `dns_name` (the user a verified certificate stands for).
+    pub fn client_cert_for(&self, stem: &str, dns_name: &str) {
+        let path = |name: &str| self.dir.path().join(name).display().to_string();
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={stem}"),
+            "-keyout",
+            &path(&format!("{stem}.key")),
+            "-out",
+            &path(&format!("{stem}.csr")),
+        ]);
+        self.write(
+            &format!("{stem}.ext"),
+            &format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n\
+                 subjectAltName=DNS:{dns_name}\n"
+            ),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path(&format!("{stem}.csr")),
+            "-CA",
+            &path("ca.crt"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &path(&format!("{stem}.ext")),
+            "-out",
+            &path(&format!("{stem}.crt")),
+        ]);
+    }
+
     /// `<dir>/<name>`: e.g. `server.crt`, `client.key`, `server2.crt` (signed by the other CA).
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
