@@ -101,7 +101,16 @@ pub(super) struct RawConfig {
     ambiguous_writes: Option<RawAmbiguousWrites>,
     groups: Option<RawGroups>,
     web: Option<RawWeb>,
-    authorization: Option<RawAuthorization>,
+    /// `Some(None)`: the key is there with no value, which must not silently mean "no rules".
+    #[serde(default, deserialize_with = "present")]
+    authorization: Option<Option<RawAuthorization>>,
+}
+
+/// Deserializes a key that is present (even as `null`) as `Some`, so absent and empty can be told apart.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,7 +218,17 @@ impl Config {
             groups,
             upstream,
             web,
-            authorization: raw.authorization.map(validate_authorization).transpose()?,
+            authorization: match raw.authorization {
+                None => None,
+                // Empty rules would turn authorization off and let every user write: refuse instead.
+                Some(None) => {
+                    return Err(invalid(
+                        "authorization: is empty; list users under authorization.users (an empty map: every \
+                         user only reads), or remove the key (every authenticated user may do everything)",
+                    ))
+                }
+                Some(Some(raw)) => Some(validate_authorization(raw)?),
+            },
         })
     }
 }

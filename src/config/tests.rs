@@ -18,6 +18,12 @@ fn authorization_rules_parse_and_bad_ones_name_their_key() {
     use crate::authorization::Action;
     let base = "pushgateway: {servers: [a]}\n";
     assert_eq!(Config::parse(base).unwrap().authorization, None);
+    let nobody_writes = Config::parse(&format!("{base}authorization: {{users: {{}}}}\n")).unwrap();
+    assert!(nobody_writes
+        .authorization
+        .unwrap()
+        .check(Some("anyone"), Action::Push { job: "j" })
+        .is_err());
     let config = Config::parse(&format!(
         "{base}authorization:\n  users:\n    team-a: {{push_jobs: 'team_a_.*'}}\n    ops: {{push_jobs: '.*', admin: true}}\n    reader: {{}}\n"
     ))
@@ -53,6 +59,10 @@ fn authorization_rules_parse_and_bad_ones_name_their_key() {
         (
             "pushgateway: {servers: [a]}\nauthorization: {roles: {}}",
             "unknown field `roles`",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nauthorization:\n",
+            "authorization: is empty",
         ),
         (
             "pushgateway: {servers: [a]}\nauthorization: {users: {'a:b': {}}}",
