@@ -15,6 +15,7 @@ mod proxy;
 mod pushgateway;
 mod read;
 mod rebalance;
+mod tls;
 mod units;
 mod web;
 
@@ -53,7 +54,7 @@ use proxy::{validate_proxy, RawProxy};
 use pushgateway::{validate_pushgateway, RawPushgateway};
 use read::{validate_read, RawRead};
 use rebalance::{validate_rebalance, RawRebalance};
-use web::{split_host_port, validate_web, RawWeb};
+use web::{validate_web, RawWeb};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
