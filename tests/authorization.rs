@@ -561,3 +561,37 @@ async fn a_verified_client_certificate_names_the_user_when_there_is_no_basic_aut
     }
     assert_eq!(jobs(&node.groups().await), ["team_a_x"]);
 }
+
+#[tokio::test]
+async fn with_basic_auth_the_basic_auth_user_is_the_identity_not_the_certificate() {
+    let pki = Pki::generate();
+    pki.client_cert_for("team-a-cert", TEAM_A);
+    let node = Pushgateway::start().await;
+    let web = web_yaml(&pki).replace(
+        "basic_auth_users:",
+        &format!(
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\nbasic_auth_users:",
+            pki.ca_file().display()
+        ),
+    );
+    let gateway = SecureGateway::start(&pki, &config(&[node.addr()], RULES), &web, true).await;
+    // team-a's certificate, pusher's password: pusher it is, and pusher may only read.
+    let response = pki
+        .client_with(&pki.ca_file(), Some("team-a-cert"))
+        .put(format!("{}/metrics/job/team_a_x", gateway.url()))
+        .basic_auth(USERNAME, Some(&pki.password))
+        .body("cert_metric 1\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .starts_with(r#"user "pusher" may not push"#),
+        "the basic-auth user was judged"
+    );
+    assert!(node.groups().await.is_empty());
+}
