@@ -321,19 +321,6 @@ pub async fn send(
         .map_err(|_| NodeError::Timeout(timeout))?
 }
 
-/// `GET <scheme>://<node><path>` within `timeout`.
-pub async fn get(
-    client: &HttpClient,
-    node: &str,
-    path_and_query: &str,
-    timeout: Duration,
-) -> Result<http::Response<Bytes>, NodeError> {
-    let request = http::Request::get(client.node_url(node, path_and_query))
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| NodeError::Request(e.to_string()))?;
-    send(client, request, timeout).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
