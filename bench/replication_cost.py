@@ -79,6 +79,39 @@ def start(args, name):
     return p
 
 
+def print_header():
+    print("# Replication: what R copies cost\n")
+    print(f"`python3 -W ignore bench/replication_cost.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}): "
+          f"three release gateways (`--runtime.worker-threads=1`), replication.factor 1, 2, 3, each in front of its "
+          f"own four Pushgateways 1.5.1, on one 2-core machine shared with other builds, so absolute numbers are "
+          f"noisy; compare the rows of one run.\n", flush=True)
+
+
+def print_writes():
+    print(f"## Writes: ds-loadgen, {CONCURRENCY} connections, {GROUPS} groups, {DURATION} s per run, {ROUNDS} rounds "
+          f"alternating the factors\n")
+    print("| factor | pushes/s (median) | gateway CPU per push (µs, median) | failed pushes | Pushgateways' RSS after (4 nodes, MiB) |")
+    print("|---|---|---|---|---|")
+    for factor in FACTORS:
+        s = setups[factor]
+        runs = s["runs"]
+        failed = sum(r["requests"] - r["ok"] for r in runs)
+        print(f"| {factor} | {statistics.median(r['ok_per_s'] for r in runs):,.0f} | "
+              f"{statistics.median(r['cpu_us'] for r in runs):.0f} | {failed} | {s['rss_after_writes'] / 1024:.0f} |")
+    print(f"\n## The de-duplicated view at {VIEW_GROUPS:,} groups (each pushed once: {VIEW_SAMPLES} gauge/counter "
+          f"samples, no histogram)\n")
+    print("| factor | gateway `/metrics`: bytes | groups | series | gateway CPU per scrape (ms) | wall per scrape (ms) | "
+          "nodes' own `/metrics` summed (bytes) | Pushgateways' RSS (4 nodes, MiB) | gateway peak RSS (MiB) | time to push the groups (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+
+
+def print_view(factor):
+    s = setups[factor]
+    print(f"| {factor} | {s['view_bytes']:,.0f} | {s['view_groups']:,} | {s['view_series']:,} | {s['view_cpu_ms']:.0f} | "
+          f"{s['view_wall_ms']:.0f} | {s['direct_bytes']:,} | {s['rss_view'] / 1024:.0f} | "
+          f"{s['gateway_rss_peak'] / 1024:.0f} | {s['fill_s']:.0f} |", flush=True)
+
+
 def stop_on_term(*_):
     raise SystemExit("terminated")
 
@@ -128,16 +161,21 @@ try:
         setup = setups[factor]
         setup["rss_after_writes"] = sum(rss_kb(p.pid) for _, p in setup["nodes"])
 
+    print_header()
+    print_writes()
+
     # ---- 2. the de-duplicated view at VIEW_GROUPS groups
     for factor in VIEW_FACTORS:
         setup = setups[factor]
         for port, _ in setup["nodes"]:
             request(port, "PUT", "/api/v1/admin/wipe")
         out = os.path.join(work, f"view-r{factor}.json")
+        fill_started = time.time()
         subprocess.run([LOADGEN, "--target", f"http://127.0.0.1:{setup['port']}", "-c", str(CONCURRENCY),
                         "-n", str(VIEW_GROUPS), "-k", str(VIEW_GROUPS), "--samples", str(VIEW_SAMPLES),
                         "--no-histogram", "--timeout-ms", "10000", "--json", out],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        setup["fill_s"] = time.time() - fill_started
         request(setup["port"], "GET", "/metrics")  # warm-up
         sizes, walls = [], []
         before = cpu(setup["gateway"].pid)
@@ -155,6 +193,7 @@ try:
         setup["direct_bytes"] = sum(len(request(port, "GET", "/metrics")[1]) for port, _ in setup["nodes"])
         setup["rss_view"] = sum(rss_kb(p.pid) for _, p in setup["nodes"])
         setup["gateway_rss_peak"] = rss_kb(setup["gateway"].pid, "VmHWM")
+        print_view(factor)
 finally:
     for p in processes:
         p.terminate()
@@ -165,31 +204,8 @@ finally:
             p.kill()
     shutil.rmtree(work, ignore_errors=True)
 
-print("# Replication: what R copies cost\n")
-print(f"`python3 -W ignore bench/replication_cost.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}): "
-      f"three release gateways (`--runtime.worker-threads=1`), replication.factor 1, 2, 3, each in front of its "
-      f"own four Pushgateways 1.5.1, on one 2-core machine shared with other builds, so absolute numbers are noisy; "
-      f"compare the columns of one run.\n")
-print(f"## Writes: ds-loadgen, {CONCURRENCY} connections, {GROUPS} groups, {DURATION} s per run, {ROUNDS} rounds "
-      f"alternating the factors\n")
-print("| factor | pushes/s (median) | gateway CPU per push (µs, median) | failed pushes | Pushgateways' RSS after (4 nodes, MiB) |")
-print("|---|---|---|---|---|")
-for factor in FACTORS:
-    s = setups[factor]
-    runs = s["runs"]
-    failed = sum(r["requests"] - r["ok"] for r in runs)
-    print(f"| {factor} | {statistics.median(r['ok_per_s'] for r in runs):,.0f} | "
-          f"{statistics.median(r['cpu_us'] for r in runs):.0f} | {failed} | {s['rss_after_writes'] / 1024:.0f} |")
-print(f"\n## The de-duplicated view at {VIEW_GROUPS:,} groups (each pushed once: {VIEW_SAMPLES} gauge/counter samples, no histogram)\n")
-print("| factor | gateway `/metrics`: bytes | groups | series | gateway CPU per scrape (ms) | wall per scrape (ms) | "
-      "nodes' own `/metrics` summed (bytes) | Pushgateways' RSS (4 nodes, MiB) | gateway peak RSS (MiB) |")
-print("|---|---|---|---|---|---|---|---|---|")
-for factor in VIEW_FACTORS:
-    s = setups[factor]
-    print(f"| {factor} | {s['view_bytes']:,.0f} | {s['view_groups']:,} | {s['view_series']:,} | {s['view_cpu_ms']:.0f} | "
-          f"{s['view_wall_ms']:.0f} | {s['direct_bytes']:,} | {s['rss_view'] / 1024:.0f} | "
-          f"{s['gateway_rss_peak'] / 1024:.0f} |")
 print("\nAt factor 1 Prometheus scrapes the nodes directly (`/-/sd` lists them): the \"nodes' own `/metrics`\" "
       "column is what it reads then, with no gateway CPU. At factor 2 and 3 it scrapes the gateway's view, which "
       "reads each node's `/api/v1/metrics`, keeps one copy of each group and merges: the bytes Prometheus gets stay "
-      "those of each group once, the gateway's CPU per scrape is the price.")
+      "those of each group once, the gateway's CPU per scrape is the price. Filling the nodes takes long because a "
+      "Pushgateway checks its whole store on every push.")

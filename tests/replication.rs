@@ -129,13 +129,18 @@ async fn on_owner_sets(nodes: &[&Pushgateway], factor: usize, version: u64) -> R
     Ok(())
 }
 
-/// Whether Prometheus' latest samples show every group exactly once, at `version`.
+/// Whether Prometheus' latest samples, all scraped after `since` (Unix seconds), show every group exactly once, at
+/// `version`.
 async fn prometheus_shows_each_group_once(
     prometheus: &Prometheus,
     version: u64,
+    since: f64,
 ) -> Result<(), String> {
+    let series = format!("rp_version{{job=\"{JOB}\"}}");
     let result = prometheus
-        .query(&format!("rp_version{{job=\"{JOB}\"}}"))
+        .query(&format!(
+            "{series} and on(job, instance) (timestamp({series}) > {since})"
+        ))
         .await;
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for series in result.as_array().cloned().unwrap_or_default() {
@@ -194,7 +199,10 @@ where
     let started = std::time::Instant::now();
     loop {
         let complaint = match check().await {
-            Ok(()) => return,
+            Ok(()) => {
+                eprintln!("{what}: after {:.1} s", started.elapsed().as_secs_f64());
+                return;
+            }
             Err(complaint) => complaint,
         };
         if started.elapsed() >= SETTLE {
@@ -231,8 +239,9 @@ async fn settled_view(
     factor: usize,
     version: u64,
 ) {
+    let since = unix_now();
     settle(&format!("{what}: Prometheus shows each group once"), || {
-        prometheus_shows_each_group_once(prometheus, version)
+        prometheus_shows_each_group_once(prometheus, version, since)
     })
     .await;
     settle(&format!("{what}: each group on its owner set"), || {
@@ -242,6 +251,12 @@ async fn settled_view(
     gateway_shows_each_group_once(gateway, version)
         .await
         .unwrap_or_else(|complaint| panic!("{what}: gateway /metrics: {complaint}"));
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 async fn start(nodes: &[&Pushgateway], factor: usize) -> (Gateway, Prometheus) {
