@@ -20,7 +20,7 @@ fn accepts_the_go_originals_file_unchanged() {
     let config = Config::parse(text).unwrap();
     assert_eq!(config.servers, vec!["1.1.1.1:9091", "1.1.1.2:9091"]);
     assert_eq!(config.listen_addr, ":9292");
-    let consul = config.consul.unwrap();
+    let consul = config.consul().unwrap().clone();
     assert_eq!(consul.addr, "localhost:8500");
     assert_eq!(consul.username, None);
     assert_eq!(consul.service_name, "pushgateway");
@@ -30,7 +30,7 @@ fn accepts_the_go_originals_file_unchanged() {
 #[test]
 fn consul_defaults_and_new_keys() {
     let config = Config::parse("consul_server: {addr: 'localhost:8500'}").unwrap();
-    let consul = config.consul.unwrap();
+    let consul = config.consul().unwrap().clone();
     assert!(
         config.servers.is_empty(),
         "servers may be empty with Consul"
@@ -48,7 +48,7 @@ fn consul_defaults_and_new_keys() {
          insecure_skip_verify: true}\n",
     )
     .unwrap();
-    let consul = config.consul.unwrap();
+    let consul = config.consul().unwrap().clone();
     assert_eq!(consul.addr, "consul.example:8501");
     assert_eq!(consul.scheme, ConsulScheme::Https);
     assert_eq!(consul.username.as_deref(), Some("u"));

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::ambiguous::Journal;
 use crate::body_budget::BodyBudget;
 use crate::config::Config;
-use crate::membership::static_probe::SuspectReporter;
+use crate::membership::health::SuspectReporter;
 use crate::membership::Membership;
 use crate::outlier::OutlierDetector;
 use crate::rebalance::Rebalancer;
