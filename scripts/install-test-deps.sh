@@ -12,7 +12,8 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 consul_bin="$repo_root/tools/bin/consul"
 # openssl makes the TLS tests' certificates (tests/common/tls.rs); python3's crypt module makes their bcrypt hashes.
 # chromium (and a font) renders the status page; systemd's systemd-analyze checks the unit file.
-apt_packages=(prometheus-pushgateway prometheus python3-prometheus-client curl openssl chromium fonts-dejavu-core systemd)
+# dnsmasq-base is the DNS server of the dns_sd tests (tests/common/dnsmasq.rs; only the binary, no service).
+apt_packages=(prometheus-pushgateway prometheus python3-prometheus-client curl openssl chromium fonts-dejavu-core systemd dnsmasq-base)
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

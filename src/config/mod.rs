@@ -7,6 +7,8 @@
 
 mod ambiguous_writes;
 mod consul;
+mod dns_sd;
+mod file_sd;
 mod groups;
 mod health_check;
 mod membership;
@@ -30,6 +32,8 @@ pub use consul::{
     ConsulConfig, ConsulScheme, ConsulTlsConfig, DEFAULT_CONSUL_CHECK_INTERVAL,
     DEFAULT_CONSUL_CHECK_TIMEOUT,
 };
+pub use dns_sd::{DnsRecordType, DnsSdConfig, DEFAULT_DNS_SD_REFRESH_INTERVAL};
+pub use file_sd::{FileSdConfig, DEFAULT_FILE_SD_REFRESH_INTERVAL};
 pub use groups::{ExpireOverride, GroupsConfig};
 pub use health_check::HealthCheckConfig;
 pub use membership::MembershipConfig;
@@ -45,6 +49,8 @@ pub use web::{normalize_listen_addr, WebConfig, DEFAULT_LISTEN_ADDR};
 
 use ambiguous_writes::{validate_ambiguous_writes, RawAmbiguousWrites};
 use consul::RawConsulServer;
+use dns_sd::RawDnsSd;
+use file_sd::RawFileSd;
 use groups::{validate_groups, RawGroups};
 use health_check::{validate_health_check, RawHealthCheck};
 use membership::{validate_membership, RawSources};
@@ -89,6 +95,8 @@ pub enum Mode {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     consul_server: Option<RawConsulServer>,
+    dns_sd: Option<RawDnsSd>,
+    file_sd: Option<RawFileSd>,
     http_listen_addr: Option<String>,
     pushgateway: Option<RawPushgateway>,
     mode: Option<Mode>,
@@ -184,6 +192,8 @@ impl Config {
         let membership = validate_membership(RawSources {
             servers_given: !servers.is_empty(),
             consul_server: raw.consul_server,
+            dns_sd: raw.dns_sd,
+            file_sd: raw.file_sd,
         })?;
 
         let health_check = validate_health_check(raw.health_check.unwrap_or_default())?;

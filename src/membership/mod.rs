@@ -3,7 +3,7 @@
 //!
 //! Two layers, as in pingora-load-balancing's discovery / health-check split:
 //! - a **discovery** source yields candidate addresses ([`discovery::Discovery`]: one module each,
-//!   [`static_list`] for `pushgateway.servers`); the
+//!   [`static_list`] for `pushgateway.servers`, [`dns`] for `dns_sd`, [`file`] for `file_sd`); the
 //!   [`discovery`] driver keeps the last set while a look-up fails and reports the outage;
 //! - the [`health`] layer probes the candidates with `health_check`'s thresholds and publishes the snapshot.
 //!
@@ -13,6 +13,8 @@
 
 pub mod consul;
 pub mod discovery;
+pub mod dns;
+pub mod file;
 pub mod health;
 pub mod static_list;
 
@@ -111,6 +113,16 @@ pub fn start(config: &Config, deps: Dependencies) -> Started {
                 suspects: SuspectReporter::disconnected(),
             }
         }
+        (MembershipConfig::DnsSd(dns_sd), _) => discovery::spawn(
+            dns::DnsDiscovery::new(dns_sd.clone(), config_rx.clone()),
+            metrics.clone(),
+            shutdown.clone(),
+        ),
+        (MembershipConfig::FileSd(file_sd), _) => discovery::spawn(
+            file::FileDiscovery::new(file_sd.clone(), config_rx.clone()),
+            metrics.clone(),
+            shutdown.clone(),
+        ),
         (MembershipConfig::Static | MembershipConfig::Consul(_), _) => discovery::spawn(
             static_list::StaticList::new(config_rx.clone()),
             metrics.clone(),

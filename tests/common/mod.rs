@@ -26,6 +26,9 @@
 //! - [`Gateway`]: the `dynamic-sharding` binary: `start(config_yaml)`, `start_with_args(config_yaml, args)`,
 //!   `addr()`, `url()`, `pid()`, `signal("HUP")`, `config_path()` (rewrite it, then signal to reload), `kill()`,
 //!   `log_text()`.
+//! - [`dnsmasq`]: a real DNS server on a free loopback port: A records from a hosts file (`set_hosts` rewrites it
+//!   and SIGHUPs), SRV records from `--srv-host`, names under `.test` answered NXDOMAIN when unknown.
+//!   `Pushgateway::start_on(host, port)` with [`free_port_on`] puts Pushgateways on 127.0.0.2, 127.0.0.3, ...
 //! - [`tls`]: test-time certificates and bcrypt hashes, and Pushgateways with `--web.config.file` (TLS + basic auth).
 //! - [`python_push`]`(gateway, job, grouping, op)`: pushes with Debian's `/usr/bin/python3` and `prometheus_client`;
 //!   `Ok(())` or `Err(error text)`.
@@ -36,6 +39,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod dnsmasq;
 pub mod fault_proxy;
 pub mod placement;
 pub mod tls;
