@@ -58,6 +58,14 @@ pub enum AppError {
     Signal(std::io::Error),
 }
 
+/// `--config.check`: reads and validates the config file and `--web.config.file` as a start would (the files
+/// they name included), without binding or contacting anything.
+pub fn check_config(options: &Options) -> Result<Config, AppError> {
+    let config = Config::load(&options.config_file)?;
+    load_security(options)?;
+    Ok(config)
+}
+
 /// Runs the gateway until SIGTERM/SIGINT.
 pub async fn run(options: Options) -> Result<(), AppError> {
     let config = Config::load(&options.config_file)?;
