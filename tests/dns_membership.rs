@@ -1,6 +1,6 @@
 //! `dns_sd` against a real DNS server (dnsmasq on a loopback port): the ring follows A records as they are added
 //! and removed (groups move with the rebalancer, a removed address is drained), SRV records give targets with
-//! their ports, and a failing DNS server (NXDOMAIN, then dead) keeps the last set, says so once and counts it.
+//! their ports, and a failing DNS server (NXDOMAIN, hung, dead) keeps the last set, says so once and counts it.
 
 mod common;
 
@@ -189,13 +189,43 @@ async fn a_failing_dns_server_keeps_the_last_set_says_so_once_and_counts() {
         "NXDOMAIN keeps the last set"
     );
 
-    // Back, then the server dies: timeouts, the ring stays again.
+    // Back, then the server hangs: queries time out, the ring stays.
     dns.set_hosts(&hosts_file(&HOSTS[..2])).await;
-    wait_until(secs(30), Duration::from_millis(100), || async {
+    let recovered = || async {
         gateway.ring().await["membership"]["detail"]["discovery"]["failing_since"].is_null()
+    };
+    wait_until(secs(30), Duration::from_millis(100), recovered)
+        .await
+        .expect("the look-ups succeed again");
+    let failures_before = gateway.ring().await["membership"]["detail"]["discovery"]
+        ["failed_lookups"]
+        .as_u64()
+        .unwrap_or(0);
+    dns.pause();
+    wait_until(secs(30), Duration::from_millis(100), || {
+        failing(failures_before + 2)
     })
     .await
-    .expect("the look-ups succeed again");
+    .expect("look-ups against a hung server time out and are counted");
+    let ring = gateway.ring().await;
+    assert!(
+        ring["membership"]["detail"]["discovery"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timed out"),
+        "{ring}"
+    );
+    assert_eq!(
+        ring_nodes(&ring),
+        vec![a.addr(), b.addr()],
+        "timeouts keep the last set"
+    );
+    dns.resume();
+    wait_until(secs(30), Duration::from_millis(100), recovered)
+        .await
+        .expect("the look-ups succeed again");
+
+    // Then the server dies: the ring stays again.
     let failures_before = gateway.ring().await["membership"]["detail"]["discovery"]
         ["failed_lookups"]
         .as_u64()
@@ -227,16 +257,53 @@ async fn a_failing_dns_server_keeps_the_last_set_says_so_once_and_counts() {
         ),
         0.0
     );
-    // Two outages, each logged once however many look-ups failed.
+    // Three outages, each logged once however many look-ups failed.
     let log = gateway.log_text();
     assert_eq!(
         log.matches("membership discovery failed; keeping the last known addresses")
             .count(),
-        2,
+        3,
         "{log}"
     );
     // Pushes still go through.
     let groups = push_groups(&gateway, 4).await;
     let owners = owners(&gateway, &groups).await;
     wait_until_every_group_is_once_on_its_owner(&[&a, &b], &owners).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_new_dns_sd_settings_but_not_another_source() {
+    let port = free_port_on(&HOSTS);
+    let mut nodes = Vec::new();
+    for host in HOSTS {
+        nodes.push(Pushgateway::start_on(host, port).await);
+    }
+    let hosts = format!("{}{} other.test\n", hosts_file(&HOSTS[..2]), HOSTS[2]);
+    let dns = Dnsmasq::start(&hosts, &[]).await;
+    let settings = |name: &str| format!("  names: [{name}]\n  type: A\n  port: {port}\n");
+    let gateway = Gateway::start(&config(&dns, &settings("pg.test"))).await;
+    wait_for_ring(&gateway, &[&nodes[0], &nodes[1]]).await;
+
+    std::fs::write(gateway.config_path(), config(&dns, &settings("other.test")))
+        .expect("rewrite config");
+    gateway.signal("HUP");
+    wait_for_ring(&gateway, &[&nodes[2]]).await;
+
+    // Another source needs a restart: the reload says so and the ring stays.
+    std::fs::write(
+        gateway.config_path(),
+        format!("pushgateway: {{servers: ['{}']}}\n", nodes[0].addr()),
+    )
+    .expect("rewrite config");
+    gateway.signal("HUP");
+    wait_until(secs(30), Duration::from_millis(100), || async {
+        gateway
+            .log_text()
+            .contains("the membership source changed; the new source takes effect after a restart")
+    })
+    .await
+    .expect("the reload warns");
+    let ring = gateway.ring().await;
+    assert_eq!(ring["membership"]["source"], "dns_sd");
+    assert_eq!(ring_nodes(&ring), vec![nodes[2].addr()]);
 }

@@ -123,7 +123,17 @@ pub fn start(config: &Config, deps: Dependencies) -> Started {
             metrics.clone(),
             shutdown.clone(),
         ),
-        (MembershipConfig::Static | MembershipConfig::Consul(_), _) => discovery::spawn(
+        (MembershipConfig::Consul(_), None) => {
+            tracing::error!(
+                "Consul membership started without a Consul client; probing pushgateway.servers instead"
+            );
+            discovery::spawn(
+                static_list::StaticList::new(config_rx.clone()),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+        }
+        (MembershipConfig::Static, _) => discovery::spawn(
             static_list::StaticList::new(config_rx.clone()),
             metrics.clone(),
             shutdown.clone(),

@@ -88,6 +88,15 @@ impl Dnsmasq {
         .expect("dnsmasq re-reads its hosts file after SIGHUP");
     }
 
+    /// SIGSTOPs dnsmasq: queries reach its socket and time out unanswered, until [`Dnsmasq::resume`].
+    pub fn pause(&self) {
+        signal_pid(self.guard.pid(), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal_pid(self.guard.pid(), "CONT");
+    }
+
     /// SIGKILLs dnsmasq: queries then go unanswered (the port is closed).
     pub fn kill(&mut self) {
         self.guard.kill();
