@@ -18,10 +18,10 @@ use crate::consul::{self, ConsulClient, ConsulError};
 use crate::gateway::{self, AppState, ReloadRequest};
 use crate::membership;
 use crate::outlier::OutlierDetector;
+use crate::pushgateway;
 use crate::server::{self, ServerError};
 use crate::shutdown;
 use crate::telemetry::Metrics;
-use crate::upstream;
 
 /// Start-up options that come from flags rather than the config file.
 #[derive(Clone, Debug)]
@@ -45,7 +45,7 @@ pub enum AppError {
     #[error(transparent)]
     Consul(#[from] ConsulError),
     #[error(transparent)]
-    Upstream(#[from] upstream::UpstreamConfigError),
+    Upstream(#[from] pushgateway::ClientConfigError),
     #[error("invalid listen address: {0}")]
     ListenAddress(String),
     #[error(transparent)]
@@ -81,14 +81,16 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         }
         limits.max_connections = max_connections;
     }
-    let security = Arc::new(ArcSwap::from_pointee(load_security(&options)?));
+    let security = load_security(&options)?;
+    check_authorization(&config, &security)?;
+    let security = Arc::new(ArcSwap::from_pointee(security));
     let listener = server::bind(&bind_addr).await?;
 
     let metrics = Metrics::new();
     metrics.config_reload_success.set(1);
     metrics.config_reload_timestamp.set(unix_now());
     let (shutdown_trigger, shutdown) = shutdown::channel();
-    let client = upstream::HttpClient::new(&config)?;
+    let client = pushgateway::HttpClient::new(&config)?;
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let consul_client = config.consul().map(ConsulClient::new).transpose()?;
     let membership::Started {
@@ -169,7 +171,8 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         lifecycle_enabled: options.enable_lifecycle,
         admin_api_enabled: options.enable_admin_api,
         read_side: Default::default(),
-        rebalance: rebalancer,
+        move_guard: rebalancer.coordinator.clone(),
+        rebalance_status: rebalancer.status_json(),
         outliers,
         journal,
         body_budget: BodyBudget::new(
@@ -268,7 +271,7 @@ fn reload_config(
     listen_addr: &str,
     config_tx: &watch::Sender<Arc<Config>>,
     shared_config: &ArcSwap<Config>,
-    client: &upstream::HttpClient,
+    client: &pushgateway::HttpClient,
     security: &ArcSwap<server::Security>,
     metrics: &Metrics,
 ) -> Result<(), String> {
@@ -278,6 +281,7 @@ fn reload_config(
         .map_err(|e| ConfigError::Invalid(e.to_string()))
         .and_then(|new_security| {
             let new_config = Config::load(&options.config_file)?;
+            check_authorization(&new_config, &new_security)?;
             client
                 .reconfigure(&new_config)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -324,6 +328,37 @@ fn reload_config(
             Err(error.to_string())
         }
     }
+}
+
+/// `authorization` refines authentication, so it needs a source of verified users: `basic_auth_users`, or client
+/// certificates checked against `client_ca_file`. Without one no request carries a user and every push would be
+/// refused. A rule for a user that cannot log in with basic auth is only a warning (it may be added to the web
+/// config next).
+fn check_authorization(config: &Config, security: &server::Security) -> Result<(), ConfigError> {
+    let Some(authorization) = &config.authorization else {
+        return Ok(());
+    };
+    if !security.requires_auth() && !security.verifies_client_certificates() {
+        return Err(ConfigError::Invalid(
+            "authorization: needs authenticated users, but no basic_auth_users are configured (in the file \
+             --web.config.file names) and no client certificates are verified (client_auth_type \
+             RequireAndVerifyClientCert or VerifyClientCertIfGiven); add one of them, or remove the \
+             authorization section"
+                .to_string(),
+        ));
+    }
+    if security.requires_auth() {
+        for user in authorization
+            .users()
+            .filter(|user| !security.has_user(user))
+        {
+            tracing::warn!(
+                key = %format!("authorization.users.{user}"),
+                "this user is not in basic_auth_users of --web.config.file, so it cannot log in and its rules apply to nobody"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The listener's TLS and authentication from `--web.config.file`; none without the flag.

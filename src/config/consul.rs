@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::tls::validate_tls_files;
 use super::{invalid, ConfigError, PromDuration, Secret};
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,23 +159,20 @@ pub(super) fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, C
             .filter(|v| !v.is_empty())
     };
     let raw_tls = consul.tls.unwrap_or_default();
+    let insecure_skip_verify = raw_tls.insecure_skip_verify.unwrap_or(false);
+    // An empty `tls: {}` is no TLS setting at all here.
+    let [ca_file, cert_file, key_file] = validate_tls_files(
+        "consul_server.tls",
+        [raw_tls.ca_file, raw_tls.cert_file, raw_tls.key_file],
+        insecure_skip_verify,
+        scheme == ConsulScheme::Https,
+    )?;
     let tls = ConsulTlsConfig {
-        ca_file: non_empty(raw_tls.ca_file),
-        cert_file: non_empty(raw_tls.cert_file),
-        key_file: non_empty(raw_tls.key_file),
-        insecure_skip_verify: raw_tls.insecure_skip_verify.unwrap_or(false),
+        ca_file,
+        cert_file,
+        key_file,
+        insecure_skip_verify,
     };
-    if tls.cert_file.is_some() != tls.key_file.is_some() {
-        return Err(invalid(
-            "consul_server.tls: cert_file and key_file go together; set both (client certificate) or neither",
-        ));
-    }
-    let tls_configured = tls != ConsulTlsConfig::default();
-    if tls_configured && scheme == ConsulScheme::Http {
-        return Err(invalid(
-            "consul_server.tls: set but consul_server.scheme is http; set scheme: https or remove tls",
-        ));
-    }
     Ok(ConsulConfig {
         addr,
         scheme,

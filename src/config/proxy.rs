@@ -33,7 +33,7 @@ pub struct ProxyConfig {
     pub retry: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
-    /// Proxied pushes use the per-node, handler-driven connection pool (`upstream_pool`); `false` falls back to
+    /// Proxied pushes use the per-node, handler-driven connection pool (`pushgateway::pool`); `false` falls back to
     /// the shared client. On by default: 11% fewer instructions and 3-7% less CPU per push (bench/PROFILING.md).
     pub per_node_pool: bool,
     /// Pushes forwarded to one node at once; beyond it a push goes to the next node (or gets 503), so one slow

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, split_host_port, ConfigError, Secret};
+use super::tls::validate_tls_files;
+use super::{invalid, ConfigError, Secret};
+use crate::pushgateway::NodeAddress;
 
 /// The default Pushgateway port applied to `pushgateway.servers` entries without one (the original's behaviour).
 pub const DEFAULT_PUSHGATEWAY_PORT: u16 = 9091;
@@ -155,23 +157,19 @@ fn validate_upstream(
     };
     let tls_given = tls.is_some();
     let raw_tls = tls.unwrap_or_default();
+    let [ca_file, cert_file, key_file] = validate_tls_files(
+        "pushgateway.tls_config",
+        [raw_tls.ca_file, raw_tls.cert_file, raw_tls.key_file],
+        tls_given,
+        scheme == NodeScheme::Https,
+    )?;
     let tls = NodeTlsConfig {
-        ca_file: non_empty(raw_tls.ca_file),
-        cert_file: non_empty(raw_tls.cert_file),
-        key_file: non_empty(raw_tls.key_file),
+        ca_file,
+        cert_file,
+        key_file,
         server_name: non_empty(raw_tls.server_name),
         insecure_skip_verify: raw_tls.insecure_skip_verify.unwrap_or(false),
     };
-    if tls.cert_file.is_some() != tls.key_file.is_some() {
-        return Err(invalid(
-            "pushgateway.tls_config: cert_file and key_file go together; set both (client certificate) or neither",
-        ));
-    }
-    if tls_given && scheme == NodeScheme::Http {
-        return Err(invalid(
-            "pushgateway.tls_config: set but pushgateway.scheme is http; set scheme: https or remove tls_config",
-        ));
-    }
     let basic_auth = basic_auth
         .map(|raw| {
             let username = raw.username.unwrap_or_default();
@@ -232,45 +230,7 @@ fn read_password_file(path: &str) -> Result<String, ConfigError> {
 
 /// A `pushgateway.servers` entry as the node id `host:port`: a bare host gets `default_port`.
 pub fn node_address(entry: &str, default_port: u16) -> Result<String, String> {
-    let entry = entry.trim();
-    let entry = entry
-        .strip_prefix("http://")
-        .unwrap_or(entry)
-        .trim_end_matches('/');
-    if entry.is_empty() {
-        return Err("empty entry; give a host or host:port".to_string());
-    }
-    // Not quoted back: the entry would show the password.
-    if entry.contains('@') {
-        return Err(
-            "contains user info (user:password@), which would be shown in logs and /-/ring; \
-                    remove it (the gateway sends no credentials to Pushgateways)"
-                .to_string(),
-        );
-    }
-    if entry.contains('/') || entry.contains(char::is_whitespace) {
-        return Err(format!("{entry:?} is not a host or host:port"));
-    }
-    let bracketed_v6 = entry.starts_with('[');
-    let bare_v6 = !bracketed_v6 && entry.matches(':').count() > 1;
-    if bare_v6 {
-        return Ok(format!("[{entry}]:{default_port}"));
-    }
-    if bracketed_v6 && entry.ends_with(']') {
-        return Ok(format!("{entry}:{default_port}"));
-    }
-    match split_host_port(entry) {
-        Some((host, port)) => {
-            if host.is_empty() {
-                return Err(format!("{entry:?} has no host"));
-            }
-            match port.parse::<u16>() {
-                Ok(p) if p != 0 => Ok(entry.to_string()),
-                _ => Err(format!(
-                    "{entry:?} has an invalid port; use a number from 1 to 65535"
-                )),
-            }
-        }
-        None => Ok(format!("{entry}:{default_port}")),
-    }
+    NodeAddress::from_config_entry(entry, default_port)
+        .map(|address| address.to_string())
+        .map_err(|error| error.to_string())
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{invalid, ConfigError, PromDuration};
+use crate::pushgateway::address::split_host_port;
 
 /// The original tool's listen address.
 pub const DEFAULT_LISTEN_ADDR: &str = ":9292";
@@ -88,18 +89,4 @@ pub fn normalize_listen_addr(addr: &str) -> Result<String, String> {
     } else {
         format!("{host}:{port}")
     })
-}
-
-/// Splits `host:port` / `[v6]:port`; the host may be empty (`:9292`).
-pub(super) fn split_host_port(addr: &str) -> Option<(&str, &str)> {
-    if let Some(rest) = addr.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = after.strip_prefix(':')?;
-        return Some((host, port));
-    }
-    let (host, port) = addr.rsplit_once(':')?;
-    if host.contains(':') {
-        return None;
-    }
-    Some((host, port))
 }

@@ -27,15 +27,16 @@ use http::{header, HeaderValue, StatusCode};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::ambiguous::Journal;
+use crate::authorization::{Action, User};
 use crate::body_budget::BodyBudget;
 use crate::config::Config;
 use crate::membership::health::SuspectReporter;
 use crate::membership::Membership;
+use crate::move_guard::MoveCoordinator;
 use crate::outlier::OutlierDetector;
-use crate::rebalance::Rebalancer;
+use crate::pushgateway::HttpClient;
 use crate::routing::RingHandle;
-use crate::telemetry::Metrics;
-use crate::upstream::HttpClient;
+use crate::telemetry::{ForbiddenLabels, LogInterval, Metrics};
 
 /// A request to re-read the config file; the answer says whether the new config was applied.
 pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
@@ -56,8 +57,10 @@ pub struct AppState {
     pub admin_api_enabled: bool,
     /// State of the read-side fan-out (which merge conflicts were already logged).
     pub read_side: read::ReadSide,
-    /// Coordinates pushes with group moves; its status is part of `/-/ring`.
-    pub rebalance: Rebalancer,
+    /// Coordinates pushes with the rebalancer's group moves.
+    pub move_guard: MoveCoordinator,
+    /// The rebalancer's status (the `rebalance` object of `/-/ring`), published by it.
+    pub rebalance_status: watch::Receiver<serde_json::Value>,
     /// Passive failure detection: the push path reports every forwarded push's outcome.
     pub outliers: OutlierDetector,
     /// Groups with an ambiguous write, and their acknowledged pushes since.
@@ -128,6 +131,34 @@ pub fn router(push: push::PushService, state: AppState) -> axum::Router {
         // fit a route pattern, and the raw path is needed undecoded.
         .fallback_service(push)
         .with_state(state)
+}
+
+/// At most one `warn` line per interval for refused requests (each is logged at `debug` too).
+static FORBIDDEN_LOG: LogInterval = LogInterval::new(std::time::Duration::from_secs(10));
+
+/// With an `authorization` section, whether the request's verified user (set by the server room) may do
+/// `action`: `Some` 403 naming the rule if not (counted and logged). Without the section everything is allowed.
+pub(crate) fn forbidden(
+    state: &AppState,
+    config: &Config,
+    extensions: &http::Extensions,
+    action: Action<'_>,
+) -> Option<http::Response<Body>> {
+    let authorization = config.authorization.as_ref()?;
+    let user = extensions.get::<User>().map(|user| &*user.0);
+    let refusal = authorization.check(user, action).err()?;
+    let reason = refusal.reason.as_str();
+    state
+        .metrics
+        .requests_forbidden
+        .get_or_create(&ForbiddenLabels { reason })
+        .inc();
+    if FORBIDDEN_LOG.due() {
+        tracing::warn!(user = user.unwrap_or(""), reason, message = %refusal.message, "request refused by authorization (logged at most every 10 s, every one at debug)");
+    } else {
+        tracing::debug!(user = user.unwrap_or(""), reason, message = %refusal.message, "request refused by authorization");
+    }
+    Some(text(StatusCode::FORBIDDEN, refusal.message))
 }
 
 /// A plain-text response.

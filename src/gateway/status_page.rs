@@ -20,25 +20,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::read::{self, NodeFailure};
+use super::read;
 use super::{text, AppState};
-use crate::config::Config;
+use crate::config::{Config, NodeScheme};
 use crate::grouping::GroupingKey;
 use crate::membership::Membership;
 use crate::outlier::NodeOutlierStatus;
+use crate::pushgateway::{api, NodeError};
 use crate::ring::{Algorithm, Ring};
 
 /// Groups shown per page.
 pub const GROUPS_PER_PAGE: usize = 500;
 /// One page view at a time: each holds every node's full `/api/v1/metrics` answer while it parses.
 static PAGE_VIEWS: Semaphore = Semaphore::const_new(1);
-const LISTING_PATH: &str = "/api/v1/metrics";
+const LISTING_PATH: &str = api::Read::Groups.path();
 /// The job label, shown first and filtered on.
 const JOB: &str = "job";
 
@@ -114,7 +115,7 @@ pub async fn page(
     let table = state.ring.load_full();
     let nodes = table.ring.nodes().to_vec();
     let timeout = state.config.load().read.timeout;
-    let answers = read::fan_out(&state, &nodes, Method::GET, LISTING_PATH, timeout).await;
+    let answers = read::fan_out(&state, &nodes, api::Read::Groups, timeout).await;
     let filter = job.clone();
     // Parsing every group of every node is CPU work; keep it off the async workers.
     let parsed = tokio::task::spawn_blocking(move || {
@@ -122,7 +123,7 @@ pub async fn page(
             .into_iter()
             .map(|answer| {
                 let listed = match answer.result {
-                    Ok(body) => parse_listing(&body, filter.as_deref()).map_err(NodeFailure::Body),
+                    Ok(body) => parse_listing(&body, filter.as_deref()).map_err(NodeError::Decode),
                     Err(failure) => Err(failure),
                 };
                 (answer.node, listed)
@@ -148,7 +149,7 @@ pub async fn page(
                 listings.push((node, listing));
             }
             Err(failure) => {
-                if let NodeFailure::Body(_) = failure {
+                if let NodeError::Decode(_) = failure {
                     read::note_failure(&state, &node, LISTING_PATH, &failure);
                 }
                 unlisted.push((node, failure.to_string()));
@@ -165,6 +166,7 @@ pub async fn page(
     let view = PageView {
         now: SystemTime::now(),
         mode: format!("{:?}", config.mode).to_lowercase(),
+        node_scheme: config.upstream.scheme,
         algorithm: ring.algorithm(),
         generation: table.generation,
         built_at: table.built_at,
@@ -173,7 +175,7 @@ pub async fn page(
         shares: ring.shares(),
         outliers: state.outliers.status(),
         read_failures: state.read_side.failing_reads_json(),
-        rebalance: state.rebalance.status_json(),
+        rebalance: state.rebalance_status.borrow().clone(),
         pending_repairs: state.journal.len(),
         expiry: expiry_summary(&config),
         groups,
@@ -415,6 +417,8 @@ impl GroupPage {
 struct PageView<'a> {
     now: SystemTime,
     mode: String,
+    /// `pushgateway.scheme`, for the links to each node's own page.
+    node_scheme: NodeScheme,
     algorithm: Algorithm,
     generation: u64,
     built_at: SystemTime,
@@ -586,7 +590,7 @@ fn render_nodes(out: &mut String, view: &PageView<'_>) {
         w!(
             out,
             "<tr class=\"node\" data-node=\"{0}\" data-health=\"{1}\"><td class=\"mono\">\
-             <a href=\"http://{0}/\">{0}</a></td><td><span class=\"badge {2}\">{1}</span>",
+             <a href=\"{3}{0}/\">{0}</a></td><td><span class=\"badge {2}\">{1}</span>",
             Escaped(&node.node),
             health,
             match health {
@@ -594,6 +598,7 @@ fn render_nodes(out: &mut String, view: &PageView<'_>) {
                 "ejected" => "warn",
                 _ => "down",
             },
+            view.node_scheme.prefix(),
         );
         if read_failing > 0 {
             out.push_str(" <span class=\"badge warn\">reads failing</span>");
@@ -1155,6 +1160,7 @@ mod tests {
         let view = PageView {
             now: UNIX_EPOCH + Duration::from_secs(62),
             mode: "proxy".to_owned(),
+            node_scheme: NodeScheme::Https,
             algorithm: Algorithm::Rendezvous,
             generation: 1,
             built_at: UNIX_EPOCH,
@@ -1176,6 +1182,10 @@ mod tests {
         assert!(!html.contains("<b>refused"), "{html}");
         assert!(html.contains("x=\"&lt;script&gt;alert(1)&lt;/script&gt;\""));
         assert!(html.contains("data-health=\"down\""));
+        assert!(
+            html.contains("<a href=\"https://127.0.0.1:9091/\">"),
+            "a node's link has pushgateway.scheme: {html}"
+        );
         assert!(html.contains("value=\"&lt;j&gt;\""));
         assert!(html.contains("1m 1s"), "age of a push at 1 s seen at 62 s");
         assert!(html.contains("<section id=\"expiry\"><h2>Group expiry<small>off</small></h2>"));

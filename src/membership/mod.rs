@@ -26,9 +26,9 @@ use tokio::sync::watch;
 
 use crate::config::{Config, MembershipConfig};
 use crate::consul::ConsulClient;
+use crate::pushgateway::HttpClient;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
-use crate::upstream::HttpClient;
 use health::SuspectReporter;
 
 /// One node as the membership source sees it.
