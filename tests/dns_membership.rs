@@ -28,17 +28,11 @@ fn hosts_file(addresses: &[&str]) -> String {
     addresses.iter().map(|a| format!("{a} pg.test\n")).collect()
 }
 
-fn ring_nodes(ring: &serde_json::Value) -> Vec<String> {
-    let mut nodes: Vec<String> = ring["ring_nodes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|n| n.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    nodes.sort();
-    nodes
+/// How many discovery look-ups failed so far, from `/-/ring`.
+async fn failed_lookups(gateway: &Gateway) -> u64 {
+    gateway.ring().await["membership"]["detail"]["discovery"]["failed_lookups"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// Pushes `count` groups and returns their owners as the gateway names them.
@@ -197,10 +191,7 @@ async fn a_failing_dns_server_keeps_the_last_set_says_so_once_and_counts() {
     wait_until(secs(30), Duration::from_millis(100), recovered)
         .await
         .expect("the look-ups succeed again");
-    let failures_before = gateway.ring().await["membership"]["detail"]["discovery"]
-        ["failed_lookups"]
-        .as_u64()
-        .unwrap_or(0);
+    let failures_before = failed_lookups(&gateway).await;
     dns.pause();
     wait_until(secs(30), Duration::from_millis(100), || {
         failing(failures_before + 2)
@@ -226,10 +217,7 @@ async fn a_failing_dns_server_keeps_the_last_set_says_so_once_and_counts() {
         .expect("the look-ups succeed again");
 
     // Then the server dies: the ring stays again.
-    let failures_before = gateway.ring().await["membership"]["detail"]["discovery"]
-        ["failed_lookups"]
-        .as_u64()
-        .unwrap_or(0);
+    let failures_before = failed_lookups(&gateway).await;
     dns.kill();
     wait_until(secs(30), Duration::from_millis(100), || {
         failing(failures_before + 3)
