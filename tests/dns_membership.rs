@@ -1,4 +1,4 @@
-//! `dns_sd` against a real DNS server (dnsmasq on a loopback port): the ring follows A records as they are added
+//! `dns_sd` against a real DNS server (dnsmasq on a loopback port): the ring follows A records (and AAAA) as they are added
 //! and removed (groups move with the rebalancer, a removed address is drained), SRV records give targets with
 //! their ports, and a failing DNS server (NXDOMAIN, hung, dead) keeps the last set, says so once and counts it.
 
@@ -294,4 +294,21 @@ async fn a_reload_applies_new_dns_sd_settings_but_not_another_source() {
     let ring = gateway.ring().await;
     assert_eq!(ring["membership"]["source"], "dns_sd");
     assert_eq!(ring_nodes(&ring), vec![nodes[2].addr()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aaaa_records_give_ipv6_nodes() {
+    let port = free_port_on(&["::1"]);
+    let node = Pushgateway::start_on("::1", port).await;
+    let dns = Dnsmasq::start("::1 pg6.test\n", &[]).await;
+    let gateway = Gateway::start(&config(
+        &dns,
+        &format!("  names: [pg6.test]\n  type: AAAA\n  port: {port}\n"),
+    ))
+    .await;
+    wait_for_ring(&gateway, &[&node]).await;
+    assert_eq!(node.addr(), format!("[::1]:{port}"));
+    let groups = push_groups(&gateway, 3).await;
+    let owners = owners(&gateway, &groups).await;
+    wait_until_every_group_is_once_on_its_owner(&[&node], &owners).await;
 }

@@ -96,6 +96,15 @@ pub fn free_port() -> u16 {
     panic!("found no free port on 127.0.0.1 in 1000 attempts");
 }
 
+/// `host:port`, with an IPv6 host in brackets (`[::1]:9091`).
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// A port free for TCP on every one of `hosts` (loopback addresses such as 127.0.0.2) and for TCP and UDP on
 /// 127.0.0.1, not handed out before: Pushgateways behind one DNS A name listen on the same port.
 pub fn free_port_on(hosts: &[&str]) -> u16 {
@@ -542,7 +551,7 @@ impl Pushgateway {
             "prometheus-pushgateway",
         ));
         command
-            .arg(format!("--web.listen-address={host}:{port}"))
+            .arg(format!("--web.listen-address={}", host_port(host, port)))
             .arg("--web.enable-admin-api")
             .arg("--log.level=debug");
         match persistence_file {
@@ -557,14 +566,14 @@ impl Pushgateway {
         }
         Launch {
             guard: ChildGuard::spawn(&format!("pushgateway-{host}-{port}"), command),
-            ready_url: format!("http://{host}:{port}/-/ready"),
+            ready_url: format!("http://{}/-/ready", host_port(host, port)),
             state: port,
         }
     }
 
     /// `<host>:<port>` (`127.0.0.1:<port>` by default), the form the gateway's config and Consul registrations use.
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        host_port(&self.host, self.port)
     }
 
     pub fn port(&self) -> u16 {
