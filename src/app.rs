@@ -18,10 +18,10 @@ use crate::consul::{self, ConsulClient, ConsulError};
 use crate::gateway::{self, AppState, ReloadRequest};
 use crate::membership::{self, static_probe};
 use crate::outlier::OutlierDetector;
+use crate::pushgateway;
 use crate::server::{self, ServerError};
 use crate::shutdown;
 use crate::telemetry::Metrics;
-use crate::upstream;
 
 /// Start-up options that come from flags rather than the config file.
 #[derive(Clone, Debug)]
@@ -45,7 +45,7 @@ pub enum AppError {
     #[error(transparent)]
     Consul(#[from] ConsulError),
     #[error(transparent)]
-    Upstream(#[from] upstream::UpstreamConfigError),
+    Upstream(#[from] pushgateway::ClientConfigError),
     #[error("invalid listen address: {0}")]
     ListenAddress(String),
     #[error(transparent)]
@@ -80,7 +80,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
     metrics.config_reload_success.set(1);
     metrics.config_reload_timestamp.set(unix_now());
     let (shutdown_trigger, shutdown) = shutdown::channel();
-    let client = upstream::HttpClient::new(&config)?;
+    let client = pushgateway::HttpClient::new(&config)?;
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let consul_client = config.consul.as_ref().map(ConsulClient::new).transpose()?;
     let (membership_rx, suspects) = match (&config.consul, &consul_client) {
@@ -167,7 +167,8 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         lifecycle_enabled: options.enable_lifecycle,
         admin_api_enabled: options.enable_admin_api,
         read_side: Default::default(),
-        rebalance: rebalancer,
+        move_guard: rebalancer.coordinator.clone(),
+        rebalance_status: rebalancer.status_json(),
         outliers,
         journal,
         body_budget: BodyBudget::new(
@@ -265,7 +266,7 @@ fn reload_config(
     listen_addr: &str,
     config_tx: &watch::Sender<Arc<Config>>,
     shared_config: &ArcSwap<Config>,
-    client: &upstream::HttpClient,
+    client: &pushgateway::HttpClient,
     security: &ArcSwap<server::Security>,
     metrics: &Metrics,
 ) -> Result<(), String> {

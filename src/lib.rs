@@ -11,16 +11,17 @@
 //! - [`gateway`]: HTTP routing and handlers (proxy, redirect, admin endpoints under `/-/`, HTTP SD, and the read
 //!   API fanned out to every node).
 //! - [`body_budget`]: the memory budget for request bodies shared by all connections.
-//! - [`upstream`]: the pooled HTTP client towards Pushgateways, and the scheme, TLS and credentials every request
-//!   to a node uses.
-//! - [`upstream_pool`]: per-node connection pools for proxied pushes, driven by the handler (no task per connection).
+//! - [`pushgateway`]: every conversation with a Pushgateway: node addresses, the HTTP client and its transport
+//!   (scheme, TLS, credentials), the push path's per-node pools and forwarding, the API calls, one error type.
 //! - [`outlier`]: passive failure detection: nodes whose pushes keep failing are ejected from the ring for a while.
 //! - [`ambiguous`]: pushes whose outcome on a node is unknown; the acknowledged value is written again once the
 //!   node could no longer apply a late write.
 //! - [`rebalance`]: moves groups to their owner after ring changes, so every group is on exactly one node.
+//! - [`move_guard`]: pushes vs. the rebalancer's moves, in process: a move never overwrites a newer push.
 //! - [`secret`]: `Secret`, a credential whose every rendering is redacted.
 //! - [`server`]: binding, the accept loop, per-connection HTTP serving, connection limits, graceful serving.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
+//! - [`tls_files`]: reading PEM certificates and keys (the listener's and the nodes' TLS settings).
 //! - [`app`]: wiring, reload and graceful shutdown.
 pub mod ambiguous;
 pub mod app;
@@ -31,8 +32,10 @@ pub mod exposition;
 pub mod gateway;
 pub mod grouping;
 pub mod membership;
+pub mod move_guard;
 pub mod node_route;
 pub mod outlier;
+pub mod pushgateway;
 pub mod rebalance;
 pub mod ring;
 pub mod routing;
@@ -40,5 +43,4 @@ pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
-pub mod upstream;
-pub mod upstream_pool;
+pub mod tls_files;

@@ -1,22 +1,21 @@
 //! Per-node data the push path needs on every request, computed once per ring build instead of per push.
 //!
-//! A [`NodeRoute`] holds a node's parsed upstream authority, its response-header value, its metric label and
-//! lazily created handles to its metric series. Handles are created on first use (not at build time), so
+//! A [`NodeRoute`] holds a node's connection pool (with its parsed address, see [`crate::pushgateway`]), its
+//! response-header value, its metric label and lazily created handles to its metric series. Handles are created on first use (not at build time), so
 //! `/-/metrics` shows exactly the series it showed when every push called `Family::get_or_create`: a series
 //! appears once a push produced it. Rebuilding the table creates new slots, which resolve to the same series.
 
 use std::sync::{Arc, OnceLock};
 
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderValue, Method, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::config::NodeScheme;
 use crate::outlier::NodeCounters;
+use crate::pushgateway::pool::NodePool;
+use crate::pushgateway::NodeAddress;
 use crate::telemetry::{MethodLabel, NodeLabels, RequestLabels};
-use crate::upstream_pool::NodePool;
 
 /// Methods and status codes nearly every push has; other combinations go through `get_or_create`.
 const CACHED_METHODS: [Method; 3] = [Method::PUT, Method::POST, Method::DELETE];
@@ -67,14 +66,13 @@ impl RequestCounters {
 pub struct NodeRoute {
     /// The node's address, also its metric label.
     pub name: Arc<str>,
-    /// `None` when the address is not a valid URI authority; the push path then reports it as a bad request.
-    authority: Option<Authority>,
     /// The `x-dynamic-sharding-node` value of responses this node served.
     pub header_value: Option<HeaderValue>,
     pub requests: RequestCounters,
     upstream_duration: OnceLock<Histogram>,
-    /// Keep-alive connections for proxied pushes; `None` exactly when `authority` is. Shared with the next
-    /// table's route for the same node, so a ring rebuild keeps the node's warm connections.
+    /// The node's address and keep-alive connections for proxied pushes; `None` when the name is not a valid
+    /// address (the push path then reports it as a bad request). Shared with the next table's route for the
+    /// same node, so a ring rebuild keeps the node's warm connections.
     pub pool: Option<Arc<NodePool>>,
     /// Passive-health counters (consecutive failures, pushes in flight), shared across ring tables.
     pub counters: Arc<NodeCounters>,
@@ -84,38 +82,15 @@ impl NodeRoute {
     /// `pool` is the node's pool in the previous table, if any; otherwise a new, empty one is made.
     pub fn new(name: &str, pool: Option<Arc<NodePool>>, counters: Arc<NodeCounters>) -> NodeRoute {
         let name: Arc<str> = Arc::from(name);
-        let authority: Option<Authority> = name.parse().ok();
+        let address = NodeAddress::parse(&name).ok();
         NodeRoute {
-            pool: authority
-                .as_ref()
-                .map(|authority| pool.unwrap_or_else(|| Arc::new(NodePool::new(authority)))),
-            authority,
+            pool: address.map(|address| pool.unwrap_or_else(|| Arc::new(NodePool::new(address)))),
             header_value: HeaderValue::from_str(&name).ok(),
             requests: RequestCounters::new(name.clone()),
             upstream_duration: OnceLock::new(),
             counters,
             name,
         }
-    }
-
-    /// `<scheme>://<node><path_and_query>`, built from parts: no formatting and re-parsing per push.
-    pub fn upstream_uri(
-        &self,
-        scheme: NodeScheme,
-        path_and_query: Option<&PathAndQuery>,
-    ) -> Option<Uri> {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(match scheme {
-            NodeScheme::Http => Scheme::HTTP,
-            NodeScheme::Https => Scheme::HTTPS,
-        });
-        parts.authority = Some(self.authority.clone()?);
-        parts.path_and_query = Some(
-            path_and_query
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        Uri::from_parts(parts).ok()
     }
 
     /// This node's `dynamic_sharding_upstream_request_duration_seconds` histogram.
@@ -138,32 +113,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_uri_joins_node_and_target() {
-        let route = NodeRoute::new("127.0.0.1:9091", None, Default::default());
-        let target: PathAndQuery = "/metrics/job/a?x=1".parse().unwrap();
-        let uri = route.upstream_uri(NodeScheme::Http, Some(&target)).unwrap();
-        assert_eq!(uri.to_string(), "http://127.0.0.1:9091/metrics/job/a?x=1");
-        assert_eq!(
-            route
-                .upstream_uri(NodeScheme::Http, None)
-                .unwrap()
-                .to_string(),
-            "http://127.0.0.1:9091/"
-        );
-        assert_eq!(
-            route
-                .upstream_uri(NodeScheme::Https, Some(&target))
-                .unwrap()
-                .to_string(),
-            "https://127.0.0.1:9091/metrics/job/a?x=1"
-        );
-    }
-
-    #[test]
-    fn an_invalid_address_has_no_uri() {
+    fn an_invalid_address_has_no_pool() {
         assert!(NodeRoute::new("bad host:1", None, Default::default())
-            .upstream_uri(NodeScheme::Http, None)
+            .pool
             .is_none());
+        let route = NodeRoute::new("127.0.0.1:9091", None, Default::default());
+        assert_eq!(
+            route.pool.as_ref().map(|pool| pool.address().as_str()),
+            Some("127.0.0.1:9091")
+        );
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub fn spawn(
         None,
         &detector,
     ));
+    // The first table may already hold nodes (probes can finish before the builder starts).
+    metrics.ring_nodes.set(initial.ring.nodes().len() as i64);
     let handle = RingHandle(Arc::new(ArcSwap::new(initial.clone())));
     let (table_tx, table_rx) = watch::channel(initial);
     let task_handle = handle.clone();

@@ -1,4 +1,4 @@
-//! The push path's per-node connection pool (`src/upstream_pool.rs`) against real Pushgateways: connections are
+//! The push path's per-node connection pool (`src/pushgateway/pool.rs`) against real Pushgateways: connections are
 //! reused, a pooled connection the node closed (restart on the same port) is replaced without an error or a
 //! retry on another node, and many concurrent pushes to one node all succeed.
 

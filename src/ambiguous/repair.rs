@@ -6,17 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
-use http_body_util::Full;
+use http::{Method, StatusCode};
 
 use super::{Journal, PendingRepair};
 use crate::config::Config;
-use crate::rebalance::MoveCoordinator;
+use crate::move_guard::MoveCoordinator;
+use crate::pushgateway::{api, HttpClient, NodeError};
 use crate::routing::RingHandle;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
-use crate::upstream::{self, HttpClient, UpstreamError};
 
 /// How often pending repairs are looked at (only while there are any).
 const TICK: Duration = Duration::from_millis(250);
@@ -40,7 +38,7 @@ enum RepairError {
         method: Method,
         node: String,
         path: String,
-        source: UpstreamError,
+        source: NodeError,
     },
     #[error("{method} {node}{path} answered {status}")]
     Refused {
@@ -82,16 +80,10 @@ async fn run(mut deps: Dependencies) {
         }
         answering.retain(|node, _| last_failure.contains_key(node.as_str()));
         for (node, failed) in &last_failure {
-            let probe = upstream::get(
-                &deps.client,
-                node,
-                "/-/healthy",
-                config.health_check.timeout,
-            )
-            .await;
+            let probe = api::healthy(&deps.client, node, config.health_check.timeout).await;
             let now = Instant::now();
             match probe {
-                Ok(response) if response.status().is_success() => {
+                Ok(()) => {
                     let since = answering.entry(node.to_string()).or_insert(now);
                     if *since < *failed {
                         *since = now;
@@ -166,24 +158,20 @@ async fn repair_group(
         .ok_or(RepairError::NoOwner)?;
     let timeout = config.proxy.upstream_timeout;
     for write in &repair.writes {
-        let mut request = Request::new(Full::new(write.body.clone()));
-        *request.method_mut() = write.method.clone();
-        *request.uri_mut() = uri(&deps.client, &owner, &write.path_and_query)?;
-        let headers = request.headers_mut();
-        if let Some(value) = &write.headers.content_type {
-            headers.insert(header::CONTENT_TYPE, value.clone());
-        }
-        if let Some(value) = &write.headers.content_encoding {
-            headers.insert(header::CONTENT_ENCODING, value.clone());
-        }
-        send(deps, request, &owner, &write.path_and_query, timeout).await?;
+        let group_write = api::GroupWrite {
+            method: write.method.clone(),
+            path_and_query: &write.path_and_query,
+            content_type: write.headers.content_type.clone(),
+            content_encoding: write.headers.content_encoding.clone(),
+            body: write.body.clone(),
+        };
+        let result = api::write_group(&deps.client, &owner, group_write, timeout).await;
+        refused_or_unreachable(result, &write.method, &owner, &write.path_and_query)?;
     }
     let path = repair.key.to_push_path();
     for suspect in repair.suspects.keys().filter(|node| **node != owner) {
-        let mut request = Request::new(Full::new(Bytes::new()));
-        *request.method_mut() = Method::DELETE;
-        *request.uri_mut() = uri(&deps.client, suspect, &path)?;
-        send(deps, request, suspect, &path, timeout).await?;
+        let result = api::delete_group(&deps.client, suspect, &path, timeout).await;
+        refused_or_unreachable(result, &Method::DELETE, suspect, &path)?;
     }
     Ok(deps
         .journal
@@ -191,42 +179,25 @@ async fn repair_group(
         .then_some(owner))
 }
 
-fn uri(client: &HttpClient, node: &str, path: &str) -> Result<http::Uri, RepairError> {
-    client
-        .node_url(node, path)
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| RepairError::Unreachable {
-            method: Method::PUT,
-            node: node.to_string(),
-            path: path.to_string(),
-            source: UpstreamError::Request(e.to_string()),
-        })
-}
-
-async fn send(
-    deps: &Dependencies,
-    request: Request<Full<Bytes>>,
+/// A node's answer to one repair request, with the request named in the error.
+fn refused_or_unreachable(
+    result: Result<(), NodeError>,
+    method: &Method,
     node: &str,
     path: &str,
-    timeout: Duration,
 ) -> Result<(), RepairError> {
-    let method = request.method().clone();
-    let response = upstream::send(&deps.client, request, timeout)
-        .await
-        .map_err(|source| RepairError::Unreachable {
+    result.map_err(|error| match error {
+        NodeError::Status { status, .. } => RepairError::Refused {
+            method: method.clone(),
+            node: node.to_string(),
+            path: path.to_string(),
+            status,
+        },
+        source => RepairError::Unreachable {
             method: method.clone(),
             node: node.to_string(),
             path: path.to_string(),
             source,
-        })?;
-    if response.status().is_success() {
-        Ok(())
-    } else {
-        Err(RepairError::Refused {
-            method,
-            node: node.to_string(),
-            path: path.to_string(),
-            status: response.status(),
-        })
-    }
+        },
+    })
 }

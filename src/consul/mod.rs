@@ -5,7 +5,7 @@
 //! - [`index`]: Consul's rules for following `X-Consul-Index` and backing off, as pure functions.
 //! - [`leader`]: leader election on a KV key, published as a `watch::Receiver<bool>`.
 //!
-//! `reqwest` (rustls) is used rather than the hyper client in `upstream.rs`: Consul needs TLS with a private CA
+//! `reqwest` (rustls) is used rather than the hyper client in `pushgateway/client.rs`: Consul needs TLS with a private CA
 //! and client certificates, which reqwest configures in a few lines, while the Pushgateway client stays plain
 //! HTTP/1.1 on the hot path.
 

@@ -85,7 +85,7 @@ pub async fn ring(State(state): State<AppState>) -> Response<Body> {
         },
         "nodes": membership.nodes,
         "read_failures": state.read_side.failing_reads_json(),
-        "rebalance": state.rebalance.status_json(),
+        "rebalance": state.rebalance_status.borrow().clone(),
         "outlier_detection": state.outliers.status(),
         "ambiguous_writes": { "pending_groups": state.journal.len() },
     });

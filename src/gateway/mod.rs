@@ -31,11 +31,11 @@ use crate::body_budget::BodyBudget;
 use crate::config::Config;
 use crate::membership::static_probe::SuspectReporter;
 use crate::membership::Membership;
+use crate::move_guard::MoveCoordinator;
 use crate::outlier::OutlierDetector;
-use crate::rebalance::Rebalancer;
+use crate::pushgateway::HttpClient;
 use crate::routing::RingHandle;
 use crate::telemetry::Metrics;
-use crate::upstream::HttpClient;
 
 /// A request to re-read the config file; the answer says whether the new config was applied.
 pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
@@ -56,8 +56,10 @@ pub struct AppState {
     pub admin_api_enabled: bool,
     /// State of the read-side fan-out (which merge conflicts were already logged).
     pub read_side: read::ReadSide,
-    /// Coordinates pushes with group moves; its status is part of `/-/ring`.
-    pub rebalance: Rebalancer,
+    /// Coordinates pushes with the rebalancer's group moves.
+    pub move_guard: MoveCoordinator,
+    /// The rebalancer's status (the `rebalance` object of `/-/ring`), published by it.
+    pub rebalance_status: watch::Receiver<serde_json::Value>,
     /// Passive failure detection: the push path reports every forwarded push's outcome.
     pub outliers: OutlierDetector,
     /// Groups with an ambiguous write, and their acknowledged pushes since.

@@ -16,7 +16,6 @@ use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
 
 use super::{json, text, text_lines, AppState};
 use crate::ambiguous::{AckedWrite, WriteHeaders};
@@ -25,9 +24,9 @@ use crate::config::{Config, Mode, NodeScheme};
 use crate::grouping::{self, GroupingKey, GroupingKeyError, NonUtf8};
 use crate::node_route::NodeRoute;
 use crate::outlier::OutlierDetector;
+use crate::pushgateway::{forward, NodeError};
 use crate::ring::Algorithm;
 use crate::telemetry::{ErrorLabels, NodeLabels};
-use crate::upstream::{self, UpstreamError};
 
 /// The response header naming the node that served a proxied push.
 pub const NODE_HEADER: &str = "x-dynamic-sharding-node";
@@ -485,11 +484,7 @@ async fn proxy_to(
         ring_key = Some(group);
     }
     // While the rebalancer moves groups, a push of a group being moved waits for the move and then wins over it.
-    let _permit = state
-        .rebalance
-        .coordinator
-        .push_permit(|| key.ring_key())
-        .await;
+    let _permit = state.move_guard.push_permit(|| key.ring_key()).await;
     let mut node = owner;
     let mut retry_on = successor;
     loop {
@@ -613,8 +608,6 @@ fn overloaded(node: &str, limit: usize) -> Response<Body> {
 /// `true` once the node answered.
 pub type LateExchange = Pin<Box<dyn Future<Output = bool> + Send>>;
 
-type Exchange = Pin<Box<dyn Future<Output = Result<Response<Bytes>, UpstreamError>> + Send>>;
-
 async fn forward(
     state: &AppState,
     config: &Config,
@@ -623,58 +616,30 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
     node: &NodeRoute,
-) -> Result<Response<Body>, (UpstreamError, Option<LateExchange>)> {
+) -> Result<Response<Body>, (NodeError, Option<LateExchange>)> {
     let started = Instant::now();
-    // Boxed (and owning what it uses) so that a timed-out exchange can be handed to a background task; the box
-    // also keeps a whole connection out of this future, and so out of the shared client's path.
-    let mut exchange: Exchange = match &node.pool {
-        Some(pool) if config.proxy.per_node_pool => {
-            // Origin-form (`/path?query`): the node's pool connects to it and sets `Host`.
-            let mut upstream_request = Request::new(Full::new(body));
-            *upstream_request.method_mut() = method.clone();
-            *upstream_request.uri_mut() = target
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"))
-                .into();
-            *upstream_request.headers_mut() = headers;
-            let pool = pool.clone();
-            let connect_timeout = config.proxy.connect_timeout;
-            // The pool sets the gateway's own `Authorization` (if any) and speaks TLS for https.
-            let transport = state.client.transport();
-            Box::pin(async move {
-                pool.send(upstream_request, connect_timeout, transport)
-                    .await
-            })
-        }
-        _ => match node.upstream_uri(state.client.transport().scheme, target) {
-            Some(uri) => {
-                let mut upstream_request = Request::new(Full::new(body));
-                *upstream_request.method_mut() = method.clone();
-                *upstream_request.uri_mut() = uri;
-                let mut headers = headers;
-                // hyper-util's client keeps a `Host` it is given; without one it sets the node's.
-                headers.remove(header::HOST);
-                *upstream_request.headers_mut() = headers;
-                let client = state.client.clone();
-                Box::pin(async move { upstream::exchange(&client, upstream_request).await })
-            }
-            None => {
-                return Err((
-                    UpstreamError::Request(format!(
-                        "node address {:?} is not a valid host:port",
-                        node.name
-                    )),
-                    None,
-                ))
-            }
-        },
+    let route = forward::Route {
+        pool: node.pool.as_ref(),
+        name: &node.name,
+        per_node_pool: config.proxy.per_node_pool,
+        connect_timeout: config.proxy.connect_timeout,
+    };
+    let request = forward::Forwarded {
+        method,
+        target,
+        headers,
+        body,
+    };
+    let mut exchange = match forward::start(&state.client, route, request) {
+        Ok(exchange) => exchange,
+        Err(error) => return Err((error, None)),
     };
     let timeout = config.proxy.upstream_timeout;
     let (result, late) = match tokio::time::timeout(timeout, &mut exchange).await {
         Ok(result) => (result, None),
         Err(_) => {
             let late: LateExchange = Box::pin(async move { exchange.await.is_ok() });
-            (Err(UpstreamError::Timeout(timeout)), Some(late))
+            (Err(NodeError::Timeout(timeout)), Some(late))
         }
     };
     match result {

@@ -25,14 +25,13 @@ use axum::extract::State;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::{json, text, AppState};
 use crate::exposition::{self, Conflict};
+use crate::pushgateway::{api, NodeError};
 use crate::telemetry::{MergeConflictLabels, ReadFailureLabels, ReadPathLabels};
-use crate::upstream::{self, UpstreamError};
 
 /// The key added to each group of `GET /api/v1/metrics` naming the node that holds it. Group objects use metric
 /// family names as keys, and a metric name cannot contain `@`, so this key never hides a family.
@@ -90,7 +89,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl ReadSide {
     /// Remembers that `node` failed a read of `path`.
-    fn record_failure(&self, node: &str, path: &'static str, failure: &NodeFailure) -> FailureNews {
+    fn record_failure(&self, node: &str, path: &'static str, failure: &NodeError) -> FailureNews {
         let now = SystemTime::now();
         let kind = failure.kind();
         let mut failing = lock(&self.failing);
@@ -163,51 +162,26 @@ impl ReadSide {
     }
 }
 
-/// Why a node's answer to a fanned-out request was not used.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeFailure {
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error("answered {status}: {body}")]
-    Status { status: StatusCode, body: String },
-    #[error("unusable answer: {0}")]
-    Body(String),
-}
-
-impl NodeFailure {
-    /// A short label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            NodeFailure::Upstream(error) => error.kind(),
-            NodeFailure::Status { .. } => "status",
-            NodeFailure::Body(_) => "body",
-        }
-    }
-}
-
 /// One node's part of a fan-out.
 pub(super) struct NodeAnswer {
     pub(super) node: String,
-    pub(super) result: Result<Bytes, NodeFailure>,
+    pub(super) result: Result<Bytes, NodeError>,
 }
 
 /// Sends `method path` to every node in `nodes` concurrently, each within `timeout`. A 2xx answer's body is the
-/// node's result; anything else is a [`NodeFailure`], logged and counted here, so callers only combine.
+/// node's result; anything else is a [`NodeError`], logged and counted here, so callers only combine.
 pub(super) async fn fan_out(
     state: &AppState,
     nodes: &[String],
-    method: Method,
-    path: &'static str,
+    read: api::Read,
     timeout: Duration,
 ) -> Vec<NodeAnswer> {
-    let requests = nodes.iter().map(|node| {
-        let method = method.clone();
-        async move {
-            let result = request_node(state, node, method, path, timeout).await;
-            NodeAnswer {
-                node: node.clone(),
-                result,
-            }
+    let path = read.path();
+    let requests = nodes.iter().map(|node| async move {
+        let result = request_node(state, node, read, timeout).await;
+        NodeAnswer {
+            node: node.clone(),
+            result,
         }
     });
     let answers = join_all(requests).await;
@@ -219,37 +193,25 @@ pub(super) async fn fan_out(
     answers
 }
 
+/// `read` on `node`; a failing node's explanation is kept short (see [`ERROR_TEXT_LIMIT`]).
 async fn request_node(
     state: &AppState,
     node: &str,
-    method: Method,
-    path: &str,
+    read: api::Read,
     timeout: Duration,
-) -> Result<Bytes, NodeFailure> {
-    let request = Request::builder()
-        .method(method)
-        .uri(state.client.node_url(node, path))
-        // Pushgateway 1.5.1 would answer protobuf to a client preferring it; the merge reads text only.
-        .header(header::ACCEPT, "text/plain; version=0.0.4")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| UpstreamError::Request(e.to_string()))?;
-    let response = upstream::send(&state.client, request, timeout).await?;
-    if !response.status().is_success() {
-        let body = String::from_utf8_lossy(response.body());
-        return Err(NodeFailure::Status {
-            status: response.status(),
-            body: body.trim().chars().take(ERROR_TEXT_LIMIT).collect(),
-        });
-    }
-    Ok(response.into_body())
+) -> Result<Bytes, NodeError> {
+    api::read(&state.client, node, read, timeout)
+        .await
+        .map_err(|error| match error {
+            NodeError::Status { status, body } => NodeError::Status {
+                status,
+                body: body.chars().take(ERROR_TEXT_LIMIT).collect(),
+            },
+            error => error,
+        })
 }
 
-pub(super) fn note_failure(
-    state: &AppState,
-    node: &str,
-    path: &'static str,
-    failure: &NodeFailure,
-) {
+pub(super) fn note_failure(state: &AppState, node: &str, path: &'static str, failure: &NodeError) {
     match state.read_side.record_failure(node, path, failure) {
         FailureNews::Started => {
             tracing::warn!(%node, path, error = %failure, "node failed a fanned-out read and is left out of it (shown in /-/ring until it answers again)")
@@ -279,7 +241,7 @@ pub(super) fn note_failure(
             kind: failure.kind(),
         })
         .inc();
-    if let NodeFailure::Upstream(_) = failure {
+    if !failure.is_answer() {
         // The same hint a failed push gives: probe the node now rather than at the next interval.
         state.suspects.report(node);
     }
@@ -348,17 +310,17 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         return text(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_NODE);
     }
     let timeout = state.config.load().read.timeout;
-    let mut answers = fan_out(&state, &nodes, Method::GET, "/metrics", timeout).await;
+    let mut answers = fan_out(&state, &nodes, api::Read::Metrics, timeout).await;
     for answer in &mut answers {
         if let Ok(body) = &answer.result {
             if std::str::from_utf8(body).is_err() {
-                let failure = NodeFailure::Body("exposition is not valid UTF-8".to_owned());
-                note_failure(&state, &answer.node, "/metrics", &failure);
+                let failure = NodeError::Decode("exposition is not valid UTF-8".to_owned());
+                note_failure(&state, &answer.node, api::Read::Metrics.path(), &failure);
                 answer.result = Err(failure);
             }
         }
     }
-    note_successes(&state, "/metrics", &answers);
+    note_successes(&state, api::Read::Metrics.path(), &answers);
     let expositions: Vec<(&str, &str)> = answers
         .iter()
         .filter_map(|answer| {
@@ -457,19 +419,19 @@ pub async fn api_metrics(State(state): State<AppState>) -> Response<Body> {
         return api_error(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_NODE.to_owned());
     }
     let timeout = state.config.load().read.timeout;
-    let mut answers = fan_out(&state, &nodes, Method::GET, "/api/v1/metrics", timeout).await;
+    let mut answers = fan_out(&state, &nodes, api::Read::Groups, timeout).await;
     let mut groups = Vec::new();
     for answer in &mut answers {
         let Ok(body) = &answer.result else { continue };
         match annotated_groups(&answer.node, body) {
             Ok(node_groups) => groups.extend(node_groups),
             Err(failure) => {
-                note_failure(&state, &answer.node, "/api/v1/metrics", &failure);
+                note_failure(&state, &answer.node, api::Read::Groups.path(), &failure);
                 answer.result = Err(failure);
             }
         }
     }
-    note_successes(&state, "/api/v1/metrics", &answers);
+    note_successes(&state, api::Read::Groups.path(), &answers);
     let warnings = failure_list(&answers);
     if warnings.len() == answers.len() {
         return api_error(
@@ -488,11 +450,11 @@ pub async fn api_metrics(State(state): State<AppState>) -> Response<Body> {
 }
 
 /// The groups of one node's `/api/v1/metrics` answer, each with `"@node": node` added.
-pub fn annotated_groups(node: &str, body: &[u8]) -> Result<Vec<Value>, NodeFailure> {
+pub fn annotated_groups(node: &str, body: &[u8]) -> Result<Vec<Value>, NodeError> {
     let answer: Value = serde_json::from_slice(body)
-        .map_err(|e| NodeFailure::Body(format!("/api/v1/metrics is not JSON: {e}")))?;
+        .map_err(|e| NodeError::Decode(format!("/api/v1/metrics is not JSON: {e}")))?;
     let Some(Value::Array(groups)) = answer.get("data") else {
-        return Err(NodeFailure::Body(
+        return Err(NodeError::Decode(
             "/api/v1/metrics has no \"data\" array".to_owned(),
         ));
     };
@@ -504,7 +466,7 @@ pub fn annotated_groups(node: &str, body: &[u8]) -> Result<Vec<Value>, NodeFailu
                 fields.insert(NODE_KEY.to_owned(), Value::String(node.to_owned()));
                 Ok(Value::Object(fields))
             }
-            other => Err(NodeFailure::Body(format!(
+            other => Err(NodeError::Decode(format!(
                 "/api/v1/metrics has a group that is not an object: {other}"
             ))),
         })
@@ -529,12 +491,11 @@ pub async fn status(State(state): State<AppState>) -> Response<Body> {
     let answers = fan_out(
         &state,
         table.ring.nodes(),
-        Method::GET,
-        "/api/v1/status",
+        api::Read::Status,
         config.read.timeout,
     )
     .await;
-    note_successes(&state, "/api/v1/status", &answers);
+    note_successes(&state, api::Read::Status.path(), &answers);
     let nodes: Vec<Value> = membership
         .nodes
         .iter()
@@ -615,8 +576,8 @@ pub async fn wipe(State(state): State<AppState>, method: Method) -> Response<Bod
         return text(StatusCode::SERVICE_UNAVAILABLE, "no Pushgateway is known");
     }
     let timeout = state.config.load().read.timeout;
-    let answers = fan_out(&state, &nodes, Method::PUT, "/api/v1/admin/wipe", timeout).await;
-    note_successes(&state, "/api/v1/admin/wipe", &answers);
+    let answers = fan_out(&state, &nodes, api::Read::Wipe, timeout).await;
+    note_successes(&state, api::Read::Wipe.path(), &answers);
     let wiped: Vec<&str> = answers
         .iter()
         .filter(|answer| answer.result.is_ok())
@@ -647,8 +608,8 @@ pub async fn wipe(State(state): State<AppState>, method: Method) -> Response<Bod
 mod tests {
     use super::*;
 
-    fn status_failure(status: StatusCode, body: &str) -> NodeFailure {
-        NodeFailure::Status {
+    fn status_failure(status: StatusCode, body: &str) -> NodeError {
+        NodeError::Status {
             status,
             body: body.to_owned(),
         }
@@ -671,7 +632,7 @@ mod tests {
             side.record_failure("a:1", "/api/v1/metrics", &poisoned),
             FailureNews::Started
         );
-        let timeout = NodeFailure::Upstream(UpstreamError::Timeout(Duration::from_secs(1)));
+        let timeout = NodeError::Timeout(Duration::from_secs(1));
         assert_eq!(
             side.record_failure("a:1", "/metrics", &timeout),
             FailureNews::Changed

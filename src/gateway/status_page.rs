@@ -20,25 +20,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::read::{self, NodeFailure};
+use super::read;
 use super::{text, AppState};
 use crate::config::Config;
 use crate::grouping::GroupingKey;
 use crate::membership::Membership;
 use crate::outlier::NodeOutlierStatus;
+use crate::pushgateway::{api, NodeError};
 use crate::ring::{Algorithm, Ring};
 
 /// Groups shown per page.
 pub const GROUPS_PER_PAGE: usize = 500;
 /// One page view at a time: each holds every node's full `/api/v1/metrics` answer while it parses.
 static PAGE_VIEWS: Semaphore = Semaphore::const_new(1);
-const LISTING_PATH: &str = "/api/v1/metrics";
+const LISTING_PATH: &str = api::Read::Groups.path();
 /// The job label, shown first and filtered on.
 const JOB: &str = "job";
 
@@ -114,7 +115,7 @@ pub async fn page(
     let table = state.ring.load_full();
     let nodes = table.ring.nodes().to_vec();
     let timeout = state.config.load().read.timeout;
-    let answers = read::fan_out(&state, &nodes, Method::GET, LISTING_PATH, timeout).await;
+    let answers = read::fan_out(&state, &nodes, api::Read::Groups, timeout).await;
     let filter = job.clone();
     // Parsing every group of every node is CPU work; keep it off the async workers.
     let parsed = tokio::task::spawn_blocking(move || {
@@ -122,7 +123,7 @@ pub async fn page(
             .into_iter()
             .map(|answer| {
                 let listed = match answer.result {
-                    Ok(body) => parse_listing(&body, filter.as_deref()).map_err(NodeFailure::Body),
+                    Ok(body) => parse_listing(&body, filter.as_deref()).map_err(NodeError::Decode),
                     Err(failure) => Err(failure),
                 };
                 (answer.node, listed)
@@ -148,7 +149,7 @@ pub async fn page(
                 listings.push((node, listing));
             }
             Err(failure) => {
-                if let NodeFailure::Body(_) = failure {
+                if let NodeError::Decode(_) = failure {
                     read::note_failure(&state, &node, LISTING_PATH, &failure);
                 }
                 unlisted.push((node, failure.to_string()));
@@ -173,7 +174,7 @@ pub async fn page(
         shares: ring.shares(),
         outliers: state.outliers.status(),
         read_failures: state.read_side.failing_reads_json(),
-        rebalance: state.rebalance.status_json(),
+        rebalance: state.rebalance_status.borrow().clone(),
         pending_repairs: state.journal.len(),
         expiry: expiry_summary(&config),
         groups,

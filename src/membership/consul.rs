@@ -30,6 +30,8 @@ use super::{Membership, NodeStatus, SourceKind};
 use crate::config::{BasicAuth, Config, ConsulConfig, UpstreamConfig};
 use crate::consul::index::{backoff, next_index, pause_before_next, went_backwards};
 use crate::consul::{ConsulClient, HttpCheck, ServiceInstance, ServiceRegistration};
+use crate::pushgateway::address::node_id;
+use crate::pushgateway::NodeAddress;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{ConsulOperationLabels, Metrics, NodeLabels};
 
@@ -100,11 +102,7 @@ pub fn instance_node(instance: &ServiceInstance) -> Option<String> {
     if address.is_empty() || instance.port == 0 {
         return None;
     }
-    Some(if address.contains(':') && !address.starts_with('[') {
-        format!("[{address}]:{}", instance.port)
-    } else {
-        format!("{address}:{}", instance.port)
-    })
+    Some(node_id(address, instance.port))
 }
 
 /// The Consul registration of a configured node `host:port`: the Go original's ID `<host>_<port>`, so an
@@ -117,17 +115,15 @@ pub fn registration_for(
     upstream: &UpstreamConfig,
     in_ring: bool,
 ) -> Option<ServiceRegistration> {
-    let (host, port) = node.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+    let address = NodeAddress::parse(node).ok()?;
     Some(ServiceRegistration {
-        id: format!("{bare_host}_{port}"),
+        id: format!("{}_{}", address.host(), address.port()),
         name: consul.service_name.clone(),
-        address: bare_host.to_string(),
-        port,
+        address: address.host().to_string(),
+        port: address.port(),
         tags: consul.tag.iter().cloned().collect(),
         check: HttpCheck {
-            http: format!("{}{node}/-/healthy", upstream.scheme.prefix()),
+            http: address.url(upstream.scheme, "/-/healthy"),
             tls_server_name: upstream.tls.server_name.clone(),
             tls_skip_verify: upstream.tls.insecure_skip_verify,
             authorization: upstream.basic_auth.as_ref().map(BasicAuth::header_value),

@@ -15,9 +15,9 @@ use tokio::time::Instant;
 
 use super::{Membership, NodeStatus, SourceKind};
 use crate::config::{Config, HealthCheckConfig};
+use crate::pushgateway::{api, HttpClient, NodeError};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Metrics, NodeLabels, ProbeLabels};
-use crate::upstream::{self, HttpClient};
 
 /// Handlers send node names here when a request to them failed.
 #[derive(Clone)]
@@ -218,9 +218,9 @@ async fn probe(
     node: &str,
     thresholds: &HealthCheckConfig,
 ) -> Result<(), String> {
-    match upstream::get(client, node, "/-/healthy", thresholds.timeout).await {
-        Ok(response) if response.status().is_success() => Ok(()),
-        Ok(response) => Err(format!("GET /-/healthy answered {}", response.status())),
+    match api::healthy(client, node, thresholds.timeout).await {
+        Ok(()) => Ok(()),
+        Err(NodeError::Status { status, .. }) => Err(format!("GET /-/healthy answered {status}")),
         Err(error) => Err(error.to_string()),
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Before every request the executor re-checks that the ring is still the one the plan was made for and that
 //! the node may be touched (healthy, or draining and listed this pass); a group pushed through this replica
-//! during the pass is skipped (see [`guard`](super::guard)). A delete only follows a copy that succeeded, so a
+//! during the pass is skipped (see [`move_guard`](crate::move_guard)). A delete only follows a copy that succeeded, so a
 //! failure anywhere leaves the group where it was.
 
 use std::collections::BTreeMap;
@@ -13,19 +13,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{self, StreamExt};
-use http::{header, Method, Request, StatusCode};
-use http_body_util::Full;
+use http::{HeaderValue, Method, StatusCode};
 
-use super::guard::MoveCoordinator;
 use super::planner::{last_client_push, Action, ListedGroup, NodeListing};
 use crate::exposition::pushgateway_json::parse_api_metrics_with;
 use crate::exposition::pushgateway_json::MovedMarker;
 use crate::grouping::GroupingKey;
+use crate::move_guard::MoveCoordinator;
+use crate::pushgateway::{api, HttpClient, NodeError};
 use crate::ring::Ring;
 use crate::routing::RoutingTable;
-use crate::upstream::{self, HttpClient};
 
-const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// First retry delay; doubled per attempt up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -38,7 +36,7 @@ pub enum NodeRequestError {
         method: Method,
         node: String,
         path: String,
-        source: upstream::UpstreamError,
+        source: NodeError,
     },
     #[error("{method} {node}{path} answered {status}: {body}")]
     Status {
@@ -53,6 +51,25 @@ pub enum NodeRequestError {
 }
 
 impl NodeRequestError {
+    /// `method path` on `node` failed with `error`.
+    fn new(method: Method, node: &str, path: &str, error: NodeError) -> NodeRequestError {
+        match error {
+            NodeError::Status { status, body } => NodeRequestError::Status {
+                method,
+                node: node.to_string(),
+                path: path.to_string(),
+                status,
+                body,
+            },
+            source => NodeRequestError::Unreachable {
+                method,
+                node: node.to_string(),
+                path: path.to_string(),
+                source,
+            },
+        }
+    }
+
     /// Network errors and 5xx may pass; a 4xx (e.g. a copy inconsistent with the owner's other metrics) won't.
     fn is_transient(&self) -> bool {
         match self {
@@ -203,7 +220,7 @@ impl Executor<'_> {
         let body = Bytes::from(format!("{body}{}", marker.render()));
         let step = self
             .with_retries(key, owner, || {
-                self.request(Method::PUT, owner, &path, body.clone(), StatusCode::OK)
+                self.request(owner, &path, Some(body.clone()))
             })
             .await;
         if matches!(step, Step::Done) {
@@ -219,15 +236,7 @@ impl Executor<'_> {
         let mut deleted = 0;
         for node in action.delete_from() {
             let step = self
-                .with_retries(key, node, || {
-                    self.request(
-                        Method::DELETE,
-                        node,
-                        &path,
-                        Bytes::new(),
-                        StatusCode::ACCEPTED,
-                    )
-                })
+                .with_retries(key, node, || self.request(node, &path, None))
                 .await;
             match step {
                 Step::Done => {
@@ -288,40 +297,31 @@ impl Executor<'_> {
         }
     }
 
+    /// `PUT` of `body` (`Some`) or `DELETE` (`None`) of the group at push path `path` on `node`.
     async fn request(
         &self,
-        method: Method,
         node: &str,
         path: &str,
-        body: Bytes,
-        expected: StatusCode,
+        body: Option<Bytes>,
     ) -> Result<(), NodeRequestError> {
-        let unreachable = |source| NodeRequestError::Unreachable {
-            method: method.clone(),
-            node: node.to_string(),
-            path: path.to_string(),
-            source,
+        let (method, result) = match body {
+            Some(body) => {
+                let write = api::GroupWrite {
+                    method: Method::PUT,
+                    path_and_query: path,
+                    content_type: Some(HeaderValue::from_static(api::TEXT_FORMAT)),
+                    content_encoding: None,
+                    body,
+                };
+                let result = api::write_group(self.client, node, write, self.request_timeout).await;
+                (Method::PUT, result)
+            }
+            None => {
+                let result = api::delete_group(self.client, node, path, self.request_timeout).await;
+                (Method::DELETE, result)
+            }
         };
-        let request = Request::builder()
-            .method(method.clone())
-            .uri(self.client.node_url(node, path))
-            .header(header::CONTENT_TYPE, TEXT_FORMAT)
-            .body(Full::new(body))
-            .map_err(|e| unreachable(upstream::UpstreamError::Request(e.to_string())))?;
-        let response = upstream::send(self.client, request, self.request_timeout)
-            .await
-            .map_err(unreachable)?;
-        // The Pushgateway answers PUT with 200 and DELETE with 202; any 2xx means it took the request.
-        if response.status() == expected || response.status().is_success() {
-            return Ok(());
-        }
-        Err(NodeRequestError::Status {
-            method,
-            node: node.to_string(),
-            path: path.to_string(),
-            status: response.status(),
-            body: String::from_utf8_lossy(response.body()).trim().to_string(),
-        })
+        result.map_err(|error| NodeRequestError::new(method, node, path, error))
     }
 }
 
@@ -334,25 +334,11 @@ pub async fn list_node(
     timeout: Duration,
     ring: Arc<RoutingTable>,
 ) -> Result<NodeListing, NodeRequestError> {
-    let path = "/api/v1/metrics";
-    let response = upstream::get(client, node, path, timeout)
+    let body = api::list_groups(client, node, timeout)
         .await
-        .map_err(|source| NodeRequestError::Unreachable {
-            method: Method::GET,
-            node: node.to_string(),
-            path: path.to_string(),
-            source,
+        .map_err(|error| {
+            NodeRequestError::new(Method::GET, node, api::Read::Groups.path(), error)
         })?;
-    if response.status() != StatusCode::OK {
-        return Err(NodeRequestError::Status {
-            method: Method::GET,
-            node: node.to_string(),
-            path: path.to_string(),
-            status: response.status(),
-            body: String::from_utf8_lossy(response.body()).trim().to_string(),
-        });
-    }
-    let body = response.into_body();
     let owned_node = node.to_string();
     // Parsing thousands of groups is CPU work; keep it off the async workers.
     tokio::task::spawn_blocking(move || listing_from_json(&owned_node, &body, &ring.ring))

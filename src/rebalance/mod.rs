@@ -6,7 +6,7 @@
 //! [`executor::Executor::execute`] them. Copies go first, deletes after, so a group is never on zero nodes
 //! because of a failure; the owner's copy wins when it is at least as new (`push_time_seconds`).
 //!
-//! A pass that finds something to move first asks [`guard::MoveCoordinator`] to route pushes through this
+//! A pass that finds something to move first asks [`MoveCoordinator`] to route pushes through this
 //! replica's slow path, waits for in-flight pushes, and lists the nodes again, so no push acknowledged through
 //! this replica is overwritten by an older copy.
 //!
@@ -15,7 +15,6 @@
 //! - [`guard`]: in-process coordination with the push handler.
 
 pub mod executor;
-pub mod guard;
 pub mod planner;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,13 +29,13 @@ use tokio::sync::watch;
 use crate::ambiguous::Journal;
 use crate::config::Config;
 use crate::membership::Membership;
+use crate::move_guard::MoveCoordinator;
+use crate::pushgateway::HttpClient;
 use crate::ring::Algorithm;
 use crate::routing::{RingHandle, RoutingTable};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Metrics, RebalanceDeleteLabels, RebalanceFailureLabels};
-use crate::upstream::HttpClient;
 use executor::{Executor, Outcome, Preconditions};
-pub use guard::MoveCoordinator;
 use planner::NodeListing;
 
 /// Coalesces a burst of ring and membership changes (e.g. several nodes flipping at once) into one pass.
@@ -49,12 +48,14 @@ const DRAINING_LIST_ATTEMPTS: u32 = 3;
 /// Listing a node with many groups takes longer than a push; never allow less than this.
 const MIN_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the rest of the gateway sees of the rebalancer: the push handler's coordinator and the status for
-/// `/-/ring`. Cheap to clone.
+/// What the rest of the gateway sees of the rebalancer: the coordinator that pushes and repairs share with it,
+/// and its status for `/-/ring` and the status page. Cheap to clone.
 #[derive(Clone)]
 pub struct Rebalancer {
     pub coordinator: MoveCoordinator,
     status: Arc<ArcSwap<Status>>,
+    /// `status` as JSON (the `rebalance` object of `/-/ring`), published on every change.
+    status_json: Arc<watch::Sender<serde_json::Value>>,
 }
 
 impl Rebalancer {
@@ -63,13 +64,23 @@ impl Rebalancer {
         Rebalancer {
             coordinator: MoveCoordinator::new(),
             status: Arc::new(ArcSwap::from_pointee(Status::default())),
+            status_json: Arc::new(watch::channel(json_of(&Status::default())).0),
         }
     }
 
-    /// The `rebalance` object of `/-/ring`.
-    pub fn status_json(&self) -> serde_json::Value {
-        serde_json::to_value(&**self.status.load()).unwrap_or_default()
+    /// The `rebalance` object of `/-/ring`, kept current.
+    pub fn status_json(&self) -> watch::Receiver<serde_json::Value> {
+        self.status_json.subscribe()
     }
+
+    fn store_status(&self, status: Status) {
+        self.status_json.send_replace(json_of(&status));
+        self.status.store(Arc::new(status));
+    }
+}
+
+fn json_of(status: &Status) -> serde_json::Value {
+    serde_json::to_value(status).unwrap_or_default()
 }
 
 /// The rebalancer's state as `/-/ring` shows it.
@@ -213,7 +224,7 @@ impl Task {
     fn publish_draining(&self) {
         let mut status = (**self.rebalancer.status.load()).clone();
         status.draining = self.draining.keys().cloned().collect();
-        self.rebalancer.status.store(Arc::new(status));
+        self.rebalancer.store_status(status);
     }
 
     fn set_status(
@@ -230,7 +241,7 @@ impl Task {
         if report.is_some() {
             status.last_pass = report;
         }
-        self.rebalancer.status.store(Arc::new(status));
+        self.rebalancer.store_status(status);
     }
 
     /// Runs one pass if this replica should; returns true when work was left for a follow-up pass.

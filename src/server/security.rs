@@ -9,8 +9,7 @@ use std::time::SystemTime;
 
 use base64::Engine;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DistinguishedName, RootCertStore, ServerConfig};
@@ -19,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::web_config::{ClientAuth, TlsSettings, TlsVersion, WebConfigError, WebSettings};
+use crate::tls_files;
 
 /// The listener's security for new connections; `app.rs` swaps in a new one on reload.
 #[derive(Default)]
@@ -128,24 +128,9 @@ impl ReloadingTls {
 
 type KeyError = (&'static str, String);
 
-fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|e| (key, format!("cannot read {}: {e}", path.display())))
-}
-
+/// The certificates of the file at `key`.
 fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, KeyError> {
-    let pem = read(key, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            (
-                key,
-                format!("{} is not a PEM certificate file: {e}", path.display()),
-            )
-        })?;
-    if certs.is_empty() {
-        return Err((key, format!("{} holds no PEM certificate", path.display())));
-    }
-    Ok(certs)
+    tls_files::certificates(path).map_err(|e| (key, e.to_string()))
 }
 
 fn server_config(tls: &TlsSettings) -> Result<ServerConfig, KeyError> {
@@ -201,12 +186,7 @@ fn server_config(tls: &TlsSettings) -> Result<ServerConfig, KeyError> {
         None => builder.with_no_client_auth(),
     };
     let certs = certificates("cert_file", &tls.cert_file)?;
-    let key = PrivateKeyDer::from_pem_slice(&read("key_file", &tls.key_file)?).map_err(|e| {
-        (
-            "key_file",
-            format!("{} is not a PEM private key: {e}", tls.key_file.display()),
-        )
-    })?;
+    let key = tls_files::private_key(&tls.key_file).map_err(|e| ("key_file", e.to_string()))?;
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| ("key_file", format!("does not match cert_file: {e}")))?;

@@ -3,6 +3,7 @@
 //! scheme, TLS (rustls) and the gateway's own basic-auth header (`pushgateway.scheme`, `tls_config`,
 //! `basic_auth`).
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +16,11 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 
+use super::error::NodeError;
 use crate::config::{Config, NodeScheme, NodeTlsConfig};
+use crate::tls_files::{self, TlsFileError};
 
 type Inner = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -31,14 +33,14 @@ pub struct HttpClient {
 
 impl HttpClient {
     /// Builds the client for `config`: fails when a `pushgateway.tls_config` file is unusable.
-    pub fn new(config: &Config) -> Result<HttpClient, UpstreamConfigError> {
+    pub fn new(config: &Config) -> Result<HttpClient, ClientConfigError> {
         Ok(HttpClient {
             current: Arc::new(ArcSwap::from_pointee(Transport::new(config)?)),
         })
     }
 
     /// Replaces the transport after a reload; on error the previous one stays.
-    pub fn reconfigure(&self, config: &Config) -> Result<(), UpstreamConfigError> {
+    pub fn reconfigure(&self, config: &Config) -> Result<(), ClientConfigError> {
         self.current.store(Arc::new(Transport::new(config)?));
         Ok(())
     }
@@ -72,7 +74,7 @@ pub struct Transport {
 }
 
 impl Transport {
-    fn new(config: &Config) -> Result<Transport, UpstreamConfigError> {
+    fn new(config: &Config) -> Result<Transport, ClientConfigError> {
         let upstream = &config.upstream;
         let tls_config = match upstream.scheme {
             NodeScheme::Http => None,
@@ -83,10 +85,8 @@ impl Transport {
             .server_name
             .as_deref()
             .map(|name| {
-                ServerName::try_from(name.to_string()).map_err(|_| {
-                    UpstreamConfigError::ServerName {
-                        name: name.to_string(),
-                    }
+                ServerName::try_from(name.to_string()).map_err(|_| ClientConfigError::ServerName {
+                    name: name.to_string(),
                 })
             })
             .transpose()?;
@@ -95,10 +95,10 @@ impl Transport {
             .as_ref()
             .map(|auth| {
                 let mut value = HeaderValue::from_str(auth.header_value().expose())
-                    .map_err(|_| UpstreamConfigError::BasicAuth)?;
+                    .map_err(|_| ClientConfigError::BasicAuth)?;
                 // Kept out of hyper's header debug output.
                 value.set_sensitive(true);
-                Ok::<_, UpstreamConfigError>(value)
+                Ok::<_, ClientConfigError>(value)
             })
             .transpose()?;
 
@@ -162,12 +162,12 @@ impl Transport {
     pub(crate) fn tls_for(
         &self,
         host: &str,
-    ) -> Option<Result<(&tokio_rustls::TlsConnector, ServerName<'static>), UpstreamError>> {
+    ) -> Option<Result<(&tokio_rustls::TlsConnector, ServerName<'static>), NodeError>> {
         let connector = self.tls.as_ref()?;
         let name = match &self.server_name {
             Some(name) => Ok(name.clone()),
             None => ServerName::try_from(host.to_string()).map_err(|_| {
-                UpstreamError::Connect(format!(
+                NodeError::Connect(format!(
                     "{host:?} is not a valid TLS server name; set pushgateway.tls_config.server_name"
                 ))
             }),
@@ -178,19 +178,14 @@ impl Transport {
 
 /// Why `pushgateway.tls_config` or `basic_auth` cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamConfigError {
-    #[error("pushgateway.tls_config.{key}: cannot read {path:?}: {source}")]
-    Read {
+pub enum ClientConfigError {
+    #[error("pushgateway.tls_config.{key}: {source}")]
+    File {
         key: &'static str,
-        path: String,
-        source: std::io::Error,
+        source: TlsFileError,
     },
-    #[error("pushgateway.tls_config.{key}: {path:?} is not a usable PEM file: {message}")]
-    Pem {
-        key: &'static str,
-        path: String,
-        message: String,
-    },
+    #[error("pushgateway.tls_config.ca_file: {path:?} holds a certificate that cannot be a root: {message}")]
+    Root { path: String, message: String },
     #[error("pushgateway.tls_config: {0}")]
     Tls(String),
     #[error("pushgateway.tls_config.server_name: {name:?} is not a DNS name or IP address")]
@@ -201,11 +196,11 @@ pub enum UpstreamConfigError {
 
 /// The rustls client config of `tls_config`: `ca_file` replaces the built-in roots (as in Prometheus),
 /// `cert_file`/`key_file` is the client certificate, `insecure_skip_verify` accepts any server certificate.
-fn tls_client_config(tls: &NodeTlsConfig) -> Result<rustls::ClientConfig, UpstreamConfigError> {
+fn tls_client_config(tls: &NodeTlsConfig) -> Result<rustls::ClientConfig, ClientConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| UpstreamConfigError::Tls(e.to_string()))?;
+        .map_err(|e| ClientConfigError::Tls(e.to_string()))?;
     let builder = if tls.insecure_skip_verify {
         builder
             .dangerous()
@@ -214,11 +209,8 @@ fn tls_client_config(tls: &NodeTlsConfig) -> Result<rustls::ClientConfig, Upstre
         let mut roots = rustls::RootCertStore::empty();
         match &tls.ca_file {
             Some(path) => {
-                let pem = read_file("ca_file", path)?;
-                let certs = pem_certificates("ca_file", path, &pem)?;
-                for cert in certs {
-                    roots.add(cert).map_err(|e| UpstreamConfigError::Pem {
-                        key: "ca_file",
+                for cert in file("ca_file", tls_files::certificates(Path::new(path)))? {
+                    roots.add(cert).map_err(|e| ClientConfigError::Root {
                         path: path.clone(),
                         message: e.to_string(),
                     })?;
@@ -228,51 +220,22 @@ fn tls_client_config(tls: &NodeTlsConfig) -> Result<rustls::ClientConfig, Upstre
         }
         builder.with_root_certificates(roots)
     };
-    let config =
-        match (&tls.cert_file, &tls.key_file) {
-            (Some(cert_path), Some(key_path)) => {
-                let certs =
-                    pem_certificates("cert_file", cert_path, &read_file("cert_file", cert_path)?)?;
-                let key = PrivateKeyDer::from_pem_slice(&read_file("key_file", key_path)?)
-                    .map_err(|e| UpstreamConfigError::Pem {
-                        key: "key_file",
-                        path: key_path.clone(),
-                        message: e.to_string(),
-                    })?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(|e| UpstreamConfigError::Tls(format!("cert_file and key_file: {e}")))?
-            }
-            _ => builder.with_no_client_auth(),
-        };
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert_path), Some(key_path)) => {
+            let certs = file("cert_file", tls_files::certificates(Path::new(cert_path)))?;
+            let key = file("key_file", tls_files::private_key(Path::new(key_path)))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| ClientConfigError::Tls(format!("cert_file and key_file: {e}")))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
     Ok(config)
 }
 
-fn read_file(key: &'static str, path: &str) -> Result<Vec<u8>, UpstreamConfigError> {
-    std::fs::read(path).map_err(|source| UpstreamConfigError::Read {
-        key,
-        path: path.to_string(),
-        source,
-    })
-}
-
-fn pem_certificates(
-    key: &'static str,
-    path: &str,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, UpstreamConfigError> {
-    let bad = |message: String| UpstreamConfigError::Pem {
-        key,
-        path: path.to_string(),
-        message,
-    };
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(bad("no CERTIFICATE block found".to_string()));
-    }
-    Ok(certs)
+/// A `tls_config.<key>` file's error, naming the key.
+fn file<T>(key: &'static str, result: Result<T, TlsFileError>) -> Result<T, ClientConfigError> {
+    result.map_err(|source| ClientConfigError::File { key, source })
 }
 
 /// `insecure_skip_verify`: any certificate is accepted, but the handshake signatures are still checked, so the
@@ -325,96 +288,24 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// Why a request to a node got no usable response.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("no response within {0:?}")]
-    Timeout(Duration),
-    #[error("cannot connect: {0}")]
-    Connect(String),
-    #[error("connection failed before a response: {0}")]
-    Reset(String),
-    #[error("invalid request: {0}")]
-    Request(String),
-}
-
-impl UpstreamError {
-    /// A short label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            UpstreamError::Timeout(_) => "timeout",
-            UpstreamError::Connect(_) => "connect",
-            UpstreamError::Reset(_) => "reset",
-            UpstreamError::Request(_) => "request",
-        }
-    }
-
-    /// The request may have reached the node, which may still apply it later.
-    pub fn is_ambiguous(&self) -> bool {
-        matches!(self, UpstreamError::Timeout(_) | UpstreamError::Reset(_))
-    }
-
-    /// The node itself failed (as opposed to a request the gateway could not build).
-    pub fn is_node_failure(&self) -> bool {
-        !matches!(self, UpstreamError::Request(_))
-    }
-
-    pub(crate) fn from_client_error(err: hyper_util::client::legacy::Error) -> UpstreamError {
-        // Show the root cause; hyper-util's own message is just "client error (Connect)".
-        let mut cause = err.to_string();
-        let mut tls_failure = false;
-        let mut source = std::error::Error::source(&err);
-        while let Some(inner) = source {
-            cause = inner.to_string();
-            tls_failure |= is_tls_error(inner);
-            source = inner.source();
-        }
-        if err.is_connect() && tls_failure {
-            UpstreamError::Connect(tls_message(&cause))
-        } else if err.is_connect() {
-            UpstreamError::Connect(cause)
-        } else {
-            UpstreamError::Reset(cause)
-        }
-    }
-}
-
-/// rustls' error reaches hyper-util wrapped in `io::Error`s (two, via hyper-rustls), whose `source` skips it.
-fn is_tls_error(error: &(dyn std::error::Error + 'static)) -> bool {
-    if error.is::<rustls::Error>() {
-        return true;
-    }
-    error
-        .downcast_ref::<std::io::Error>()
-        .and_then(std::io::Error::get_ref)
-        .is_some_and(|inner| is_tls_error(inner))
-}
-
-/// A failed TLS handshake, with where to fix it: the node's certificate, or `pushgateway.tls_config`.
-pub(crate) fn tls_message(cause: &str) -> String {
-    format!(
-        "TLS handshake failed: {cause} (check the node's certificate and pushgateway.tls_config)"
-    )
-}
-
 /// Sends `request` (its URI from [`HttpClient::node_url`]) with the gateway's credentials, and reads the whole
 /// response, however long that takes.
 pub async fn exchange(
     client: &HttpClient,
     mut request: http::Request<Full<Bytes>>,
-) -> Result<http::Response<Bytes>, UpstreamError> {
+) -> Result<http::Response<Bytes>, NodeError> {
     let transport = client.transport();
     transport.authorize(request.headers_mut());
     let response = transport
         .client
         .request(request)
         .await
-        .map_err(UpstreamError::from_client_error)?;
+        .map_err(NodeError::from_client_error)?;
     let (parts, body) = response.into_parts();
     let body = body
         .collect()
         .await
-        .map_err(|e| UpstreamError::Reset(e.to_string()))?
+        .map_err(|e| NodeError::Reset(e.to_string()))?
         .to_bytes();
     Ok(http::Response::from_parts(parts, body))
 }
@@ -424,23 +315,10 @@ pub async fn send(
     client: &HttpClient,
     request: http::Request<Full<Bytes>>,
     timeout: Duration,
-) -> Result<http::Response<Bytes>, UpstreamError> {
+) -> Result<http::Response<Bytes>, NodeError> {
     tokio::time::timeout(timeout, exchange(client, request))
         .await
-        .map_err(|_| UpstreamError::Timeout(timeout))?
-}
-
-/// `GET <scheme>://<node><path>` within `timeout`.
-pub async fn get(
-    client: &HttpClient,
-    node: &str,
-    path_and_query: &str,
-    timeout: Duration,
-) -> Result<http::Response<Bytes>, UpstreamError> {
-    let request = http::Request::get(client.node_url(node, path_and_query))
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| UpstreamError::Request(e.to_string()))?;
-    send(client, request, timeout).await
+        .map_err(|_| NodeError::Timeout(timeout))?
 }
 
 #[cfg(test)]

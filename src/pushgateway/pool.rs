@@ -1,6 +1,6 @@
 //! A per-node pool of HTTP/1.1 connections for the push path, driven by the request handler itself.
 //!
-//! hyper-util's legacy client (still used by probes, reads and the rebalancer, see [`crate::upstream`]) keeps one
+//! hyper-util's legacy client (still used by probes, reads and the rebalancer, see [`super::client`]) keeps one
 //! pool behind a global mutex, hashes a pool key per request, and runs every connection in its own task: a push
 //! is handed to that task over a channel and its response comes back over a oneshot, two cross-task wake-ups per
 //! push. Here each [`NodeRoute`](crate::node_route::NodeRoute) owns a [`NodePool`], so picking the pool is free
@@ -24,7 +24,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::Authority;
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::Full;
 use hyper::body::Body as _;
@@ -34,7 +33,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::upstream::{Transport, UpstreamError};
+use super::address::NodeAddress;
+use super::client::Transport;
+use super::error::{root_cause, tls_message, NodeError};
 
 /// Idle connections older than this are closed instead of reused (Go's `http.DefaultTransport` uses 90 s).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -125,9 +126,8 @@ struct IdleConnection {
 
 /// Keep-alive connections to one node. Each node has its own lock, held only to push or pop one entry.
 pub struct NodePool {
-    /// `host:port` to connect to (the port defaults to 80, as the legacy client's).
-    host: String,
-    port: u16,
+    /// Where to connect to.
+    address: NodeAddress,
     /// The `Host` header of every request (the node's address).
     host_header: Option<HeaderValue>,
     /// Most recently returned last: checkouts take the warmest connection.
@@ -139,23 +139,21 @@ enum ExchangeError {
     /// The connection was already closed: hyper gave the request back without writing any of it.
     NotSent(Box<Request<Full<Bytes>>>),
     /// The request may have reached the node; it must not be sent again here.
-    Failed(UpstreamError),
+    Failed(NodeError),
 }
 
 impl NodePool {
-    pub fn new(authority: &Authority) -> NodePool {
-        let host = authority.host();
-        // `Authority::host` keeps an IPv6 literal's brackets; a socket address lookup wants it bare.
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
+    pub fn new(address: NodeAddress) -> NodePool {
         NodePool {
-            host: host.to_string(),
-            port: authority.port_u16().unwrap_or(80),
-            host_header: HeaderValue::from_str(authority.as_str()).ok(),
+            host_header: HeaderValue::from_str(address.as_str()).ok(),
+            address,
             idle: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The node this pool connects to.
+    pub fn address(&self) -> &NodeAddress {
+        &self.address
     }
 
     /// How many idle connections the pool holds now (for tests and diagnostics).
@@ -171,7 +169,7 @@ impl NodePool {
         mut request: Request<Full<Bytes>>,
         connect_timeout: Duration,
         transport: Arc<Transport>,
-    ) -> Result<Response<Bytes>, UpstreamError> {
+    ) -> Result<Response<Bytes>, NodeError> {
         if let Some(host) = &self.host_header {
             request.headers_mut().insert(header::HOST, host.clone());
         }
@@ -192,7 +190,7 @@ impl NodePool {
                 // since every pass takes one connection out of the pool for good.
                 Err(ExchangeError::NotSent(unsent)) if reused => request = *unsent,
                 Err(ExchangeError::NotSent(_)) => {
-                    return Err(UpstreamError::Reset(
+                    return Err(NodeError::Reset(
                         "new connection closed before the request was sent".to_string(),
                     ))
                 }
@@ -262,38 +260,39 @@ impl NodePool {
         &self,
         connect_timeout: Duration,
         transport: &Transport,
-    ) -> Result<PooledConnection, UpstreamError> {
+    ) -> Result<PooledConnection, NodeError> {
         match tokio::time::timeout(connect_timeout, self.open(transport)).await {
             Ok(result) => result,
-            Err(_) => Err(UpstreamError::Connect(format!(
+            Err(_) => Err(NodeError::Connect(format!(
                 "no connection within {connect_timeout:?} (proxy.connect_timeout)"
             ))),
         }
     }
 
     /// TCP connect, the TLS handshake when the scheme is https, then the HTTP/1.1 handshake.
-    async fn open(&self, transport: &Transport) -> Result<PooledConnection, UpstreamError> {
-        let address = (self.host.as_str(), self.port);
+    async fn open(&self, transport: &Transport) -> Result<PooledConnection, NodeError> {
+        let address = (self.address.host(), self.address.port());
         let stream = TcpStream::connect(address)
             .await
-            .map_err(|error| UpstreamError::Connect(error.to_string()))?;
+            .map_err(|error| NodeError::Connect(error.to_string()))?;
         // Pushes are one small write each: Nagle's algorithm would only delay them.
         stream
             .set_nodelay(true)
-            .map_err(|error| UpstreamError::Connect(format!("cannot set TCP_NODELAY: {error}")))?;
-        let stream = match transport.tls_for(&self.host) {
+            .map_err(|error| NodeError::Connect(format!("cannot set TCP_NODELAY: {error}")))?;
+        let stream = match transport.tls_for(self.address.host()) {
             None => NodeStream::Plain(stream),
             Some(tls) => {
                 let (connector, name) = tls?;
-                let stream = connector.connect(name, stream).await.map_err(|error| {
-                    UpstreamError::Connect(crate::upstream::tls_message(&root_cause(&error)))
-                })?;
+                let stream = connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|error| NodeError::Connect(tls_message(&root_cause(&error))))?;
                 NodeStream::Tls(Box::new(stream))
             }
         };
         let (sender, driver) = http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|error| UpstreamError::Connect(root_cause(&error)))?;
+            .map_err(|error| NodeError::Connect(root_cause(&error)))?;
         Ok(PooledConnection {
             sender,
             driver: Some(driver),
@@ -326,7 +325,7 @@ impl NodePool {
             Err(mut error) => {
                 return Err(match error.take_message() {
                     Some(unsent) => ExchangeError::NotSent(Box::new(unsent)),
-                    None => ExchangeError::Failed(UpstreamError::Reset(root_cause(error.error()))),
+                    None => ExchangeError::Failed(NodeError::Reset(root_cause(error.error()))),
                 })
             }
         };
@@ -351,9 +350,7 @@ impl NodePool {
                     }
                 }
                 Some(Err(error)) => {
-                    return Err(ExchangeError::Failed(UpstreamError::Reset(root_cause(
-                        &error,
-                    ))))
+                    return Err(ExchangeError::Failed(NodeError::Reset(root_cause(&error))))
                 }
             }
         }
@@ -398,15 +395,4 @@ fn concat(mut chunks: Vec<Bytes>) -> Bytes {
         1 => chunks.pop().unwrap_or_default(),
         _ => chunks.concat().into(),
     }
-}
-
-/// hyper's own message names only the category ("connection error"); the innermost cause says what happened.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        cause = inner.to_string();
-        source = inner.source();
-    }
-    cause
 }

@@ -1,0 +1,211 @@
+//! The YAML configuration: the Go original's keys, unchanged, plus our optional ones.
+//!
+//! [`Config::load`] reads and validates a file; every error names the key and says what to fix. The raw
+//! serde structs mirror the file; [`Config`] is the validated form the rest of the program uses.
+//!
+//! Each section's raw and validated types live in the section's module, with its validation.
+
+mod ambiguous_writes;
+mod consul;
+mod groups;
+mod health_check;
+mod outlier_detection;
+mod proxy;
+mod pushgateway;
+mod read;
+mod rebalance;
+mod tls;
+mod units;
+mod web;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ring::Algorithm;
+pub use crate::secret::Secret;
+
+pub use ambiguous_writes::AmbiguousWritesConfig;
+pub use consul::{
+    ConsulConfig, ConsulScheme, ConsulTlsConfig, DEFAULT_CONSUL_CHECK_INTERVAL,
+    DEFAULT_CONSUL_CHECK_TIMEOUT,
+};
+pub use groups::{ExpireOverride, GroupsConfig};
+pub use health_check::HealthCheckConfig;
+pub use outlier_detection::OutlierDetectionConfig;
+pub use proxy::ProxyConfig;
+pub use pushgateway::{
+    node_address, BasicAuth, NodeScheme, NodeTlsConfig, UpstreamConfig, DEFAULT_PUSHGATEWAY_PORT,
+};
+pub use read::ReadConfig;
+pub use rebalance::RebalanceConfig;
+pub use units::{parse_duration, ByteSize, PromDuration};
+pub use web::{normalize_listen_addr, WebConfig, DEFAULT_LISTEN_ADDR};
+
+use ambiguous_writes::{validate_ambiguous_writes, RawAmbiguousWrites};
+use consul::{validate_consul, RawConsulServer};
+use groups::{validate_groups, RawGroups};
+use health_check::{validate_health_check, RawHealthCheck};
+use outlier_detection::{validate_outlier_detection, RawOutlierDetection};
+use proxy::{validate_proxy, RawProxy};
+use pushgateway::{validate_pushgateway, RawPushgateway};
+use read::{validate_read, RawRead};
+use rebalance::{validate_rebalance, RawRebalance};
+use web::{validate_web, RawWeb};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path:?}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid YAML in config file {path:?}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+/// How a push reaches its owner.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Forward the request to the owner and relay its answer (works with every client library).
+    #[default]
+    Proxy,
+    /// Answer `307` with the owner's URL (the Go original's behaviour).
+    Redirect,
+}
+
+// ---- The file as written ------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    consul_server: Option<RawConsulServer>,
+    http_listen_addr: Option<String>,
+    pushgateway: Option<RawPushgateway>,
+    mode: Option<Mode>,
+    health_check: Option<RawHealthCheck>,
+    ring: Option<RawRing>,
+    proxy: Option<RawProxy>,
+    read: Option<RawRead>,
+    rebalance: Option<RawRebalance>,
+    outlier_detection: Option<RawOutlierDetection>,
+    ambiguous_writes: Option<RawAmbiguousWrites>,
+    groups: Option<RawGroups>,
+    web: Option<RawWeb>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRing {
+    algorithm: Option<Algorithm>,
+}
+
+// ---- The validated configuration ----------------------------------------------------------------------------
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub listen_addr: String,
+    pub mode: Mode,
+    /// Configured Pushgateways as `host:port`, deduplicated, in file order.
+    pub servers: Vec<String>,
+    pub consul: Option<ConsulConfig>,
+    pub health_check: HealthCheckConfig,
+    pub ring_algorithm: Algorithm,
+    pub proxy: ProxyConfig,
+    pub rebalance: RebalanceConfig,
+    pub read: ReadConfig,
+    pub outlier_detection: OutlierDetectionConfig,
+    pub ambiguous_writes: AmbiguousWritesConfig,
+    pub groups: GroupsConfig,
+    /// How the gateway talks to every Pushgateway: scheme, TLS, basic auth.
+    pub upstream: UpstreamConfig,
+    /// Client connections; read once at start (like `http_listen_addr`, a reload does not change them).
+    pub web: WebConfig,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        // An empty file is a valid (empty) config; serde_yaml_ng would call it a missing document.
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|err| ConfigError::Parse {
+                path: String::new(),
+                message: err.to_string(),
+            })?
+        };
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen_addr = match raw.http_listen_addr.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_LISTEN_ADDR.to_string(),
+            Some(addr) => addr.to_string(),
+        };
+        normalize_listen_addr(&listen_addr)
+            .map_err(|e| invalid(format!("http_listen_addr: {e}")))?;
+
+        let (servers, upstream) = validate_pushgateway(raw.pushgateway.unwrap_or_default())?;
+        let consul = raw.consul_server.map(validate_consul).transpose()?;
+        if consul.is_none() && servers.is_empty() {
+            return Err(invalid(
+                "pushgateway.servers: empty; list the Pushgateways to shard over (e.g. [\"10.0.0.1\", \"10.0.0.2:9091\"]) \
+                 or configure consul_server",
+            ));
+        }
+
+        let health_check = validate_health_check(raw.health_check.unwrap_or_default())?;
+        let proxy = validate_proxy(raw.proxy.unwrap_or_default())?;
+        let read = validate_read(raw.read.unwrap_or_default())?;
+        let rebalance = validate_rebalance(raw.rebalance.unwrap_or_default())?;
+        let outlier_detection =
+            validate_outlier_detection(raw.outlier_detection.unwrap_or_default())?;
+        let ambiguous_writes = validate_ambiguous_writes(raw.ambiguous_writes.unwrap_or_default())?;
+        let groups = validate_groups(raw.groups.unwrap_or_default())?;
+        let web = validate_web(raw.web.unwrap_or_default())?;
+
+        Ok(Config {
+            listen_addr,
+            mode: raw.mode.unwrap_or_default(),
+            servers,
+            consul,
+            health_check,
+            ring_algorithm: raw.ring.and_then(|r| r.algorithm).unwrap_or_default(),
+            proxy,
+            read,
+            rebalance,
+            outlier_detection,
+            ambiguous_writes,
+            groups,
+            upstream,
+            web,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

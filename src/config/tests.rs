@@ -1,0 +1,493 @@
+use std::time::Duration;
+
+use super::*;
+
+/// Each config text must be rejected with an error that mentions the expected words.
+fn assert_each_error_mentions(cases: &[(&str, &str)]) {
+    for (text, expected) in cases {
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "config {text:?}: error {err:?} should mention {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn accepts_the_go_originals_file_unchanged() {
+    let text = "consul_server:\n  addr: localhost:8500\n  username:\n  password:\n  register_service_name: pushgateway\n\
+                http_listen_addr: :9292\npushgateway:\n  port: 9091\n  servers:\n    - 1.1.1.1\n    - 1.1.1.2\n";
+    let config = Config::parse(text).unwrap();
+    assert_eq!(config.servers, vec!["1.1.1.1:9091", "1.1.1.2:9091"]);
+    assert_eq!(config.listen_addr, ":9292");
+    let consul = config.consul.unwrap();
+    assert_eq!(consul.addr, "localhost:8500");
+    assert_eq!(consul.username, None);
+    assert_eq!(consul.service_name, "pushgateway");
+    assert_eq!(config.mode, Mode::Proxy);
+}
+
+#[test]
+fn consul_defaults_and_new_keys() {
+    let config = Config::parse("consul_server: {addr: 'localhost:8500'}").unwrap();
+    let consul = config.consul.unwrap();
+    assert!(
+        config.servers.is_empty(),
+        "servers may be empty with Consul"
+    );
+    assert_eq!(consul.scheme, ConsulScheme::Http);
+    assert!(consul.register);
+    assert_eq!(consul.check_interval, Duration::from_secs(5));
+    assert_eq!(consul.check_timeout, Duration::from_secs(2));
+    assert_eq!(consul.deregister_critical_after, None);
+
+    let config = Config::parse(
+        "consul_server:\n  addr: https://consul.example:8501\n  username: u\n  password: p\n  register: false\n  \
+         check_interval: 1s\n  check_timeout: 500ms\n  deregister_critical_after: 10m\n  datacenter: dc2\n  \
+         tag: shard\n  token: secret\n  tls: {ca_file: /ca.pem, cert_file: /c.pem, key_file: /k.pem, \
+         insecure_skip_verify: true}\n",
+    )
+    .unwrap();
+    let consul = config.consul.unwrap();
+    assert_eq!(consul.addr, "consul.example:8501");
+    assert_eq!(consul.scheme, ConsulScheme::Https);
+    assert_eq!(consul.username.as_deref(), Some("u"));
+    assert!(!consul.register);
+    assert_eq!(consul.check_timeout, Duration::from_millis(500));
+    assert_eq!(
+        consul.deregister_critical_after,
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(consul.datacenter.as_deref(), Some("dc2"));
+    assert_eq!(consul.tag.as_deref(), Some("shard"));
+    assert_eq!(consul.token.as_ref().map(Secret::expose), Some("secret"));
+    assert_eq!(consul.tls.ca_file.as_deref(), Some("/ca.pem"));
+    assert!(consul.tls.insecure_skip_verify);
+}
+
+#[test]
+fn invalid_consul_settings_say_what_to_fix() {
+    let cases = [
+        (
+            "consul_server: {addr: a:1, check_interval: 500ms}",
+            "consul_server.check_interval",
+        ),
+        (
+            "consul_server: {addr: a:1, check_interval: 2s, check_timeout: 3s}",
+            "consul_server.check_timeout",
+        ),
+        (
+            "consul_server: {addr: a:1, deregister_critical_after: 5s}",
+            "consul_server.deregister_critical_after",
+        ),
+        ("consul_server: {addr: a:1, scheme: ftp}", "scheme"),
+        (
+            "consul_server: {addr: 'https://a:1', scheme: http}",
+            "consul_server.scheme",
+        ),
+        (
+            "consul_server: {addr: a:1, tls: {ca_file: /ca.pem}}",
+            "scheme: https",
+        ),
+        (
+            "consul_server: {addr: a:1, scheme: https, tls: {cert_file: /c.pem}}",
+            "key_file",
+        ),
+        ("consul_server: {addr: a:1, tsl: {}}", "tsl"),
+    ];
+    assert_each_error_mentions(&cases);
+}
+
+#[test]
+fn the_per_node_pool_is_the_default_and_can_be_turned_off() {
+    let servers = "pushgateway: {servers: ['a:1']}\n";
+    assert!(Config::parse(servers).unwrap().proxy.per_node_pool);
+    let off = Config::parse(&format!("{servers}proxy: {{per_node_pool: false}}\n")).unwrap();
+    assert!(!off.proxy.per_node_pool);
+}
+
+#[test]
+fn server_entries_with_a_port_keep_it() {
+    let config =
+        Config::parse("pushgateway: {port: 9191, servers: [a, 'b:9300', '[::1]:9400', '::2']}")
+            .unwrap();
+    assert_eq!(
+        config.servers,
+        vec!["a:9191", "b:9300", "[::1]:9400", "[::2]:9191"]
+    );
+}
+
+#[test]
+fn duplicate_servers_are_listed_once() {
+    let config = Config::parse("pushgateway: {servers: [a, 'a:9091', b]}").unwrap();
+    assert_eq!(config.servers, vec!["a:9091", "b:9091"]);
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_it() {
+    let err =
+        Config::parse("pushgateway: {servers: [a]}\nhealth_chek: {interval: 1s}").unwrap_err();
+    assert!(err.to_string().contains("health_chek"), "{err}");
+    let err = Config::parse("pushgateway: {servers: [a], prot: 1}").unwrap_err();
+    assert!(err.to_string().contains("prot"), "{err}");
+}
+
+#[test]
+fn fault_handling_keys_have_defaults_and_checked_values() {
+    let config = Config::parse(
+        "pushgateway: {servers: [a]}\noutlier_detection: {consecutive_failures: 5, base_ejection_time: 10s}\n\
+         ambiguous_writes: {settle_time: 500ms, max_bytes: 1MiB}\nproxy: {max_in_flight_per_node: 7}",
+    )
+    .unwrap();
+    assert_eq!(config.outlier_detection.consecutive_failures, 5);
+    assert_eq!(
+        config.outlier_detection.base_ejection_time,
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        config.outlier_detection.max_ejection_time,
+        OutlierDetectionConfig::default().max_ejection_time
+    );
+    assert_eq!(
+        config.ambiguous_writes.settle_time,
+        Duration::from_millis(500)
+    );
+    assert_eq!(config.ambiguous_writes.max_bytes, 1 << 20);
+    assert_eq!(config.proxy.max_in_flight_per_node, 7);
+    for (yaml, key) in [
+        (
+            "outlier_detection: {base_ejection_time: 0s}",
+            "outlier_detection.base_ejection_time",
+        ),
+        (
+            "outlier_detection: {base_ejection_time: 1m, max_ejection_time: 30s}",
+            "outlier_detection.max_ejection_time",
+        ),
+        (
+            "outlier_detection: {max_ejected_percent: 101}",
+            "outlier_detection.max_ejected_percent",
+        ),
+        (
+            "ambiguous_writes: {max_groups: 0}",
+            "ambiguous_writes.max_groups",
+        ),
+        (
+            "proxy: {max_in_flight_per_node: 0}",
+            "proxy.max_in_flight_per_node",
+        ),
+    ] {
+        let err = Config::parse(&format!("pushgateway: {{servers: [a]}}\n{yaml}")).unwrap_err();
+        assert!(err.to_string().contains(key), "{yaml}: {err}");
+    }
+}
+
+#[test]
+fn no_servers_and_no_consul_is_an_error() {
+    let err = Config::parse("mode: proxy").unwrap_err();
+    assert!(err.to_string().contains("pushgateway.servers"), "{err}");
+}
+
+#[test]
+fn invalid_values_say_what_to_fix() {
+    let cases = [
+        ("pushgateway: {servers: [a]}\nmode: bounce", "mode"),
+        (
+            "pushgateway: {servers: ['a:99999']}",
+            "pushgateway.servers[0]",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nhealth_check: {interval: 2x}",
+            "invalid duration \"2x\"",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nhealth_check: {interval: 1s, timeout: 2s}",
+            "health_check.timeout",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nhealth_check: {unhealthy_threshold: 0}",
+            "unhealthy_threshold",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nhttp_listen_addr: nonsense",
+            "http_listen_addr",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nring: {algorithm: maglev}",
+            "algorithm",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nproxy: {max_body_size: 12 parsecs}",
+            "invalid size",
+        ),
+        ("consul_server: {username: x}", "consul_server.addr"),
+        (
+            "pushgateway: {servers: [a]}\nproxy: {max_body_size: 2MiB, max_body_memory: 1MiB}",
+            "proxy.max_body_memory",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nweb: {max_connections: 0}",
+            "web.max_connections",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nweb: {header_read_timeout: 0s}",
+            "web.header_read_timeout",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nweb: {header_read_timeout: 10s, idle_timeout: 1m}",
+            "web.idle_timeout",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nweb: {max_conections: 5}",
+            "max_conections",
+        ),
+    ];
+    assert_each_error_mentions(&cases);
+}
+
+#[test]
+fn user_info_in_addresses_is_rejected_without_showing_the_password() {
+    for (text, key) in [
+        (
+            "consul_server: {addr: 'http://admin:s3cr3t@consul.example:8500'}",
+            "consul_server.addr",
+        ),
+        (
+            "consul_server: {addr: 'admin:s3cr3t@consul.example:8500/'}",
+            "consul_server.addr",
+        ),
+        (
+            "pushgateway: {servers: ['http://admin:s3cr3t@10.0.0.1:9091']}",
+            "pushgateway.servers[0]",
+        ),
+    ] {
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+    let err = Config::parse("consul_server: {addr: 'admin:s3cr3t@consul.example:8500'}")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("consul_server.username") && err.contains("consul_server.password"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_debug_rendering_of_the_config_shows_no_credential() {
+    let config = Config::parse(
+        "consul_server: {addr: 'consul.example:8500', username: u, password: pa55, token: t0ken}",
+    )
+    .unwrap();
+    let shown = format!("{config:?}");
+    assert!(
+        !shown.contains("pa55") && !shown.contains("t0ken"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn web_section_parses_and_defaults() {
+    let config = Config::parse("pushgateway: {servers: [a]}").unwrap();
+    assert_eq!(config.web, WebConfig::default());
+    let config = Config::parse(
+        "pushgateway: {servers: [a]}\nweb: {max_connections: 3, header_read_timeout: 5s, idle_timeout: 2s}\n\
+         proxy: {max_body_memory: 64MiB}",
+    )
+    .unwrap();
+    assert_eq!(config.web.max_connections, 3);
+    assert_eq!(config.web.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(config.web.idle_timeout, Duration::from_secs(2));
+    assert_eq!(config.proxy.max_body_memory, 64 << 20);
+}
+
+#[test]
+fn optional_sections_parse() {
+    let config = Config::parse(
+        "mode: redirect\npushgateway: {servers: [a]}\nhealth_check: {interval: 500ms, timeout: 200ms, \
+         unhealthy_threshold: 3, healthy_threshold: 1}\nring: {algorithm: go-compatible}\n\
+         proxy: {max_body_size: 1MiB, upstream_timeout: 1m30s, retry: false}",
+    )
+    .unwrap();
+    assert_eq!(config.mode, Mode::Redirect);
+    assert_eq!(config.health_check.interval, Duration::from_millis(500));
+    assert_eq!(config.health_check.unhealthy_threshold, 3);
+    assert_eq!(config.ring_algorithm, Algorithm::GoCompatible);
+    assert_eq!(config.proxy.max_body_size, 1 << 20);
+    assert_eq!(config.proxy.upstream_timeout, Duration::from_secs(90));
+    assert!(!config.proxy.retry);
+}
+
+#[test]
+fn read_timeout_defaults_to_5s_and_must_be_positive() {
+    let config = Config::parse("pushgateway: {servers: [a]}").unwrap();
+    assert_eq!(config.read.timeout, Duration::from_secs(5));
+    let config = Config::parse("pushgateway: {servers: [a]}\nread: {timeout: 750ms}").unwrap();
+    assert_eq!(config.read.timeout, Duration::from_millis(750));
+    let err = Config::parse("pushgateway: {servers: [a]}\nread: {timeout: 0s}").unwrap_err();
+    assert!(err.to_string().contains("read.timeout"), "{err}");
+}
+
+#[test]
+fn rebalance_section_defaults_and_overrides() {
+    let config = Config::parse("pushgateway: {servers: [a]}").unwrap();
+    assert_eq!(config.rebalance, RebalanceConfig::default());
+    assert!(config.rebalance.enabled);
+    let config = Config::parse(
+        "pushgateway: {servers: [a]}\nrebalance: {enabled: false, interval: 5s, concurrency: 2, \
+         max_age: 1h, retries: 0}",
+    )
+    .unwrap();
+    assert!(!config.rebalance.enabled);
+    assert_eq!(config.rebalance.interval, Duration::from_secs(5));
+    assert_eq!(config.rebalance.concurrency, 2);
+    assert_eq!(config.rebalance.max_age, Some(Duration::from_secs(3600)));
+    assert_eq!(config.rebalance.retries, 0);
+    for (text, expected) in [
+        ("rebalance: {interval: 0s}", "rebalance.interval"),
+        ("rebalance: {concurrency: 0}", "rebalance.concurrency"),
+        ("rebalance: {max_agee: 1h}", "max_agee"),
+    ] {
+        let err = Config::parse(&format!("pushgateway: {{servers: [a]}}\n{text}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+}
+
+#[test]
+fn prometheus_durations() {
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+    for bad in ["", "5", "s", "1.5s", "-1s", "1 s", "1sec"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+    }
+}
+
+#[test]
+fn listen_addresses() {
+    assert_eq!(normalize_listen_addr(":9292").unwrap(), "0.0.0.0:9292");
+    assert_eq!(normalize_listen_addr("127.0.0.1:1").unwrap(), "127.0.0.1:1");
+    assert_eq!(normalize_listen_addr("[::1]:1").unwrap(), "[::1]:1");
+    assert!(normalize_listen_addr("9292").is_err());
+}
+
+#[test]
+fn pushgateway_scheme_tls_and_basic_auth() {
+    let config = Config::parse(
+        "pushgateway:\n  servers: ['a:1']\n  scheme: https\n  tls_config: {ca_file: ca.crt, cert_file: c.crt, \
+         key_file: c.key, server_name: pgw.example, insecure_skip_verify: true}\n  \
+         basic_auth: {username: pusher, password: 's3cr3t'}\n",
+    )
+    .unwrap();
+    let upstream = &config.upstream;
+    assert_eq!(upstream.scheme, NodeScheme::Https);
+    assert_eq!(upstream.tls.ca_file.as_deref(), Some("ca.crt"));
+    assert_eq!(upstream.tls.server_name.as_deref(), Some("pgw.example"));
+    assert!(upstream.tls.insecure_skip_verify);
+    let auth = upstream.basic_auth.as_ref().unwrap();
+    assert_eq!(auth.username, "pusher");
+    assert_eq!(auth.password.expose(), "s3cr3t");
+    // base64("pusher:s3cr3t")
+    assert_eq!(auth.header_value().expose(), "Basic cHVzaGVyOnMzY3IzdA==");
+    let defaults = Config::parse("pushgateway: {servers: ['a:1']}").unwrap();
+    assert_eq!(defaults.upstream, UpstreamConfig::default());
+    assert_eq!(defaults.upstream.scheme, NodeScheme::Http);
+}
+
+#[test]
+fn the_password_is_in_no_debug_output() {
+    let config = Config::parse(
+        "pushgateway: {servers: ['a:1'], basic_auth: {username: u, password: 'hunter2-secret'}}",
+    )
+    .unwrap();
+    let auth = config.upstream.basic_auth.as_ref().unwrap();
+    for text in [
+        format!("{config:?}"),
+        format!("{auth:?}"),
+        format!("{}", auth.password),
+        format!("{:?}", auth.header_value()),
+    ] {
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("dTpodW50ZXIy"), "{text}");
+    }
+    let raw: RawConfig = serde_yaml_ng::from_str(
+        "pushgateway: {basic_auth: {username: u, password: 'hunter2-secret'}}",
+    )
+    .unwrap();
+    assert!(!format!("{raw:?}").contains("hunter2"));
+}
+
+#[test]
+fn password_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("password");
+    std::fs::write(&path, "from-file\n").unwrap();
+    let text = format!(
+        "pushgateway: {{servers: ['a:1'], basic_auth: {{username: u, password_file: '{}'}}}}",
+        path.display()
+    );
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(
+        config.upstream.basic_auth.unwrap().password.expose(),
+        "from-file"
+    );
+    std::fs::write(&path, "\n").unwrap();
+    let err = Config::parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("pushgateway.basic_auth.password_file") && err.contains("empty"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_upstream_settings_say_what_to_fix() {
+    let servers = "pushgateway:\n  servers: ['a:1']\n";
+    let cases = [
+        (format!("{servers}  scheme: ftp\n"), "scheme"),
+        (
+            format!("{servers}  tls_config: {{ca_file: ca.crt}}\n"),
+            "pushgateway.tls_config: set but pushgateway.scheme is http",
+        ),
+        (
+            format!("{servers}  scheme: https\n  tls_config: {{cert_file: c.crt}}\n"),
+            "cert_file and key_file go together",
+        ),
+        (
+            format!("{servers}  scheme: https\n  tls_config: {{ca: x}}\n"),
+            "unknown field `ca`",
+        ),
+        (
+            format!("{servers}  basic_auth: {{password: p}}\n"),
+            "pushgateway.basic_auth.username: missing",
+        ),
+        (
+            format!("{servers}  basic_auth: {{username: 'a:b', password: p}}\n"),
+            "must not contain ':'",
+        ),
+        (
+            format!("{servers}  basic_auth: {{username: u}}\n"),
+            "set password or password_file (exactly one)",
+        ),
+        (
+            format!("{servers}  basic_auth: {{username: u, password: p, password_file: f}}\n"),
+            "keep exactly one",
+        ),
+        (
+            format!("{servers}  basic_auth: {{username: u, password_file: /nonexistent/pw}}\n"),
+            "pushgateway.basic_auth.password_file: cannot read \"/nonexistent/pw\"",
+        ),
+        (
+            format!("{servers}  basic_auth: {{username: u, pasword: p}}\n"),
+            "unknown field `pasword`",
+        ),
+    ];
+    for (text, expected) in &cases {
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "config {text:?}: error {err:?} should mention {expected:?}"
+        );
+    }
+}
