@@ -9,9 +9,9 @@
 #   SCENARIOS       which to run, any of: overhead latency redirect pushgateway churn tls instructions  [all]
 #                   (tls: the gateway and nginx terminating TLS with one throwaway certificate, with and without
 #                   basic auth, over the overhead scenario's four upstreams)
-#   TLS_BCRYPT_COST bcrypt cost of the tls scenario's password hash (gateway and nginx alike)  [10]
 #                   (instructions: user-space instructions per request of each proxy under callgrind, which
 #                   counts the same whatever else the machine does; INSTRUCTION_REQUESTS pushes per case [5000])
+#   TLS_BCRYPT_COST bcrypt cost of the tls scenario's password hash (gateway and nginx alike)  [10]
 #   DURATION        seconds per measured run                                          [10]
 #   LOW_C_DURATION  seconds per run of the C=1 latency scenario                       [5]
 #   WARMUP          seconds of unmeasured load per case before the rounds             [2]
