@@ -73,7 +73,9 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         }
         limits.max_connections = max_connections;
     }
-    let security = Arc::new(ArcSwap::from_pointee(load_security(&options)?));
+    let security = load_security(&options)?;
+    check_authorization(&config, &security)?;
+    let security = Arc::new(ArcSwap::from_pointee(security));
     let listener = server::bind(&bind_addr).await?;
 
     let metrics = Metrics::new();
@@ -276,6 +278,7 @@ fn reload_config(
         .map_err(|e| ConfigError::Invalid(e.to_string()))
         .and_then(|new_security| {
             let new_config = Config::load(&options.config_file)?;
+            check_authorization(&new_config, &new_security)?;
             client
                 .reconfigure(&new_config)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -314,6 +317,37 @@ fn reload_config(
             Err(error.to_string())
         }
     }
+}
+
+/// `authorization` refines authentication, so it needs a source of verified users: `basic_auth_users`, or client
+/// certificates checked against `client_ca_file`. Without one no request carries a user and every push would be
+/// refused. A rule for a user that cannot log in with basic auth is only a warning (it may be added to the web
+/// config next).
+fn check_authorization(config: &Config, security: &server::Security) -> Result<(), ConfigError> {
+    let Some(authorization) = &config.authorization else {
+        return Ok(());
+    };
+    if !security.requires_auth() && !security.verifies_client_certificates() {
+        return Err(ConfigError::Invalid(
+            "authorization: needs authenticated users, but no basic_auth_users are configured (in the file \
+             --web.config.file names) and no client certificates are verified (client_auth_type \
+             RequireAndVerifyClientCert or VerifyClientCertIfGiven); add one of them, or remove the \
+             authorization section"
+                .to_string(),
+        ));
+    }
+    if security.requires_auth() {
+        for user in authorization
+            .users()
+            .filter(|user| !security.has_user(user))
+        {
+            tracing::warn!(
+                key = %format!("authorization.users.{user}"),
+                "this user is not in basic_auth_users of --web.config.file, so it cannot log in and its rules apply to nobody"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The listener's TLS and authentication from `--web.config.file`; none without the flag.

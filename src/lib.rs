@@ -19,12 +19,15 @@
 //! - [`rebalance`]: moves groups to their owner after ring changes, so every group is on exactly one node.
 //! - [`move_guard`]: pushes vs. the rebalancer's moves, in process: a move never overwrites a newer push.
 //! - [`secret`]: `Secret`, a credential whose every rendering is redacted.
-//! - [`server`]: binding, the accept loop, per-connection HTTP serving, connection limits, graceful serving.
+//! - [`server`]: binding, the accept loop, TLS and authentication, per-connection HTTP serving, connection limits,
+//!   graceful serving.
+//! - [`authorization`]: per-job authorization rules (who may push which jobs, who may use admin endpoints). Pure.
 //! - [`telemetry`]: the gateway's own metrics and logging set-up.
 //! - [`tls_files`]: reading PEM certificates and keys (the listener's and the nodes' TLS settings).
 //! - [`app`]: wiring, reload and graceful shutdown.
 pub mod ambiguous;
 pub mod app;
+pub mod authorization;
 pub mod body_budget;
 pub mod config;
 pub mod consul;

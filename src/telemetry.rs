@@ -1,7 +1,8 @@
 //! The gateway's own metrics (served on `/-/metrics`) and logging set-up (`--log.level`, `--log.format`).
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -58,6 +59,35 @@ pub fn init_logging(level: LogLevel, format: LogFormat) {
                     .with_writer(std::io::stderr),
             )
             .init(),
+    }
+}
+
+/// A lock-free "at most once per interval" gate for a log line that a flood of requests could repeat, shared by
+/// every task that may log it (e.g. a `static`).
+pub struct LogInterval {
+    interval_secs: u64,
+    last_logged_secs: AtomicU64,
+}
+
+impl LogInterval {
+    pub const fn new(interval: Duration) -> LogInterval {
+        LogInterval {
+            interval_secs: interval.as_secs(),
+            last_logged_secs: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the line may be logged now; at most one caller per interval gets `true`.
+    pub fn due(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_logged_secs.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= self.interval_secs
+            && self
+                .last_logged_secs
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 
@@ -143,6 +173,12 @@ pub struct MergeConflictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForbiddenLabels {
+    /// `unlisted_user`, `job_not_allowed`, `not_admin` or `unauthenticated` (`authorization::RefusalReason`).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsulOperationLabels {
     /// `watch`, `register` or `deregister`.
     pub operation: &'static str,
@@ -179,6 +215,8 @@ pub struct Metrics {
     pub rebalance_last_pass_timestamp: Gauge<f64, AtomicU64>,
     pub groups_expired: Counter,
     pub groups_expiring: Gauge,
+    /// Requests refused with 403 by `authorization`, by reason.
+    pub requests_forbidden: Family<ForbiddenLabels, Counter>,
     pub faults: FaultMetrics,
     pub server: ServerMetrics,
 }
@@ -476,10 +514,17 @@ impl Metrics {
             "Groups past 90% of their groups.expire_after limit at the last rebalance pass",
             groups_expiring.clone(),
         );
+        let requests_forbidden = Family::<ForbiddenLabels, Counter>::default();
+        registry.register(
+            "http_requests_forbidden",
+            "Requests refused with 403 by the authorization rules (authorization.users), by reason",
+            requests_forbidden.clone(),
+        );
 
         let server = ServerMetrics::register(&mut registry);
         Metrics {
             faults,
+            requests_forbidden,
             groups_expired,
             groups_expiring,
             registry: Arc::new(registry),

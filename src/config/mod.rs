@@ -6,6 +6,7 @@
 //! Each section's raw and validated types live in the section's module, with its validation.
 
 mod ambiguous_writes;
+mod authorization;
 mod consul;
 mod groups;
 mod health_check;
@@ -22,6 +23,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::authorization::Authorization;
 use crate::ring::Algorithm;
 pub use crate::secret::Secret;
 
@@ -43,6 +45,7 @@ pub use units::{parse_duration, ByteSize, PromDuration};
 pub use web::{normalize_listen_addr, WebConfig, DEFAULT_LISTEN_ADDR};
 
 use ambiguous_writes::{validate_ambiguous_writes, RawAmbiguousWrites};
+use authorization::{validate_authorization, RawAuthorization};
 use consul::{validate_consul, RawConsulServer};
 use groups::{validate_groups, RawGroups};
 use health_check::{validate_health_check, RawHealthCheck};
@@ -99,6 +102,16 @@ pub(super) struct RawConfig {
     ambiguous_writes: Option<RawAmbiguousWrites>,
     groups: Option<RawGroups>,
     web: Option<RawWeb>,
+    /// `Some(None)`: the key is there with no value, which must not silently mean "no rules".
+    #[serde(default, deserialize_with = "present")]
+    authorization: Option<Option<RawAuthorization>>,
+}
+
+/// Deserializes a key that is present (even as `null`) as `Some`, so absent and empty can be told apart.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,6 +142,9 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Client connections; read once at start (like `http_listen_addr`, a reload does not change them).
     pub web: WebConfig,
+    /// `authorization`: who may push which jobs and use the admin endpoints; `None`: every authenticated user
+    /// may do everything (the behaviour without the section).
+    pub authorization: Option<Authorization>,
 }
 
 impl Config {
@@ -203,6 +219,17 @@ impl Config {
             groups,
             upstream,
             web,
+            authorization: match raw.authorization {
+                None => None,
+                // Empty rules would turn authorization off and let every user write: refuse instead.
+                Some(None) => {
+                    return Err(invalid(
+                        "authorization: is empty; list users under authorization.users (an empty map: every \
+                         user only reads), or remove the key (every authenticated user may do everything)",
+                    ))
+                }
+                Some(Some(raw)) => Some(validate_authorization(raw)?),
+            },
         })
     }
 }

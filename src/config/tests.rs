@@ -14,6 +14,79 @@ fn assert_each_error_mentions(cases: &[(&str, &str)]) {
 }
 
 #[test]
+fn authorization_rules_parse_and_bad_ones_name_their_key() {
+    use crate::authorization::Action;
+    let base = "pushgateway: {servers: [a]}\n";
+    assert_eq!(Config::parse(base).unwrap().authorization, None);
+    let nobody_writes = Config::parse(&format!("{base}authorization: {{users: {{}}}}\n")).unwrap();
+    assert!(nobody_writes
+        .authorization
+        .unwrap()
+        .check(Some("anyone"), Action::Push { job: "j" })
+        .is_err());
+    let config = Config::parse(&format!(
+        "{base}authorization:\n  users:\n    team-a: {{push_jobs: 'team_a_.*'}}\n    ops: {{push_jobs: '.*', admin: true}}\n    reader: {{}}\n"
+    ))
+    .unwrap();
+    let authz = config.authorization.unwrap();
+    assert_eq!(
+        authz.users().collect::<Vec<_>>(),
+        ["ops", "reader", "team-a"]
+    );
+    assert!(authz
+        .check(Some("team-a"), Action::Push { job: "team_a_1" })
+        .is_ok());
+    assert!(authz
+        .check(Some("reader"), Action::Push { job: "x" })
+        .is_err());
+    assert!(authz
+        .check(
+            Some("ops"),
+            Action::Admin {
+                endpoint: "/-/reload"
+            }
+        )
+        .is_ok());
+    assert_each_error_mentions(&[
+        (
+            "pushgateway: {servers: [a]}\nauthorization: {users: {team-a: {push_jobs: 'team_(a'}}}",
+            "authorization.users.team-a.push_jobs: \"team_(a\" is not a valid regular expression",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nauthorization: {users: {team-a: {push_job: 'a'}}}",
+            "unknown field `push_job`",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nauthorization: {roles: {}}",
+            "unknown field `roles`",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nauthorization:\n",
+            "authorization: is empty",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nauthorization: {users: {'a:b': {}}}",
+            "authorization.users.a:b",
+        ),
+    ]);
+}
+
+#[test]
+fn the_commented_example_parses_with_its_authorization_section_on() {
+    let example = include_str!("../../examples/dynamic-sharding.yml");
+    Config::parse(example).unwrap();
+    let start = example.find("# authorization:").unwrap();
+    let uncommented: String = example[start..]
+        .lines()
+        .map(|line| line.strip_prefix("# ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = Config::parse(&format!("{}{uncommented}\n", &example[..start])).unwrap();
+    let authz = config.authorization.unwrap();
+    assert_eq!(authz.users().collect::<Vec<_>>(), ["ops", "team-a"]);
+}
+
+#[test]
 fn accepts_the_go_originals_file_unchanged() {
     let text = "consul_server:\n  addr: localhost:8500\n  username:\n  password:\n  register_service_name: pushgateway\n\
                 http_listen_addr: :9292\npushgateway:\n  port: 9091\n  servers:\n    - 1.1.1.1\n    - 1.1.1.2\n";

@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use http::{header, Method, Response, StatusCode};
+use http::{header, Extensions, Method, Response, StatusCode};
 use tokio::sync::oneshot;
 
-use super::{json, text, AppState};
+use super::{forbidden, json, text, AppState};
+use crate::authorization::Action;
 
 pub async fn healthy() -> Response<Body> {
     text(StatusCode::OK, "Healthy")
@@ -26,7 +27,21 @@ pub async fn ready(State(state): State<AppState>) -> Response<Body> {
 }
 
 /// `POST /-/reload` (or PUT), only with `--web.enable-lifecycle`, as in Prometheus.
-pub async fn reload(State(state): State<AppState>, method: Method) -> Response<Body> {
+pub async fn reload(
+    State(state): State<AppState>,
+    method: Method,
+    extensions: Extensions,
+) -> Response<Body> {
+    if let Some(refused) = forbidden(
+        &state,
+        &state.config.load(),
+        &extensions,
+        Action::Admin {
+            endpoint: "/-/reload",
+        },
+    ) {
+        return refused;
+    }
     if !state.lifecycle_enabled {
         return text(
             StatusCode::FORBIDDEN,

@@ -27,6 +27,7 @@ use http::{header, HeaderValue, StatusCode};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::ambiguous::Journal;
+use crate::authorization::{Action, User};
 use crate::body_budget::BodyBudget;
 use crate::config::Config;
 use crate::membership::static_probe::SuspectReporter;
@@ -35,7 +36,7 @@ use crate::move_guard::MoveCoordinator;
 use crate::outlier::OutlierDetector;
 use crate::pushgateway::HttpClient;
 use crate::routing::RingHandle;
-use crate::telemetry::Metrics;
+use crate::telemetry::{ForbiddenLabels, LogInterval, Metrics};
 
 /// A request to re-read the config file; the answer says whether the new config was applied.
 pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
@@ -130,6 +131,34 @@ pub fn router(push: push::PushService, state: AppState) -> axum::Router {
         // fit a route pattern, and the raw path is needed undecoded.
         .fallback_service(push)
         .with_state(state)
+}
+
+/// At most one `warn` line per interval for refused requests (each is logged at `debug` too).
+static FORBIDDEN_LOG: LogInterval = LogInterval::new(std::time::Duration::from_secs(10));
+
+/// With an `authorization` section, whether the request's verified user (set by the server room) may do
+/// `action`: `Some` 403 naming the rule if not (counted and logged). Without the section everything is allowed.
+pub(crate) fn forbidden(
+    state: &AppState,
+    config: &Config,
+    extensions: &http::Extensions,
+    action: Action<'_>,
+) -> Option<http::Response<Body>> {
+    let authorization = config.authorization.as_ref()?;
+    let user = extensions.get::<User>().map(|user| &*user.0);
+    let refusal = authorization.check(user, action).err()?;
+    let reason = refusal.reason.as_str();
+    state
+        .metrics
+        .requests_forbidden
+        .get_or_create(&ForbiddenLabels { reason })
+        .inc();
+    if FORBIDDEN_LOG.due() {
+        tracing::warn!(user = user.unwrap_or(""), reason, message = %refusal.message, "request refused by authorization (logged at most every 10 s, every one at debug)");
+    } else {
+        tracing::debug!(user = user.unwrap_or(""), reason, message = %refusal.message, "request refused by authorization");
+    }
+    Some(text(StatusCode::FORBIDDEN, refusal.message))
 }
 
 /// A plain-text response.

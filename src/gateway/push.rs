@@ -17,8 +17,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 
-use super::{json, text, text_lines, AppState};
+use super::{forbidden, json, text, text_lines, AppState};
 use crate::ambiguous::{AckedWrite, WriteHeaders};
+use crate::authorization::Action;
 use crate::body_budget::{self, BodyError};
 use crate::config::{Config, Mode, NodeScheme};
 use crate::grouping::{self, GroupingKey, GroupingKeyError, NonUtf8};
@@ -157,10 +158,21 @@ fn route(state: &AppState, mut request: Request<Body>) -> Routed {
         Ok(key) => key,
         Err(error) => return Routed::Answered(rejected(&request, &error)),
     };
+    let config = state.config.load();
+    // Before the owner is looked up: a refused push is neither forwarded nor redirected to a node.
+    let action = match *method {
+        Method::PUT | Method::POST => Some(Action::Push { job: key.job() }),
+        Method::DELETE => Some(Action::Delete { job: key.job() }),
+        _ => None, // the GET owner lookup is a read
+    };
+    if let Some(action) = action {
+        if let Some(refused) = forbidden(state, &config, request.extensions(), action) {
+            return Routed::Answered(refused);
+        }
+    }
     // `{a=""}` and an absent `a` are one group: only its canonical path is forwarded, redirected to or
     // hashed (go-compatible), so a node never holds both (which breaks it for every group).
     let canonical = grouping::without_empty_labels(request.uri().path(), &key);
-    let config = state.config.load();
     let table = state.ring.load();
     let proxying = config.mode == Mode::Proxy && !is_get;
     let wants_successor = proxying && config.proxy.retry;

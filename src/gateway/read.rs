@@ -25,10 +25,11 @@ use axum::extract::State;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Response, StatusCode};
+use http::{Extensions, Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::{json, text, AppState};
+use super::{forbidden, json, text, AppState};
+use crate::authorization::Action;
 use crate::exposition::{self, Conflict};
 use crate::pushgateway::{api, NodeError};
 use crate::telemetry::{MergeConflictLabels, ReadFailureLabels, ReadPathLabels};
@@ -548,7 +549,17 @@ pub async fn status(State(state): State<AppState>) -> Response<Body> {
 /// `PUT /api/v1/admin/wipe`, only with `--web.enable-admin-api`: wipes every known node, healthy or not, since
 /// a node that is only briefly unhealthy would otherwise bring its groups back. `202` when every node wiped,
 /// `502` naming the nodes that did not.
-pub async fn wipe(State(state): State<AppState>, method: Method) -> Response<Body> {
+pub async fn wipe(
+    State(state): State<AppState>,
+    method: Method,
+    extensions: Extensions,
+) -> Response<Body> {
+    let endpoint = Action::Admin {
+        endpoint: "/api/v1/admin/wipe",
+    };
+    if let Some(refused) = forbidden(&state, &state.config.load(), &extensions, endpoint) {
+        return refused;
+    }
     if !state.admin_api_enabled {
         return text(
             StatusCode::FORBIDDEN,

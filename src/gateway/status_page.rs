@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 
 use super::read;
 use super::{text, AppState};
-use crate::config::Config;
+use crate::config::{Config, NodeScheme};
 use crate::grouping::GroupingKey;
 use crate::membership::Membership;
 use crate::outlier::NodeOutlierStatus;
@@ -166,6 +166,7 @@ pub async fn page(
     let view = PageView {
         now: SystemTime::now(),
         mode: format!("{:?}", config.mode).to_lowercase(),
+        node_scheme: config.upstream.scheme,
         algorithm: ring.algorithm(),
         generation: table.generation,
         built_at: table.built_at,
@@ -416,6 +417,8 @@ impl GroupPage {
 struct PageView<'a> {
     now: SystemTime,
     mode: String,
+    /// `pushgateway.scheme`, for the links to each node's own page.
+    node_scheme: NodeScheme,
     algorithm: Algorithm,
     generation: u64,
     built_at: SystemTime,
@@ -587,7 +590,7 @@ fn render_nodes(out: &mut String, view: &PageView<'_>) {
         w!(
             out,
             "<tr class=\"node\" data-node=\"{0}\" data-health=\"{1}\"><td class=\"mono\">\
-             <a href=\"http://{0}/\">{0}</a></td><td><span class=\"badge {2}\">{1}</span>",
+             <a href=\"{3}{0}/\">{0}</a></td><td><span class=\"badge {2}\">{1}</span>",
             Escaped(&node.node),
             health,
             match health {
@@ -595,6 +598,7 @@ fn render_nodes(out: &mut String, view: &PageView<'_>) {
                 "ejected" => "warn",
                 _ => "down",
             },
+            view.node_scheme.prefix(),
         );
         if read_failing > 0 {
             out.push_str(" <span class=\"badge warn\">reads failing</span>");
@@ -1156,6 +1160,7 @@ mod tests {
         let view = PageView {
             now: UNIX_EPOCH + Duration::from_secs(62),
             mode: "proxy".to_owned(),
+            node_scheme: NodeScheme::Https,
             algorithm: Algorithm::Rendezvous,
             generation: 1,
             built_at: UNIX_EPOCH,
@@ -1177,6 +1182,10 @@ mod tests {
         assert!(!html.contains("<b>refused"), "{html}");
         assert!(html.contains("x=\"&lt;script&gt;alert(1)&lt;/script&gt;\""));
         assert!(html.contains("data-health=\"down\""));
+        assert!(
+            html.contains("<a href=\"https://127.0.0.1:9091/\">"),
+            "a node's link has pushgateway.scheme: {html}"
+        );
         assert!(html.contains("value=\"&lt;j&gt;\""));
         assert!(html.contains("1m 1s"), "age of a push at 1 s seen at 62 s");
         assert!(html.contains("<section id=\"expiry\"><h2>Group expiry<small>off</small></h2>"));

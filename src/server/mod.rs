@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,9 +24,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tower::util::Oneshot;
 
+use crate::authorization::User;
 use crate::config::WebConfig;
 use crate::shutdown::Shutdown;
-use crate::telemetry::ServerMetrics;
+use crate::telemetry::{LogInterval, ServerMetrics};
 
 mod security;
 mod timeouts;
@@ -129,9 +129,10 @@ pub async fn serve<S>(
         tokio::spawn(async move {
             // One `serve_connection` call per stream type (plain or TLS); a macro keeps the argument list once.
             macro_rules! serve {
-                ($io:expr) => {
+                ($io:expr, $certificate_user:expr) => {
                     serve_connection(
                         $io,
+                        $certificate_user,
                         peer,
                         heads_too_large,
                         service,
@@ -144,13 +145,16 @@ pub async fn serve<S>(
                 };
             }
             match &security.tls {
-                None => serve!(stream),
+                None => serve!(stream, None),
                 Some(tls) => {
                     // As Go's net/http does, the handshake has a header-read timeout of its own; the first
                     // request head then gets a fresh one.
                     let handshake = tls.acceptor().accept(stream);
                     match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                        Ok(Ok(stream)) => serve!(stream),
+                        Ok(Ok(stream)) => {
+                            let user = tls.certificate_user(stream.get_ref().1);
+                            serve!(stream, user)
+                        }
                         // A plain-HTTP client, a client certificate refused, an untrusted server certificate:
                         // the client sees its handshake fail (or, speaking plain HTTP, a TLS alert and EOF).
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
@@ -169,32 +173,7 @@ pub async fn serve<S>(
 }
 
 /// At most one log line per interval for requests hyper refused as too large, over all connections.
-static TOO_LARGE_LOG: LogInterval = LogInterval::new();
-
-/// A lock-free "at most once per `ACCEPT_ERROR_LOG_INTERVAL`" gate shared by connection tasks.
-struct LogInterval {
-    last_logged_secs: AtomicU64,
-}
-
-impl LogInterval {
-    const fn new() -> LogInterval {
-        LogInterval {
-            last_logged_secs: AtomicU64::new(0),
-        }
-    }
-
-    fn due(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last_logged_secs.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= ACCEPT_ERROR_LOG_INTERVAL.as_secs()
-            && self
-                .last_logged_secs
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-}
+static TOO_LARGE_LOG: LogInterval = LogInterval::new(ACCEPT_ERROR_LOG_INTERVAL);
 
 /// Rate-limits accept-error log lines and grows the pause after each error.
 struct AcceptErrors {
@@ -252,6 +231,7 @@ fn is_connection_error(error: &std::io::Error) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<S, T>(
     stream: T,
+    certificate_user: Option<User>,
     peer: std::net::SocketAddr,
     heads_too_large: prometheus_client::metrics::counter::Counter,
     service: S,
@@ -271,6 +251,7 @@ async fn serve_connection<S, T>(
     let service = ConnectionService {
         inner: service,
         security,
+        certificate_user,
         requests: requests.clone(),
     };
     let io = TokioIo::new(Timeouts::new(
@@ -318,6 +299,9 @@ struct ConnectionService<S> {
     inner: S,
     // Loaded per request, so a reload (a user removed, a password changed) holds on open connections too.
     security: Arc<ArcSwap<Security>>,
+    /// The user a verified client certificate names (see `ReloadingTls::certificate_user`); the identity of
+    /// every request on this connection unless `basic_auth_users` asks each request for its own.
+    certificate_user: Option<User>,
     requests: Arc<RequestCount>,
 }
 
@@ -337,11 +321,14 @@ where
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         self.requests.head_complete();
-        let request = request.map(Body::new);
+        let mut request = request.map(Body::new);
         let security = self.security.load_full();
         let future = if security.auth.is_some() {
             Either::Right(authenticated(self.inner.clone(), security.clone(), request))
         } else {
+            if let Some(user) = &self.certificate_user {
+                request.extensions_mut().insert(user.clone());
+            }
             Either::Left(Oneshot::new(self.inner.clone(), request))
         };
         Answered {
@@ -353,8 +340,9 @@ where
 }
 
 /// Every request, `/-/healthy` included (as exporter-toolkit does), passes only with the credentials of a
-/// configured user; otherwise it gets a 401 and nothing is routed or forwarded. The client's `Authorization` is
-/// then removed: it is for the gateway, not the Pushgateways (whose own credentials the upstream code sets).
+/// configured user; otherwise it gets a 401 and nothing is routed or forwarded. The verified user goes to the
+/// service as a [`User`] extension (for `authorization`), and the client's `Authorization` is
+/// removed: it is for the gateway, not the Pushgateways (whose own credentials the upstream code sets).
 fn authenticated<S>(
     service: S,
     security: Arc<Security>,
@@ -367,14 +355,16 @@ where
     S::Future: Send + 'static,
 {
     Box::pin(async move {
-        let passed = match &security.auth {
+        let user = match &security.auth {
             Some(auth) => auth.authenticate(request.headers()).await,
-            None => true,
+            None => None,
         };
-        if !passed {
+        let Some(user) = user else {
             return Ok(unauthorized());
-        }
+        };
         request.headers_mut().remove(http::header::AUTHORIZATION);
+        // Replaces whatever the request carried: only the server room says who the user is.
+        request.extensions_mut().insert(user);
         Oneshot::new(service, request).await
     })
 }

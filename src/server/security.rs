@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::authorization::User;
+
 use super::web_config::{ClientAuth, TlsSettings, TlsVersion, WebConfigError, WebSettings};
 use crate::tls_files;
 
@@ -67,6 +69,21 @@ impl Security {
 
     pub fn requires_auth(&self) -> bool {
         self.auth.is_some()
+    }
+
+    /// Whether a verified client certificate can name the user (`client_auth_type` `VerifyClientCertIfGiven` or
+    /// `RequireAndVerifyClientCert`).
+    pub fn verifies_client_certificates(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|tls| tls.settings.client_auth.verifies())
+    }
+
+    /// Whether `user` is one of `basic_auth_users`.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.auth
+            .as_ref()
+            .is_some_and(|auth| auth.users.contains_key(user))
     }
 }
 
@@ -123,6 +140,18 @@ impl ReloadingTls {
             }
         }
         current.1.clone()
+    }
+
+    /// The user a client certificate names: the first DNS name of its subject alternative names, and only when
+    /// `client_ca_file` verified it (with `RequestClientCert`/`RequireAnyClientCert` anyone can make one).
+    pub(super) fn certificate_user(&self, connection: &rustls::ServerConnection) -> Option<User> {
+        if !self.settings.client_auth.verifies() {
+            return None;
+        }
+        let certificate = connection.peer_certificates()?.first()?;
+        let certificate = webpki::EndEntityCert::try_from(certificate).ok()?;
+        let name = certificate.valid_dns_names().next()?;
+        Some(User(name.into()))
     }
 }
 
@@ -282,12 +311,16 @@ impl Auth {
         }
     }
 
-    /// Whether `headers` carry the credentials of a configured user. A cache miss runs bcrypt on the blocking
+    /// The configured user whose credentials `headers` carry, if any. A cache miss runs bcrypt on the blocking
     /// pool, so a slow hash does not stall the connections served by this worker thread.
-    pub(super) async fn authenticate(&self, headers: &HeaderMap) -> bool {
-        let Some((user, password)) = basic_credentials(headers) else {
-            return false;
-        };
+    pub(super) async fn authenticate(&self, headers: &HeaderMap) -> Option<User> {
+        let (user, password) = basic_credentials(headers)?;
+        self.verify(user, password)
+            .await
+            .map(|user| User(user.into()))
+    }
+
+    async fn verify(&self, user: String, password: String) -> Option<String> {
         let digest: [u8; 32] = Sha256::new()
             .chain_update(user.as_bytes())
             .chain_update([0])
@@ -295,10 +328,10 @@ impl Auth {
             .finalize()
             .into();
         if let Some(&ok) = self.lock().get(&digest) {
-            return ok;
+            return ok.then_some(user);
         }
         let Ok(_turn) = self.bcrypt_turn.acquire().await else {
-            return false; // never closed
+            return None; // never closed
         };
         let hash = self.users.get(&user).cloned();
         let known = hash.is_some();
@@ -317,7 +350,7 @@ impl Auth {
             cache.clear();
         }
         cache.insert(digest, ok);
-        ok
+        ok.then_some(user)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], bool>> {
@@ -377,18 +410,23 @@ mod tests {
     ) {
         let users = HashMap::from([("alice".to_string(), bcrypt::hash("secret", 4).unwrap())]);
         let auth = Auth::new(users);
-        assert!(!auth.authenticate(&basic("alice", "wrong")).await);
-        assert!(!auth.authenticate(&basic("bob", "secret")).await);
-        assert!(!auth.authenticate(&HeaderMap::new()).await);
+        let alice = Some(User("alice".into()));
+        assert_eq!(auth.authenticate(&basic("alice", "wrong")).await, None);
+        assert_eq!(auth.authenticate(&basic("bob", "secret")).await, None);
+        assert_eq!(auth.authenticate(&HeaderMap::new()).await, None);
         assert_eq!(auth.lock().len(), 2, "failures are cached too");
-        assert!(
-            !auth.authenticate(&basic("alice", "wrong")).await,
+        assert_eq!(
+            auth.authenticate(&basic("alice", "wrong")).await,
+            None,
             "and stay failures"
         );
-        assert!(auth.authenticate(&basic("alice", "secret")).await);
+        assert_eq!(auth.authenticate(&basic("alice", "secret")).await, alice);
         assert_eq!(auth.lock().len(), 3);
-        assert!(auth.authenticate(&basic("alice", "secret")).await);
-        assert_eq!(auth.lock().len(), 3, "the second request hits the cache");
-        assert!(!auth.authenticate(&basic("alice", "secre")).await);
+        assert_eq!(
+            auth.authenticate(&basic("alice", "secret")).await,
+            alice,
+            "the second request hits the cache, and names the user"
+        );
+        assert_eq!(auth.authenticate(&basic("alice", "secre")).await, None);
     }
 }

@@ -89,6 +89,16 @@ pub enum ClientAuth {
     RequireAndVerifyClientCert,
 }
 
+impl ClientAuth {
+    /// Whether a presented certificate is checked against `client_ca_file`.
+    pub fn verifies(self) -> bool {
+        matches!(
+            self,
+            ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TlsVersion {
     Tls12,

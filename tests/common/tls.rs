@@ -9,7 +9,8 @@
 //!   nodes directly.
 //! - [`SecureGateway::start`]: the gateway with `--web.config.file` (TLS on its listener, basic auth), ready once
 //!   `GET https://.../-/healthy` answers 200 to a client with the credentials and (when asked) a client certificate.
-//! - [`python_push_https`]: Python's `prometheus_client` pushing over https with `basic_auth_handler`.
+//! - [`python_push_https`], [`python_https_as`]: Python's `prometheus_client` pushing (or deleting) over https
+//!   with `basic_auth_handler`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use tempfile::TempDir;
 
-use super::{free_port, ChildGuard, POLL_INTERVAL, STARTUP_TIMEOUT};
+use super::{free_port, ChildGuard, PythonPushOp, POLL_INTERVAL, STARTUP_TIMEOUT};
 
 /// The basic-auth user every secure Pushgateway accepts.
 pub const USERNAME: &str = "pusher";
@@ -163,6 +164,50 @@ impl Pki {
             password,
             hash,
         }
+    }
+
+    /// A client certificate `<stem>.crt`/`<stem>.key` from the test CA whose subject alternative name is the DNS
+    /// name `dns_name` (the user a verified certificate stands for).
+    pub fn client_cert_for(&self, stem: &str, dns_name: &str) {
+        let path = |name: &str| self.dir.path().join(name).display().to_string();
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={stem}"),
+            "-keyout",
+            &path(&format!("{stem}.key")),
+            "-out",
+            &path(&format!("{stem}.csr")),
+        ]);
+        self.write(
+            &format!("{stem}.ext"),
+            &format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n\
+                 subjectAltName=DNS:{dns_name}\n"
+            ),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path(&format!("{stem}.csr")),
+            "-CA",
+            &path("ca.crt"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &path(&format!("{stem}.ext")),
+            "-out",
+            &path(&format!("{stem}.crt")),
+        ]);
     }
 
     /// `<dir>/<name>`: e.g. `server.crt`, `client.key`, `server2.crt` (signed by the other CA).
@@ -371,6 +416,7 @@ impl SecurePushgateway {
 pub struct SecureGateway {
     guard: ChildGuard,
     port: u16,
+    config: PathBuf,
     web_config: PathBuf,
     _dir: TempDir,
 }
@@ -383,6 +429,17 @@ impl SecureGateway {
         config_yaml: &str,
         web_yaml: &str,
         client_cert: bool,
+    ) -> SecureGateway {
+        SecureGateway::start_with_args(pki, config_yaml, web_yaml, client_cert, &[]).await
+    }
+
+    /// [`SecureGateway::start`] with more flags (e.g. `--web.enable-admin-api`).
+    pub async fn start_with_args(
+        pki: &Pki,
+        config_yaml: &str,
+        web_yaml: &str,
+        client_cert: bool,
+        extra_args: &[&str],
     ) -> SecureGateway {
         let dir = tempfile::Builder::new()
             .prefix("ds-test-secure-gateway-")
@@ -397,10 +454,11 @@ impl SecureGateway {
         let client = pki.client_with(&pki.ca_file(), client_cert.then_some("client"));
         for _ in 0..3 {
             let port = free_port();
-            let mut guard = ChildGuard::spawn(
-                &format!("secure-gateway-{port}"),
-                gateway_command(&config, &web_config, port),
-            );
+            let mut guard = ChildGuard::spawn(&format!("secure-gateway-{port}"), {
+                let mut command = gateway_command(&config, &web_config, port);
+                command.args(extra_args);
+                command
+            });
             let started = Instant::now();
             loop {
                 if guard.exit_status().is_some() {
@@ -419,6 +477,7 @@ impl SecureGateway {
                     return SecureGateway {
                         guard,
                         port,
+                        config,
                         web_config,
                         _dir: dir,
                     };
@@ -440,6 +499,11 @@ impl SecureGateway {
 
     pub fn url(&self) -> String {
         format!("https://{}", self.addr())
+    }
+
+    /// The `--config.file` it runs with: rewrite it, then reload.
+    pub fn config(&self) -> &Path {
+        &self.config
     }
 
     /// The `--web.config.file` it runs with: rewrite it, then reload.
@@ -470,22 +534,26 @@ pub fn gateway_command(config: &Path, web_config: &Path, port: u16) -> Command {
 
 const PYTHON_HTTPS_PUSH_SCRIPT: &str = r#"
 import os, sys
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, pushadd_to_gateway, delete_from_gateway
 from prometheus_client.exposition import basic_auth_handler
-gateway, job, value = sys.argv[1:4]
+gateway, job, op, value = sys.argv[1:5]
 def handler(url, method, timeout, headers, data):
     return basic_auth_handler(url, method, timeout, headers, data, os.environ["DS_USER"], os.environ["DS_PASSWORD"])
 try:
-    registry = CollectorRegistry()
-    Gauge("python_https_gauge", "Set by the test through prometheus_client.", registry=registry).set(float(value))
-    push_to_gateway(gateway, job=job, registry=registry, handler=handler, timeout=20)
+    if op == "delete":
+        delete_from_gateway(gateway, job=job, handler=handler, timeout=20)
+    else:
+        registry = CollectorRegistry()
+        Gauge("python_https_gauge", "Set by the test through prometheus_client.", registry=registry).set(float(value))
+        push = push_to_gateway if op == "push" else pushadd_to_gateway
+        push(gateway, job=job, registry=registry, handler=handler, timeout=20)
 except Exception as error:
     print(f"{type(error).__name__}: {error}", file=sys.stderr)
     sys.exit(1)
 "#;
 
-/// `push_to_gateway(gateway_url, job)` of a gauge `python_https_gauge = value` with `basic_auth_handler`; Python
-/// trusts only the test CA (`SSL_CERT_FILE`). The password goes through the environment, not the command line.
+/// `push_to_gateway(gateway_url, job)` of a gauge `python_https_gauge = value` with `basic_auth_handler` as
+/// [`USERNAME`]; Python trusts only the test CA (`SSL_CERT_FILE`).
 pub async fn python_push_https(
     pki: &Pki,
     gateway_url: &str,
@@ -493,6 +561,32 @@ pub async fn python_push_https(
     value: f64,
     password: &str,
 ) -> Result<(), String> {
+    python_https_as(
+        pki,
+        gateway_url,
+        (USERNAME, password),
+        job,
+        PythonPushOp::Push(value),
+    )
+    .await
+}
+
+/// `push_to_gateway`, `pushadd_to_gateway` (of `python_https_gauge`) or `delete_from_gateway` of `job` over https
+/// with `basic_auth_handler` as `user`; Python trusts only the test CA (`SSL_CERT_FILE`). The password goes
+/// through the environment, not the command line. `Err` is the client's error, e.g.
+/// `"HTTPError: HTTP Error 403: Forbidden"`.
+pub async fn python_https_as(
+    pki: &Pki,
+    gateway_url: &str,
+    (user, password): (&str, &str),
+    job: &str,
+    op: PythonPushOp,
+) -> Result<(), String> {
+    let (op_name, value) = match op {
+        PythonPushOp::Push(value) => ("push", value),
+        PythonPushOp::PushAdd(value) => ("pushadd", value),
+        PythonPushOp::Delete => ("delete", 0.0),
+    };
     let mut command = tokio::process::Command::new("/usr/bin/python3");
     command
         .args([
@@ -500,17 +594,20 @@ pub async fn python_push_https(
             PYTHON_HTTPS_PUSH_SCRIPT,
             gateway_url,
             job,
+            op_name,
             &value.to_string(),
         ])
         .env("no_proxy", "*")
         .env("SSL_CERT_FILE", pki.ca_file())
-        .env("DS_USER", USERNAME)
+        .env("DS_USER", user)
         .env("DS_PASSWORD", password)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(60), command.output())
         .await
-        .unwrap_or_else(|_| panic!("python3 did not finish a push to {gateway_url} within 60 s"))
+        .unwrap_or_else(|_| {
+            panic!("python3 did not finish a {op_name} to {gateway_url} within 60 s")
+        })
         .unwrap_or_else(|e| panic!("cannot run python3 (scripts/install-test-deps.sh): {e}"));
     if output.status.success() {
         Ok(())
