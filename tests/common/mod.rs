@@ -1101,6 +1101,18 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("/-/ring is not JSON ({e}): {}", reply.body))
     }
 
+    /// Waits until the ring holds `count` nodes: the gateway answers `/-/healthy` before its first probes have
+    /// filled the ring, and a push in between gets 503.
+    pub async fn wait_for_ring_size(&self, count: usize) {
+        wait_until(secs(30), Duration::from_millis(100), || async {
+            self.ring().await["ring_nodes"]
+                .as_array()
+                .is_some_and(|nodes| nodes.len() == count)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the ring never held {count} nodes: {e:?}"));
+    }
+
     /// The node owning the group of push path `path`, from the original's `GET` answer
     /// `nextUrl:<scheme>://<owner><path>`.
     pub async fn owner_of(&self, path: &str) -> String {
