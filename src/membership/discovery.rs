@@ -220,4 +220,33 @@ mod tests {
             "the last error stays visible"
         );
     }
+
+    proptest::proptest! {
+        /// Whatever the sequence of good and failed rounds, an outage is announced exactly once when it begins
+        /// and once when it ends, and the failures are all counted.
+        #[test]
+        fn each_outage_is_announced_once(rounds in proptest::collection::vec(proptest::bool::ANY, 0..64)) {
+            let mut status = Status::default();
+            let mut started = 0;
+            let mut recovered = 0;
+            let mut expected_starts = 0;
+            let mut expected_recoveries = 0;
+            let mut failing = false;
+            for &ok in &rounds {
+                let errors: &[&str] = if ok { &[] } else { &["SERVFAIL"] };
+                match status.record(&round(errors), SystemTime::UNIX_EPOCH) {
+                    Transition::OutageStarted => started += 1,
+                    Transition::Recovered => recovered += 1,
+                    Transition::Healthy | Transition::StillFailing => {}
+                }
+                if ok && failing { expected_recoveries += 1; }
+                if !ok && !failing { expected_starts += 1; }
+                failing = !ok;
+            }
+            proptest::prop_assert_eq!(started, expected_starts);
+            proptest::prop_assert_eq!(recovered, expected_recoveries);
+            proptest::prop_assert_eq!(status.failed_rounds, rounds.iter().filter(|ok| !**ok).count() as u64);
+            proptest::prop_assert_eq!(status.failing_since.is_some(), failing);
+        }
+    }
 }
