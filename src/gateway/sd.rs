@@ -11,12 +11,11 @@ use serde_json::{json, Value};
 
 use super::{json, AppState};
 use crate::config::NodeScheme;
-use crate::membership::SourceKind;
 
 /// The target label naming the node (`host:port`, the same as `__address__`), for relabeling into a label
 /// that survives the scrape, e.g. `pushgateway_node`.
 pub const NODE_LABEL: &str = "__meta_dynamic_sharding_node";
-/// The target label naming the membership source the node came from: `static` or `consul`.
+/// The target label naming the membership source the node came from: `static`, `consul`, `dns_sd` or `file_sd`.
 pub const SOURCE_LABEL: &str = "__meta_dynamic_sharding_membership_source";
 /// Prometheus' own target label for the scrape scheme: `pushgateway.scheme`, so a scrape config needs no
 /// `scheme:` of its own (its `tls_config` and `basic_auth` still apply).
@@ -34,7 +33,7 @@ pub async fn targets(State(state): State<AppState>) -> Response<Body> {
 
 /// The HTTP SD answer for `nodes`: one target group per node, because a label naming the node can only be
 /// attached to a group, not to one target of it. No node gives `[]`, which Prometheus reads as "no targets".
-pub fn target_groups(nodes: &[String], source: SourceKind, scheme: NodeScheme) -> Value {
+pub fn target_groups(nodes: &[String], source: &str, scheme: NodeScheme) -> Value {
     Value::Array(
         nodes
             .iter()
@@ -43,7 +42,7 @@ pub fn target_groups(nodes: &[String], source: SourceKind, scheme: NodeScheme) -
                     "targets": [node],
                     "labels": {
                         NODE_LABEL: node,
-                        SOURCE_LABEL: source.as_str(),
+                        SOURCE_LABEL: source,
                         SCHEME_LABEL: scheme.as_str(),
                     },
                 })
@@ -60,7 +59,7 @@ mod tests {
     fn one_group_per_node_labelled_with_node_and_source() {
         let nodes = vec!["127.0.0.1:9091".to_string(), "127.0.0.1:9092".to_string()];
         assert_eq!(
-            target_groups(&nodes, SourceKind::Consul, NodeScheme::Https),
+            target_groups(&nodes, "consul", NodeScheme::Https),
             json!([
                 {"targets": ["127.0.0.1:9091"], "labels": {
                     "__meta_dynamic_sharding_node": "127.0.0.1:9091",
@@ -77,7 +76,7 @@ mod tests {
     #[test]
     fn no_node_is_an_empty_array() {
         assert_eq!(
-            target_groups(&[], SourceKind::Static, NodeScheme::Http).to_string(),
+            target_groups(&[], "static", NodeScheme::Http).to_string(),
             "[]"
         );
     }
