@@ -23,11 +23,26 @@ SCENARIO_TITLES = {
     "redirect": "2. Redirect mode",
     "pushgateway": "3. Real Pushgateways",
     "churn": "4. Churn: one Pushgateway SIGKILLed and restarted, or SIGSTOPped and SIGCONTed, every few seconds",
+    "tls": "5. TLS and basic auth on the listener, against nginx terminating TLS with the same certificate",
 }
 
 
 CASE_ORDER = ["direct", "dynamic-sharding", "dynamic-sharding-multi-thread", "dynamic-sharding-followed",
-              "dynamic-sharding-sigkill", "dynamic-sharding-sigstop", "nginx", "haproxy"]
+              "dynamic-sharding-sigkill", "dynamic-sharding-sigstop", "dynamic-sharding-tls",
+              "dynamic-sharding-tls-auth", "nginx", "nginx-tls", "nginx-tls-auth-sha", "nginx-tls-auth-bcrypt",
+              "haproxy"]
+
+# The tls scenario: each case's plain-HTTP baseline (same server, no TLS, no auth) and its nginx counterpart in the
+# same setup; the gateway's cached bcrypt check is set against nginx's {SHA} (one cheap hash per request).
+TLS_BASELINE = {"dynamic-sharding-tls": "dynamic-sharding", "dynamic-sharding-tls-auth": "dynamic-sharding",
+                "nginx-tls": "nginx", "nginx-tls-auth-sha": "nginx", "nginx-tls-auth-bcrypt": "nginx"}
+TLS_NGINX = {"dynamic-sharding": "nginx", "dynamic-sharding-tls": "nginx-tls",
+             "dynamic-sharding-tls-auth": "nginx-tls-auth-sha"}
+TLS_SETUP = {"dynamic-sharding": ("–", "–"), "nginx": ("–", "–"),
+             "dynamic-sharding-tls": ("yes", "–"), "nginx-tls": ("yes", "–"),
+             "dynamic-sharding-tls-auth": ("yes", "bcrypt, verified once then cached"),
+             "nginx-tls-auth-sha": ("yes", "{SHA}, one SHA-1 per request"),
+             "nginx-tls-auth-bcrypt": ("yes", "bcrypt, crypt(3) per request")}
 
 
 def case_rank(case):
@@ -73,6 +88,7 @@ def combine(runs):
         "client_cpu_share": (sum(client_cpu) / elapsed) if elapsed and None not in client_cpu else None,
         "peak_rss_kb": max(r.get("proxy_peak_rss_kb") or 0 for r in runs),
         "faults": sum(r.get("churn_faults") or 0 for r in runs),
+        "tls": next((r["tls"] for r in runs if r.get("tls")), None),
     }
 
 
@@ -230,6 +246,8 @@ def main():
              for name, r in churn.items()]))
         out.append("")
 
+    out += tls_section(meta, rows.get("tls", {}))
+
     memory = [(scenario, name, r["proxy"], r["peak_rss_kb"]) for scenario in rows for name, r in rows[scenario].items()
               if r["proxy"] and r["peak_rss_kb"]]
     if memory:
@@ -245,6 +263,49 @@ def main():
     out += targets_section(rows)
     out += profiling_log()
     print("\n".join(out))
+
+
+def tls_section(meta, tls):
+    """Scenario tls: CPU per push with TLS and basic auth, each case against its plain baseline and against nginx
+    in the same setup."""
+    if not tls:
+        return []
+
+    def cpu(name):
+        row = tls.get(name)
+        return row and row["proxy_cpu_us"]
+
+    rows = []
+    for name, r in tls.items():
+        baseline, counterpart = TLS_BASELINE.get(name), TLS_NGINX.get(name)
+        added = (r["proxy_cpu_us"] - cpu(baseline)) if baseline and cpu(baseline) and r["proxy_cpu_us"] else None
+        encrypted, auth = TLS_SETUP.get(name, ("?", "?"))
+        rows.append([name, encrypted, auth, fmt_rate(r), fmt_num(r["p50"]), fmt_num(r["p99"]),
+                     fmt_num(r["proxy_cpu_us"], 1), fmt_num(added, 1),
+                     ratio(r["proxy_cpu_us"], cpu(baseline)) if baseline else "–",
+                     ratio(r["proxy_cpu_us"], cpu(counterpart)) if counterpart else "–",
+                     fmt_num(r["client_cpu_share"] and 100 * r["client_cpu_share"]) + "%", fmt_errors(r)])
+    negotiated = sorted({r["tls"] for r in tls.values() if r.get("tls")})
+    out = [f"## {SCENARIO_TITLES['tls']}", "",
+           f"Four nginx `return 200` upstreams as in scenario 1; concurrency {next(iter(tls.values()))['concurrency']}, "
+           f"{next(iter(tls.values()))['groups']} groups, keep-alive connections (one TLS handshake per connection, "
+           "then every push inside it). The gateway: `--web.config.file` with `tls_server_config` (rustls) and "
+           f"`basic_auth_users` (bcrypt cost {meta.get('tls_bcrypt_cost', '?')}). nginx (OpenSSL): the same "
+           "certificate and key, `ssl_session_cache`, the same `hash $request_uri consistent` upstream with "
+           "keepalive, `auth_basic` with a {SHA} hash (cheap, the fair counterpart of the gateway's cached check) "
+           "or with the same bcrypt hash (checked with crypt(3) on every request: what nginx users get with "
+           "`htpasswd -B`). Neither passes the client's `Authorization` on. The client is ds-loadgen (rustls) for "
+           "every case; negotiated: " + (", ".join(f"`{n}`" for n in negotiated) or "unknown") + ". "
+           "`added` is the case's proxy CPU per push minus its own plain-HTTP row; `vs plain` the ratio to it; "
+           "`vs nginx` the ratio to nginx in the same setup (gateway TLS + auth against nginx TLS + {SHA}).", ""]
+    out.append(table(["case", "TLS", "auth", "ok/s", "p50", "p99", "proxy CPU µs/push", "added µs/push",
+                      "CPU vs plain", "CPU vs nginx", "client CPU", "errors"], rows))
+    gateway, bcrypt = cpu("dynamic-sharding-tls-auth"), cpu("nginx-tls-auth-bcrypt")
+    if gateway and bcrypt:
+        out += ["", f"nginx TLS + bcrypt `auth_basic` used {bcrypt / gateway:,.0f}× the CPU per push of the gateway with "
+                "TLS + bcrypt `basic_auth_users` (one bcrypt per request against one per credential pair)."]
+    out.append("")
+    return out
 
 
 def profiling_log():

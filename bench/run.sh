@@ -6,9 +6,12 @@
 # drift of the machine spreads over all cases instead of favouring one.
 #
 # Environment (defaults in brackets):
-#   SCENARIOS       which to run, any of: overhead latency redirect pushgateway churn instructions  [all]
+#   SCENARIOS       which to run, any of: overhead latency redirect pushgateway churn tls instructions  [all]
+#                   (tls: the gateway and nginx terminating TLS with one throwaway certificate, with and without
+#                   basic auth, over the overhead scenario's four upstreams)
 #                   (instructions: user-space instructions per request of each proxy under callgrind, which
 #                   counts the same whatever else the machine does; INSTRUCTION_REQUESTS pushes per case [5000])
+#   TLS_BCRYPT_COST bcrypt cost of the tls scenario's password hash (gateway and nginx alike)  [10]
 #   DURATION        seconds per measured run                                          [10]
 #   LOW_C_DURATION  seconds per run of the C=1 latency scenario                       [5]
 #   WARMUP          seconds of unmeasured load per case before the rounds             [2]
@@ -36,7 +39,9 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND_LINE="$0${*:+ $*}"
-SCENARIOS=${SCENARIOS:-"overhead latency redirect pushgateway churn instructions"}
+ALL_SCENARIOS="overhead latency redirect pushgateway churn tls instructions"
+SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
+TLS_BCRYPT_COST=${TLS_BCRYPT_COST:-10}
 INSTRUCTION_REQUESTS=${INSTRUCTION_REQUESTS:-5000}
 DURATION=${DURATION:-10}
 LOW_C_DURATION=${LOW_C_DURATION:-5}
@@ -68,8 +73,8 @@ die() { log "error: $*"; exit 1; }
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 for scenario in $SCENARIOS; do
-  case $scenario in overhead | latency | redirect | pushgateway | churn | instructions) ;;
-    *) die "unknown scenario '$scenario' in SCENARIOS; use: overhead latency redirect pushgateway churn instructions" ;;
+  case $scenario in overhead | latency | redirect | pushgateway | churn | tls | instructions) ;;
+    *) die "unknown scenario '$scenario' in SCENARIOS; use: $ALL_SCENARIOS" ;;
   esac
 done
 for fault in $CHURN_FAULTS; do
@@ -94,6 +99,7 @@ install_dependencies() {
   command -v jq >/dev/null || missing+=(jq)
   command -v python3 >/dev/null || missing+=(python3)
   command -v taskset >/dev/null || missing+=(util-linux)
+  command -v openssl >/dev/null || missing+=(openssl)
   command -v callgrind_control >/dev/null || missing+=(valgrind)
   if ((${#missing[@]})); then
     log "installing ${missing[*]}"
@@ -222,10 +228,13 @@ alloc_port() {
   done
 }
 
+# https URLs are checked against the tls scenario's CA, with its credentials (ignored where auth is off).
+CURL_TLS=()
 wait_http() { # URL [seconds [NAME]]: until it answers 200; gives up early once process NAME has exited
-  local deadline=$((SECONDS + ${2:-20}))
+  local deadline=$((SECONDS + ${2:-20})) tls_args=()
+  [[ $1 == https://* ]] && tls_args=("${CURL_TLS[@]}")
   while ((SECONDS < deadline)); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' -m 1 "$1" || true) == 200 ]] && return 0
+    [[ $(curl -s "${tls_args[@]}" -o /dev/null -w '%{http_code}' -m 1 "$1" || true) == 200 ]] && return 0
     if [[ -n ${3:-} ]] && ! pid_of "$3" >/dev/null; then return 1; fi
     sleep 0.2
   done
@@ -243,7 +252,8 @@ wait_listening() { # PORT [seconds]
 
 # ---------------------------------------------------------------- components
 UPSTREAM_PORTS=() NGINX_HASH_PORT= NGINX_REDIRECT_PORT= HAPROXY_PORT=
-declare -A GATEWAY_PORT=() GATEWAY_OK=()
+NGINX_TLS_PORT= NGINX_TLS_SHA_PORT= NGINX_TLS_BCRYPT_PORT=
+declare -A GATEWAY_PORT=() GATEWAY_OK=() GATEWAY_WEB_CONFIG=()
 PGW_SOLO_PORT= PGW_A_PORTS=() PGW_B_PORTS=()
 
 nginx_common() { # NAME: the parts every nginx config here shares
@@ -328,6 +338,91 @@ EOF
   wait_http "http://127.0.0.1:$NGINX_HASH_PORT/-/healthy" || die "nginx proxy did not start; see $WORK/logs/nginx-proxy*.log"
 }
 
+# ---------------------------------------------------------------- tls scenario material
+# A throwaway CA and a server certificate for 127.0.0.1 (ECDSA P-256), a random password, and its hashes: bcrypt
+# for the gateway's basic_auth_users and for nginx's crypt(3), {SHA} as nginx's cheap alternative. All in $WORK.
+TLS_DIR= TLS_LOADGEN_ARGS= TLS_AUTH_LOADGEN_ARGS=
+make_tls_material() {
+  TLS_DIR=$WORK/tls
+  mkdir -p "$TLS_DIR"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -days 2 -subj /CN=ds-bench-ca -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.crt" 2>/dev/null
+  openssl req "${ec[@]}" -subj /CN=ds-bench-server -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$TLS_DIR/server.ext"
+  openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.crt" -CAkey "$TLS_DIR/ca.key" -CAcreateserial \
+    -days 2 -extfile "$TLS_DIR/server.ext" -out "$TLS_DIR/server.crt" 2>/dev/null
+  local password bcrypt_hash sha_hash
+  password=$(openssl rand -hex 16)
+  printf '%s\n' "$password" >"$TLS_DIR/password"
+  bcrypt_hash=$(python3 -W ignore -c 'import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << int(sys.argv[2]))))' \
+    "$password" "$TLS_BCRYPT_COST")
+  [[ $bcrypt_hash == '$2'* ]] || die "python3 crypt made no bcrypt hash"
+  sha_hash="{SHA}$(printf '%s' "$password" | openssl dgst -sha1 -binary | base64)"
+  printf 'pusher:%s\n' "$bcrypt_hash" >"$TLS_DIR/bcrypt.htpasswd"
+  printf 'pusher:%s\n' "$sha_hash" >"$TLS_DIR/sha.htpasswd"
+  printf 'tls_server_config:\n  cert_file: %s\n  key_file: %s\n' "$TLS_DIR/server.crt" "$TLS_DIR/server.key" \
+    >"$TLS_DIR/web-tls.yml"
+  { cat "$TLS_DIR/web-tls.yml"; printf "basic_auth_users:\n  pusher: '%s'\n" "$bcrypt_hash"; } >"$TLS_DIR/web-tls-auth.yml"
+  CURL_TLS=(--cacert "$TLS_DIR/ca.crt" -u "pusher:$password")
+  TLS_LOADGEN_ARGS="--ca-file $TLS_DIR/ca.crt"
+  TLS_AUTH_LOADGEN_ARGS="$TLS_LOADGEN_ARGS --basic-auth-user pusher --basic-auth-password-file $TLS_DIR/password"
+}
+
+# nginx terminating TLS with the same certificate in front of the same four upstreams, three ways: no auth,
+# auth_basic with {SHA} (one SHA-1 per request: a cheap check, like the gateway's cached one) and auth_basic with
+# bcrypt (crypt(3) on every request: nginx keeps no cache). Like the gateway, it does not pass the client's
+# Authorization header on.
+start_nginx_tls() {
+  alloc_port NGINX_TLS_PORT
+  alloc_port NGINX_TLS_SHA_PORT
+  alloc_port NGINX_TLS_BCRYPT_PORT
+  local servers="" port
+  for port in "${UPSTREAM_PORTS[@]}"; do servers+="        server 127.0.0.1:$port;"$'\n'; done
+  local location='location / {
+            proxy_pass http://pushgateways;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "";
+        }'
+  cat >"$WORK/conf/nginx-tls.conf" <<NGINX
+$(nginx_common nginx-tls)
+http {
+$(nginx_http_common nginx-tls)
+    upstream pushgateways {
+        hash \$request_uri consistent;
+$servers
+        keepalive 128;
+        keepalive_requests 1000000;
+    }
+    ssl_certificate $TLS_DIR/server.crt;
+    ssl_certificate_key $TLS_DIR/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:1m;
+    ssl_session_timeout 10m;
+    server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl;
+        $location
+    }
+    server {
+        listen 127.0.0.1:$NGINX_TLS_SHA_PORT ssl;
+        auth_basic "dynamic-sharding bench";
+        auth_basic_user_file $TLS_DIR/sha.htpasswd;
+        $location
+    }
+    server {
+        listen 127.0.0.1:$NGINX_TLS_BCRYPT_PORT ssl;
+        auth_basic "dynamic-sharding bench";
+        auth_basic_user_file $TLS_DIR/bcrypt.htpasswd;
+        $location
+    }
+}
+NGINX
+  start nginx-tls "${PIN_PROXY[@]}" nginx -e "$WORK/logs/nginx-tls.error.log" -p "$WORK/conf" -c "$WORK/conf/nginx-tls.conf"
+  for port in "$NGINX_TLS_PORT" "$NGINX_TLS_SHA_PORT" "$NGINX_TLS_BCRYPT_PORT"; do
+    wait_http "https://127.0.0.1:$port/-/healthy" || die "nginx TLS on $port did not start; see $WORK/logs/nginx-tls*.log"
+  done
+}
+
 start_haproxy() {
   alloc_port HAPROXY_PORT
   local servers="" port index=0
@@ -392,6 +487,12 @@ start_gateway() { # NAME MODE THREADS PORT...: a dynamic-sharding instance over 
   alloc_port listen
   GATEWAY_PORT[$name]=$listen
   GATEWAY_OK[$name]=0
+  # --web.config.file when GATEWAY_WEB_CONFIG[NAME] is set: then the listener speaks https.
+  local web_args=() scheme=http
+  if [[ -n ${GATEWAY_WEB_CONFIG[$name]:-} ]]; then
+    web_args=(--web.config.file="${GATEWAY_WEB_CONFIG[$name]}")
+    scheme=https
+  fi
   cat >"$WORK/conf/$name.yaml" <<EOF
 mode: $mode
 pushgateway:
@@ -406,8 +507,8 @@ EOF
     return
   fi
   start "$name" "${PIN_PROXY[@]}" "$GATEWAY" --config.file="$WORK/conf/$name.yaml" \
-    --web.listen-address="127.0.0.1:$listen" --log.level=warn --runtime.worker-threads="$threads"
-  if wait_http "http://127.0.0.1:$listen/-/healthy" 20 "$name" && wait_http "http://127.0.0.1:$listen/-/ready" 20 "$name"; then
+    --web.listen-address="127.0.0.1:$listen" --log.level=warn --runtime.worker-threads="$threads" "${web_args[@]}"
+  if wait_http "$scheme://127.0.0.1:$listen/-/healthy" 20 "$name" && wait_http "$scheme://127.0.0.1:$listen/-/ready" 20 "$name"; then
     GATEWAY_OK[$name]=1
   else
     log "skipping $name: it exited or was not healthy and ready within 20 s; see $WORK/logs/$name.log"
@@ -416,7 +517,8 @@ EOF
 }
 
 # ---------------------------------------------------------------- cases
-# A case: scenario|name|target-port|concurrency|duration|groups|proxy-process|upstream-processes|extra loadgen args
+# A case: scenario|name|target|concurrency|duration|groups|proxy-process|upstream-processes|extra loadgen args
+# (target: a port on 127.0.0.1 over plain HTTP, or a whole URL such as https://127.0.0.1:PORT)
 CASES=()
 add_case() { CASES+=("$1|$2|$3|$4|$5|$6|$7|$8|${9:-}"); }
 
@@ -453,6 +555,28 @@ plan_cases() {
       add_case pushgateway dynamic-sharding "${GATEWAY_PORT[ds-pgw]}" "$CONCURRENCY" "$DURATION" "$PGW_GROUPS" \
         ds-pgw "pgw-a1 pgw-a2 pgw-a3 pgw-a4"
     fi
+  fi
+  if wants tls; then
+    # The plain baselines, then the gateway and nginx in the same TLS setups.
+    local gateway args
+    if [[ ${GATEWAY_OK[ds-proxy]:-0} == 1 ]]; then
+      add_case tls dynamic-sharding "${GATEWAY_PORT[ds-proxy]}" "$CONCURRENCY" "$DURATION" "$PUSH_GROUPS" ds-proxy "$ups"
+    fi
+    add_case tls nginx "$NGINX_HASH_PORT" "$CONCURRENCY" "$DURATION" "$PUSH_GROUPS" nginx-proxy "$ups"
+    for gateway in ds-tls ds-tls-auth; do
+      if [[ ${GATEWAY_OK[$gateway]:-0} == 1 ]]; then
+        args=$TLS_LOADGEN_ARGS
+        [[ $gateway == ds-tls-auth ]] && args=$TLS_AUTH_LOADGEN_ARGS
+        add_case tls "dynamic-sharding${gateway#ds}" "https://127.0.0.1:${GATEWAY_PORT[$gateway]}" "$CONCURRENCY" \
+          "$DURATION" "$PUSH_GROUPS" "$gateway" "$ups" "$args"
+      fi
+    done
+    add_case tls nginx-tls "https://127.0.0.1:$NGINX_TLS_PORT" "$CONCURRENCY" "$DURATION" "$PUSH_GROUPS" nginx-tls \
+      "$ups" "$TLS_LOADGEN_ARGS"
+    add_case tls nginx-tls-auth-sha "https://127.0.0.1:$NGINX_TLS_SHA_PORT" "$CONCURRENCY" "$DURATION" "$PUSH_GROUPS" \
+      nginx-tls "$ups" "$TLS_AUTH_LOADGEN_ARGS"
+    add_case tls nginx-tls-auth-bcrypt "https://127.0.0.1:$NGINX_TLS_BCRYPT_PORT" "$CONCURRENCY" "$DURATION" \
+      "$PUSH_GROUPS" nginx-tls "$ups" "$TLS_AUTH_LOADGEN_ARGS"
   fi
   if wants churn && [[ ${GATEWAY_OK[ds-churn]:-0} == 1 ]]; then
     local fault
@@ -538,8 +662,10 @@ run_case() { # CASE-STRING ROUND (0 = warm-up)
   # shellcheck disable=SC2086
   upstream_before=$(cpu_ticks $upstream_pids)
   local status=0
+  local target=$port
+  [[ $target == *://* ]] || target=http://127.0.0.1:$port
   # shellcheck disable=SC2086
-  "${PIN_CLIENT[@]}" "$LOADGEN" --target "http://127.0.0.1:$port" -c "$concurrency" -d "$duration" -k "$groups" \
+  "${PIN_CLIENT[@]}" "$LOADGEN" --target "$target" -c "$concurrency" -d "$duration" -k "$groups" \
     --timeout-ms 5000 --label "$id" --json "$out" $extra >"$WORK/logs/loadgen.$id.$round.log" 2>&1 || status=$?
   local proxy_after upstream_after
   # The pids read before the run: under churn a restarted Pushgateway is not counted, so the report leaves
@@ -671,11 +797,19 @@ run_instructions() {
 log "work directory $WORK; scenarios: $SCENARIOS"
 if [[ $CRITERION == 1 ]]; then run_criterion; fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-if wants overhead || wants latency || wants redirect || wants instructions; then
+if wants overhead || wants latency || wants redirect || wants instructions || wants tls; then
   start_upstreams
   start_nginx_proxy
-  start_haproxy
-  if wants overhead || wants latency; then
+  if wants overhead || wants latency || wants redirect || wants instructions; then start_haproxy; fi
+  if wants tls; then
+    make_tls_material
+    start_nginx_tls
+    GATEWAY_WEB_CONFIG[ds-tls]=$TLS_DIR/web-tls.yml
+    GATEWAY_WEB_CONFIG[ds-tls-auth]=$TLS_DIR/web-tls-auth.yml
+    start_gateway ds-tls proxy "$GATEWAY_THREADS" "${UPSTREAM_PORTS[@]}"
+    start_gateway ds-tls-auth proxy "$GATEWAY_THREADS" "${UPSTREAM_PORTS[@]}"
+  fi
+  if wants overhead || wants latency || wants tls; then
     start_gateway ds-proxy proxy "$GATEWAY_THREADS" "${UPSTREAM_PORTS[@]}"
     # 0: tokio's multi-thread runtime, one worker per CPU it may use (one here, as it is pinned).
     if [[ $COMPARE_MULTI_THREAD == 1 ]]; then start_gateway ds-proxy-mt proxy 0 "${UPSTREAM_PORTS[@]}"; fi
@@ -707,7 +841,7 @@ for name in "${!GATEWAY_OK[@]}"; do [[ ${GATEWAY_OK[$name]} == 1 ]] || skipped+=
 jq -n \
   --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   --arg command "$COMMAND_LINE" \
-  --arg env "SCENARIOS='$SCENARIOS' GATEWAY_THREADS=$GATEWAY_THREADS COMPARE_MULTI_THREAD=$COMPARE_MULTI_THREAD DURATION=$DURATION LOW_C_DURATION=$LOW_C_DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY PUSH_GROUPS=$PUSH_GROUPS PGW_GROUPS=$PGW_GROUPS CHURN_FAULTS='$CHURN_FAULTS' CHURN_INTERVAL=$CHURN_INTERVAL CHURN_DOWNTIME=$CHURN_DOWNTIME CHURN_STOPTIME=$CHURN_STOPTIME CHURN_UPSTREAM_TIMEOUT=$CHURN_UPSTREAM_TIMEOUT" \
+  --arg env "SCENARIOS='$SCENARIOS' GATEWAY_THREADS=$GATEWAY_THREADS COMPARE_MULTI_THREAD=$COMPARE_MULTI_THREAD DURATION=$DURATION LOW_C_DURATION=$LOW_C_DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY PUSH_GROUPS=$PUSH_GROUPS PGW_GROUPS=$PGW_GROUPS CHURN_FAULTS='$CHURN_FAULTS' CHURN_INTERVAL=$CHURN_INTERVAL CHURN_DOWNTIME=$CHURN_DOWNTIME CHURN_STOPTIME=$CHURN_STOPTIME CHURN_UPSTREAM_TIMEOUT=$CHURN_UPSTREAM_TIMEOUT TLS_BCRYPT_COST=$TLS_BCRYPT_COST" \
   --arg churn_downtime "$CHURN_DOWNTIME" \
   --arg churn_stoptime "$CHURN_STOPTIME" \
   --arg nproc "$NPROC" \
@@ -723,7 +857,8 @@ jq -n \
   --arg revision "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')" \
   --arg pinned "$( ((NPROC >= 2)) && echo 'client on cpu 1, proxies on cpu 0, upstreams unpinned' || echo 'not pinned (1 cpu)')" \
   --arg skipped "${skipped[*]:-}" \
-  --arg all_scenarios "overhead latency redirect pushgateway churn instructions" \
+  --arg all_scenarios "$ALL_SCENARIOS" \
+  --arg tls_bcrypt_cost "$TLS_BCRYPT_COST" \
   --arg instructions "$([[ -s $WORK/instructions.json ]] && echo "$WORK/instructions.json")" \
   --arg instruction_requests "$INSTRUCTION_REQUESTS" \
   --arg scenarios "$SCENARIOS" \

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the integration tests run against: Pushgateway, Prometheus (and its promtool), curl, Debian's
 # python3 with prometheus_client, headless Chromium with a font for the status page test, systemd-analyze for
-# the unit file test (apt), and a Consul binary at tools/bin/consul (from Debian bullseye, which bookworm lacks).
+# the unit file test, dnsmasq for the dns_sd tests (apt), a Consul binary at tools/bin/consul (from Debian bullseye,
+# which bookworm lacks), and kubernetes-validate (PyPI, with the Kubernetes schemas inside) in a venv at
+# tools/kubernetes-validate for the deploy/kubernetes manifests.
 #
 # Idempotent and quick when everything is present: apt is only touched when a package is missing, and Consul is
 # only fetched when tools/bin/consul does not run. Never adds bullseye to the system's apt sources: the bullseye
@@ -10,9 +12,13 @@ set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 consul_bin="$repo_root/tools/bin/consul"
+kubernetes_validate_venv="$repo_root/tools/kubernetes-validate"
+# Pinned: its schemas are those of the Kubernetes release of the same version.
+kubernetes_validate_version=1.37.0
 # openssl makes the TLS tests' certificates (tests/common/tls.rs); python3's crypt module makes their bcrypt hashes.
 # chromium (and a font) renders the status page; systemd's systemd-analyze checks the unit file.
-apt_packages=(prometheus-pushgateway prometheus python3-prometheus-client curl openssl chromium fonts-dejavu-core systemd)
+# dnsmasq-base is the DNS server of the dns_sd tests (tests/common/dnsmasq.rs; only the binary, no service).
+apt_packages=(prometheus-pushgateway prometheus python3-prometheus-client curl openssl chromium fonts-dejavu-core systemd dnsmasq-base python3-venv)
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -132,7 +138,21 @@ EOF
     log "installed $("$consul_bin" version | head -n1) at $consul_bin"
 }
 
+install_kubernetes_validate() {
+    local bin="$kubernetes_validate_venv/bin/kubernetes-validate"
+    if [[ -x $bin ]] && [[ "$("$bin" --version 2>/dev/null)" == *"$kubernetes_validate_version"* ]]; then
+        log "kubernetes-validate present: $("$bin" --version)"
+        return
+    fi
+    log "installing kubernetes-validate $kubernetes_validate_version into $kubernetes_validate_venv"
+    rm -rf "$kubernetes_validate_venv"
+    /usr/bin/python3 -m venv "$kubernetes_validate_venv"
+    "$kubernetes_validate_venv/bin/pip" install --quiet "kubernetes-validate==$kubernetes_validate_version"
+    "$bin" --version >/dev/null || die "$bin was installed but does not run"
+}
+
 install_apt_packages
 [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import prometheus_client' ||
     die "/usr/bin/python3 cannot import prometheus_client (package python3-prometheus-client)"
 install_consul
+install_kubernetes_validate

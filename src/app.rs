@@ -16,7 +16,7 @@ use crate::body_budget::BodyBudget;
 use crate::config::{normalize_listen_addr, Config, ConfigError};
 use crate::consul::{self, ConsulClient, ConsulError};
 use crate::gateway::{self, AppState, ReloadRequest};
-use crate::membership::{self, static_probe};
+use crate::membership;
 use crate::outlier::OutlierDetector;
 use crate::pushgateway;
 use crate::server::{self, ServerError};
@@ -58,6 +58,14 @@ pub enum AppError {
     Signal(std::io::Error),
 }
 
+/// `--config.check`: reads and validates the config file and `--web.config.file` as a start would (the files
+/// they name included), without binding or contacting anything.
+pub fn check_config(options: &Options) -> Result<Config, AppError> {
+    let config = Config::load(&options.config_file)?;
+    load_security(options)?;
+    Ok(config)
+}
+
 /// Runs the gateway until SIGTERM/SIGINT.
 pub async fn run(options: Options) -> Result<(), AppError> {
     let config = Config::load(&options.config_file)?;
@@ -84,26 +92,20 @@ pub async fn run(options: Options) -> Result<(), AppError> {
     let (shutdown_trigger, shutdown) = shutdown::channel();
     let client = pushgateway::HttpClient::new(&config)?;
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
-    let consul_client = config.consul.as_ref().map(ConsulClient::new).transpose()?;
-    let (membership_rx, suspects) = match (&config.consul, &consul_client) {
-        // Consul runs the health checks; a failed request is seen by its next check, not reported by handlers.
-        (Some(consul), Some(consul_client)) => (
-            membership::consul::spawn(
-                consul.clone(),
-                consul_client.clone(),
-                config_rx.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            ),
-            static_probe::SuspectReporter::disconnected(),
-        ),
-        _ => static_probe::spawn(
-            config_rx.clone(),
-            client.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ),
-    };
+    let consul_client = config.consul().map(ConsulClient::new).transpose()?;
+    let membership::Started {
+        membership: membership_rx,
+        suspects,
+    } = membership::start(
+        &config,
+        membership::Dependencies {
+            config: config_rx.clone(),
+            client: client.clone(),
+            consul: consul_client.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        },
+    );
     let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
     let outliers = OutlierDetector::new(
         shared_config.clone(),
@@ -125,7 +127,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
     let (_always_leader, mut leader_rx) = watch::channel(true);
     // A receiver of the election's channel, kept to wait on shutdown until the election task has released the lock.
     let mut election = None;
-    if let (Some(consul), Some(consul_client)) = (&config.consul, &consul_client) {
+    if let (Some(consul), Some(consul_client)) = (config.consul(), &consul_client) {
         if config.rebalance.enabled {
             leader_rx = consul::leader::spawn_leader_election(
                 consul_client.clone(),
@@ -187,6 +189,7 @@ pub async fn run(options: Options) -> Result<(), AppError> {
         address = %bind_addr,
         mode = ?config.mode,
         algorithm = ?config.ring_algorithm,
+        membership = config.membership.name(),
         servers = %config.servers.join(","),
         max_connections = limits.max_connections,
         tls = security.load().is_tls(),
@@ -292,6 +295,14 @@ fn reload_config(
                     old = %listen_addr,
                     new = %new_config.listen_addr,
                     "http_listen_addr changed; the new address takes effect after a restart"
+                );
+            }
+            let running = shared_config.load().membership.name();
+            if new_config.membership.name() != running {
+                tracing::warn!(
+                    running,
+                    configured = new_config.membership.name(),
+                    "the membership source changed; the new source takes effect after a restart"
                 );
             }
             if new_config.web != shared_config.load().web {

@@ -24,6 +24,10 @@ struct Flags {
         default_value = "dynamic-sharding.yml"
     )]
     config_file: PathBuf,
+    /// Check the configuration (--config.file and --web.config.file) and exit: 0 when it is valid, 1 with the
+    /// error otherwise.
+    #[arg(long = "config.check")]
+    config_check: bool,
     /// Address to listen on; overrides http_listen_addr from the config file (e.g. ":9292").
     #[arg(long = "web.listen-address", value_name = "ADDR")]
     web_listen_address: Option<String>,
@@ -69,13 +73,6 @@ fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runti
 fn main() -> ExitCode {
     let flags = Flags::parse();
     telemetry::init_logging(flags.log_level, flags.log_format);
-    let runtime = match build_runtime(flags.runtime_worker_threads) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
     let options = Options {
         config_file: flags.config_file,
         listen_address: flags.web_listen_address,
@@ -83,6 +80,29 @@ fn main() -> ExitCode {
         enable_admin_api: flags.web_enable_admin_api,
         max_connections: flags.web_max_connections,
         web_config_file: flags.web_config_file,
+    };
+    if flags.config_check {
+        return match app::check_config(&options) {
+            Ok(config) => {
+                println!(
+                    "{}: valid (membership source: {})",
+                    options.config_file.display(),
+                    config.membership.name()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{}: {error}", options.config_file.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match build_runtime(flags.runtime_worker_threads) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
     };
     match runtime.block_on(app::run(options)) {
         Ok(()) => ExitCode::SUCCESS,

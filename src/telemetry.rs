@@ -173,6 +173,12 @@ pub struct MergeConflictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiscoveryLabels {
+    /// The membership source: `static`, `dns_sd` or `file_sd`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ForbiddenLabels {
     /// `unlisted_user`, `job_not_allowed`, `not_admin` or `unauthenticated` (`authorization::RefusalReason`).
     pub reason: &'static str,
@@ -203,6 +209,9 @@ pub struct Metrics {
     pub read_node_failures: Family<ReadFailureLabels, Counter>,
     pub read_node_failing: Family<ReadPathLabels, Gauge>,
     pub read_merge_conflicts: Family<MergeConflictLabels, Counter>,
+    pub discovery_up: Family<DiscoveryLabels, Gauge>,
+    pub discovery_failures: Family<DiscoveryLabels, Counter>,
+    pub discovery_last_success: Family<DiscoveryLabels, Gauge<f64, AtomicU64>>,
     pub consul_up: Gauge,
     pub consul_errors: Family<ConsulOperationLabels, Counter>,
     pub consul_last_index: Gauge,
@@ -432,6 +441,24 @@ impl Metrics {
             "Clashes resolved while merging the nodes' expositions for GET /metrics, by kind",
             read_merge_conflicts.clone(),
         );
+        let discovery_up = Family::<DiscoveryLabels, Gauge>::default();
+        registry.register(
+            "membership_discovery_up",
+            "1 when the membership source's last look-up (DNS query, file read) fully succeeded, 0 while some part fails (its last answer stays in force)",
+            discovery_up.clone(),
+        );
+        let discovery_failures = Family::<DiscoveryLabels, Counter>::default();
+        registry.register(
+            "membership_discovery_failures",
+            "Membership look-ups (DNS queries, file reads) that failed in some part, by source",
+            discovery_failures.clone(),
+        );
+        let discovery_last_success = Family::<DiscoveryLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "membership_discovery_last_success_timestamp_seconds",
+            "Unix time of the membership source's last fully successful look-up",
+            discovery_last_success.clone(),
+        );
         let consul_up = Gauge::default();
         registry.register(
             "consul_up",
@@ -562,6 +589,9 @@ impl Metrics {
             read_node_failures,
             read_node_failing,
             read_merge_conflicts,
+            discovery_up,
+            discovery_failures,
+            discovery_last_success,
             consul_up,
             consul_errors,
             consul_last_index,

@@ -286,14 +286,7 @@ async fn a_declared_body_over_max_body_size_gets_413_before_it_is_sent() {
         "proxy: {max_body_size: 1KiB}\nweb: {header_read_timeout: 1s, idle_timeout: 1s}\n",
     ))
     .await;
-    // The gateway is healthy before its first probe fills the ring; without a node a push gets 503.
-    wait_until(secs(30), Duration::from_millis(100), || async {
-        gateway.ring().await["ring_nodes"]
-            .as_array()
-            .is_some_and(|nodes| !nodes.is_empty())
-    })
-    .await
-    .expect("the node joined the ring");
+    gateway.wait_for_ring_size(1).await;
 
     // With Expect: 100-continue the client waits for permission: the answer is 413, never 100.
     let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();

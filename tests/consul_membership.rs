@@ -475,7 +475,7 @@ async fn leader_election_has_one_leader_and_fails_over_when_it_stops() {
     let consul = Consul::start().await;
     let config =
         Config::parse(&format!("consul_server: {{addr: '{}'}}", consul.addr())).expect("config");
-    let consul_config = config.consul.expect("consul section");
+    let consul_config = config.consul().expect("consul section").clone();
     let key = "dynamic-sharding/leader".to_string();
     let (stop_a, shutdown_a) = shutdown::channel();
     let (stop_b, shutdown_b) = shutdown::channel();

@@ -391,6 +391,7 @@ async fn one_hung_node_holds_at_most_its_in_flight_limit_and_the_rest_go_to_the_
         "outlier_detection: {consecutive_failures: 0}",
     ))
     .await;
+    single.wait_for_ring_size(1).await;
     let (first, second) = tokio::join!(push(&single, "held_alone", 1), async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         push(&single, "held_alone", 2).await

@@ -368,6 +368,10 @@ async fn an_invalid_web_config_is_refused_at_start_and_on_reload_the_old_one_sta
             "tls_server_config.cipher_suites",
         ),
         (
+            web_yaml(&pki, "  curve_preferences: [X25519]\n"),
+            "tls_server_config.curve_preferences",
+        ),
+        (
             "basic_auth_users: {pusher: not-a-hash}\n".to_string(),
             "basic_auth_users.pusher",
         ),
@@ -471,4 +475,425 @@ async fn an_invalid_web_config_is_refused_at_start_and_on_reload_the_old_one_sta
         StatusCode::OK,
         "the new password after the reload"
     );
+}
+
+// ---------------------------------------------------------------- live handshakes with a rustls client
+//
+// The tests below talk to the listener with a rustls client of their own, so that each one controls exactly
+// what the client offers (protocol versions, cipher suites, a client certificate or none) and sees what the
+// server chose and whether it asked for a client certificate.
+
+mod raw_tls {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use base64::Engine;
+    use rustls::client::ResolvesClientCert;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::sign::CertifiedKey;
+    use rustls::{
+        ClientConfig, ProtocolVersion, RootCertStore, SignatureScheme, SupportedCipherSuite,
+        SupportedProtocolVersion,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::common::tls::{Pki, USERNAME};
+
+    /// What the client offers.
+    pub struct Offer {
+        pub versions: &'static [&'static SupportedProtocolVersion],
+        /// In the client's order of preference; all of the provider's when empty.
+        pub cipher_suites: Vec<SupportedCipherSuite>,
+        /// The stem of a `.crt`/`.key` pair of the PKI to present when the server asks.
+        pub identity: Option<&'static str>,
+    }
+
+    impl Offer {
+        pub fn versions(versions: &'static [&'static SupportedProtocolVersion]) -> Offer {
+            Offer {
+                versions,
+                cipher_suites: Vec::new(),
+                identity: None,
+            }
+        }
+    }
+
+    pub const BOTH: &[&SupportedProtocolVersion] =
+        &[&rustls::version::TLS13, &rustls::version::TLS12];
+    pub const TLS12_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    pub const TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+    /// What one connection saw.
+    #[derive(Debug)]
+    pub struct Exchange {
+        /// Whether the server sent a CertificateRequest.
+        pub asked_for_certificate: bool,
+        pub version: Option<ProtocolVersion>,
+        pub cipher_suite: Option<rustls::CipherSuite>,
+        /// The status line and headers of the answer to `GET /-/healthy` with the credentials, or why there was
+        /// none (failed handshake, alert, closed connection).
+        pub answer: Result<String, String>,
+    }
+
+    impl Exchange {
+        pub fn status_line(&self) -> Option<&str> {
+            self.answer
+                .as_ref()
+                .ok()
+                .and_then(|head| head.lines().next())
+        }
+
+        pub fn served(&self) -> bool {
+            self.status_line() == Some("HTTP/1.1 200 OK")
+        }
+    }
+
+    /// Presents the PKI's `identity` certificate whenever the server asks, and notes that it asked.
+    #[derive(Debug)]
+    struct RecordingResolver {
+        key: Option<Arc<CertifiedKey>>,
+        asked: Arc<AtomicBool>,
+    }
+
+    impl ResolvesClientCert for RecordingResolver {
+        fn resolve(
+            &self,
+            _hints: &[&[u8]],
+            _schemes: &[SignatureScheme],
+        ) -> Option<Arc<CertifiedKey>> {
+            self.asked.store(true, Ordering::SeqCst);
+            self.key.clone()
+        }
+
+        fn has_certs(&self) -> bool {
+            // Called by rustls also before any request: only `resolve` says the server asked.
+            self.key.is_some()
+        }
+    }
+
+    fn certified_key(pki: &Pki, stem: &str) -> Arc<CertifiedKey> {
+        let certs = CertificateDer::pem_file_iter(pki.path(&format!("{stem}.crt")))
+            .unwrap_or_else(|e| panic!("{stem}.crt: {e}"))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_else(|e| panic!("{stem}.crt: {e}"));
+        let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{stem}.key")))
+            .unwrap_or_else(|e| panic!("{stem}.key: {e}"));
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+            .unwrap_or_else(|e| panic!("{stem}.key: {e}"));
+        Arc::new(CertifiedKey::new(certs, signer))
+    }
+
+    /// One TLS connection to `addr` trusting the PKI's CA, then `GET /-/healthy` with the test credentials.
+    pub async fn exchange(pki: &Pki, addr: &str, offer: Offer) -> Exchange {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if !offer.cipher_suites.is_empty() {
+            provider.cipher_suites = offer.cipher_suites.clone();
+        }
+        let mut roots = RootCertStore::empty();
+        for cert in
+            CertificateDer::pem_file_iter(pki.ca_file()).unwrap_or_else(|e| panic!("ca.crt: {e}"))
+        {
+            roots
+                .add(cert.unwrap_or_else(|e| panic!("ca.crt: {e}")))
+                .unwrap_or_else(|e| panic!("ca.crt: {e}"));
+        }
+        let asked = Arc::new(AtomicBool::new(false));
+        let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(offer.versions)
+            .unwrap_or_else(|e| panic!("client versions: {e}"))
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(Arc::new(RecordingResolver {
+                key: offer.identity.map(|stem| certified_key(pki, stem)),
+                asked: Arc::clone(&asked),
+            }));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let server_name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let attempt = async {
+            let mut stream = match connector.connect(server_name, tcp).await {
+                Ok(stream) => stream,
+                Err(e) => return (None, None, Err(format!("handshake: {e}"))),
+            };
+            let (_, connection) = stream.get_ref();
+            let version = connection.protocol_version();
+            let suite = connection.negotiated_cipher_suite().map(|s| s.suite());
+            let credentials = base64::engine::general_purpose::STANDARD
+                .encode(format!("{USERNAME}:{}", pki.password));
+            let request = format!(
+                "GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {credentials}\r\n\
+                 Connection: close\r\n\r\n"
+            );
+            if let Err(e) = stream.write_all(request.as_bytes()).await {
+                return (version, suite, Err(format!("write: {e}")));
+            }
+            let mut answer = Vec::new();
+            // An error after the answer (a close without close_notify) does not take the answer back; a refused
+            // client certificate under TLS 1.3 arrives as an alert on the first read, before any answer.
+            let ended = stream.read_to_end(&mut answer).await;
+            let answer = match ended {
+                _ if !answer.is_empty() => {
+                    let text = String::from_utf8_lossy(&answer);
+                    Ok(text
+                        .split("\r\n\r\n")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string())
+                }
+                Err(e) => Err(format!("read: {e}")),
+                Ok(_) => Err("closed without an answer".to_string()),
+            };
+            (version, suite, answer)
+        };
+        let (version, cipher_suite, answer) =
+            tokio::time::timeout(Duration::from_secs(30), attempt)
+                .await
+                .unwrap_or_else(|_| panic!("no answer and no close from {addr} within 30 s"));
+        Exchange {
+            asked_for_certificate: asked.load(Ordering::SeqCst),
+            version,
+            cipher_suite,
+            answer,
+        }
+    }
+
+    /// `pki.path(name)`, for web config files.
+    pub fn file(pki: &Pki, name: &str) -> String {
+        Path::display(&pki.path(name)).to_string()
+    }
+}
+
+use raw_tls::{exchange, Offer, BOTH, TLS12_ONLY, TLS13_ONLY};
+use rustls::ProtocolVersion;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_client_cert_if_given_serves_no_certificate_and_one_from_the_ca_but_refuses_a_strangers(
+) {
+    let pki = Pki::generate();
+    let node = Pushgateway::start().await;
+    let tls_extra = format!(
+        "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: '{}'\n",
+        pki.ca_file().display()
+    );
+    let gateway = SecureGateway::start(
+        &pki,
+        &proxy_config(&[node.addr()], ""),
+        &web_yaml(&pki, &tls_extra),
+        false,
+    )
+    .await;
+    // Both handshakes: TLS 1.2 refuses a certificate during the handshake, TLS 1.3 after it.
+    for versions in [TLS13_ONLY, TLS12_ONLY] {
+        for (identity, served) in [
+            (None, true),
+            (Some("client"), true),
+            (Some("stranger"), false),
+        ] {
+            let seen = exchange(
+                &pki,
+                &gateway.addr(),
+                Offer {
+                    identity,
+                    ..Offer::versions(versions)
+                },
+            )
+            .await;
+            assert!(
+                seen.asked_for_certificate,
+                "{identity:?}: the server must ask: {seen:?}"
+            );
+            assert_eq!(seen.served(), served, "{versions:?} {identity:?}: {seen:?}");
+            if !served {
+                assert!(seen.answer.is_err(), "no HTTP answer at all: {seen:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_client_cert_asks_for_a_certificate_and_serves_clients_with_any_or_none() {
+    let pki = Pki::generate();
+    let node = Pushgateway::start().await;
+    let gateway = SecureGateway::start(
+        &pki,
+        &proxy_config(&[node.addr()], ""),
+        &web_yaml(&pki, "  client_auth_type: RequestClientCert\n"),
+        false,
+    )
+    .await;
+    for versions in [TLS13_ONLY, TLS12_ONLY] {
+        for identity in [None, Some("client"), Some("stranger")] {
+            let seen = exchange(
+                &pki,
+                &gateway.addr(),
+                Offer {
+                    identity,
+                    ..Offer::versions(versions)
+                },
+            )
+            .await;
+            assert!(
+                seen.asked_for_certificate,
+                "{identity:?}: RequestClientCert asks: {seen:?}"
+            );
+            assert!(seen.served(), "{versions:?} {identity:?}: {seen:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_version_tls13_refuses_a_tls12_only_client() {
+    let pki = Pki::generate();
+    let node = Pushgateway::start().await;
+    let gateway = SecureGateway::start(
+        &pki,
+        &proxy_config(&[node.addr()], ""),
+        &web_yaml(&pki, "  min_version: TLS13\n"),
+        false,
+    )
+    .await;
+    let old = exchange(&pki, &gateway.addr(), Offer::versions(TLS12_ONLY)).await;
+    assert!(
+        old.answer
+            .as_ref()
+            .is_err_and(|e| e.starts_with("handshake")),
+        "a TLS 1.2-only client must fail the handshake: {old:?}"
+    );
+    let new = exchange(&pki, &gateway.addr(), Offer::versions(BOTH)).await;
+    assert!(new.served(), "{new:?}");
+    assert_eq!(new.version, Some(ProtocolVersion::TLSv1_3));
+    assert!(
+        !new.asked_for_certificate,
+        "NoClientCert (the default) asks for no certificate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_version_tls12_refuses_a_tls13_only_client_and_caps_one_that_offers_both() {
+    let pki = Pki::generate();
+    let node = Pushgateway::start().await;
+    let gateway = SecureGateway::start(
+        &pki,
+        &proxy_config(&[node.addr()], ""),
+        &web_yaml(&pki, "  max_version: TLS12\n"),
+        false,
+    )
+    .await;
+    let new_only = exchange(&pki, &gateway.addr(), Offer::versions(TLS13_ONLY)).await;
+    assert!(
+        new_only
+            .answer
+            .as_ref()
+            .is_err_and(|e| e.starts_with("handshake")),
+        "a TLS 1.3-only client must fail the handshake: {new_only:?}"
+    );
+    let both = exchange(&pki, &gateway.addr(), Offer::versions(BOTH)).await;
+    assert!(both.served(), "{both:?}");
+    assert_eq!(both.version, Some(ProtocolVersion::TLSv1_2), "{both:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_server_cipher_suites_picks_the_servers_order_by_default_and_the_clients_when_false()
+{
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    use rustls::CipherSuite;
+    let pki = Pki::generate();
+    let node = Pushgateway::start().await;
+    // Without the key: exporter-toolkit's default, true.
+    let gateway = SecureGateway::start(
+        &pki,
+        &proxy_config(&[node.addr()], ""),
+        &web_yaml(&pki, ""),
+        false,
+    )
+    .await;
+    // The reverse of the server's order (rustls puts AES-256-GCM first).
+    let offer = || Offer {
+        cipher_suites: vec![
+            TLS13_CHACHA20_POLY1305_SHA256,
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+        ],
+        ..Offer::versions(TLS13_ONLY)
+    };
+    let seen = exchange(&pki, &gateway.addr(), offer()).await;
+    assert!(seen.served(), "{seen:?}");
+    assert_eq!(
+        seen.cipher_suite,
+        Some(CipherSuite::TLS13_AES_256_GCM_SHA384),
+        "the server's first choice, not the client's"
+    );
+
+    std::fs::write(
+        gateway.web_config(),
+        web_yaml(&pki, "  prefer_server_cipher_suites: false\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let reload = pki
+        .client_with(&pki.ca_file(), None)
+        .post(format!("{}/-/reload", gateway.url()))
+        .basic_auth(USERNAME, Some(&pki.password))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /-/reload: {e}"));
+    assert_eq!(reload.status(), StatusCode::OK, "{}", gateway.log_text());
+    let seen = exchange(&pki, &gateway.addr(), offer()).await;
+    assert!(seen.served(), "{seen:?}");
+    assert_eq!(
+        seen.cipher_suite,
+        Some(CipherSuite::TLS13_CHACHA20_POLY1305_SHA256),
+        "false: the client's first choice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_headers_are_on_a_push_answered_by_the_pushgateway() {
+    let pki = Pki::generate();
+    let node = Pushgateway::start().await;
+    let web = format!(
+        "tls_server_config:\n  cert_file: '{}'\n  key_file: '{}'\nhttp_server_config:\n  headers:\n    \
+         Strict-Transport-Security: max-age=63072000; includeSubDomains\n    X-Content-Type-Options: nosniff\n    \
+         X-Frame-Options: deny\n    Content-Security-Policy: default-src 'none'\nbasic_auth_users:\n  \
+         {USERNAME}: '{}'\n",
+        raw_tls::file(&pki, "server.crt"),
+        raw_tls::file(&pki, "server.key"),
+        pki.hash,
+    );
+    let gateway = SecureGateway::start(&pki, &proxy_config(&[node.addr()], ""), &web, false).await;
+    let response = pki
+        .client_with(&pki.ca_file(), None)
+        .put(format!("{}/metrics/job/headers_job", gateway.url()))
+        .basic_auth(USERNAME, Some(&pki.password))
+        .body("headers_metric 1\n")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PUT through the gateway: {e}"));
+    assert_eq!(response.status(), StatusCode::OK, "{}", gateway.log_text());
+    assert!(
+        response.headers().contains_key("x-dynamic-sharding-node"),
+        "answered by the node, through the proxy"
+    );
+    for (name, value) in [
+        (
+            "strict-transport-security",
+            "max-age=63072000; includeSubDomains",
+        ),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "deny"),
+        ("content-security-policy", "default-src 'none'"),
+    ] {
+        assert_eq!(
+            response.headers().get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{name} on the proxied answer"
+        );
+    }
+    assert!(node.metrics_text().await.contains("headers_metric"));
 }

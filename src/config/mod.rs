@@ -8,8 +8,11 @@
 mod ambiguous_writes;
 mod authorization;
 mod consul;
+mod dns_sd;
+mod file_sd;
 mod groups;
 mod health_check;
+mod membership;
 mod outlier_detection;
 mod proxy;
 mod pushgateway;
@@ -33,8 +36,11 @@ pub use consul::{
     ConsulConfig, ConsulScheme, ConsulTlsConfig, DEFAULT_CONSUL_CHECK_INTERVAL,
     DEFAULT_CONSUL_CHECK_TIMEOUT,
 };
+pub use dns_sd::{DnsRecordType, DnsSdConfig, DEFAULT_DNS_SD_REFRESH_INTERVAL};
+pub use file_sd::{FileSdConfig, DEFAULT_FILE_SD_REFRESH_INTERVAL};
 pub use groups::{ExpireOverride, GroupsConfig};
 pub use health_check::HealthCheckConfig;
+pub use membership::MembershipConfig;
 pub use outlier_detection::OutlierDetectionConfig;
 pub use proxy::ProxyConfig;
 pub use pushgateway::{
@@ -47,9 +53,12 @@ pub use web::{normalize_listen_addr, WebConfig, DEFAULT_LISTEN_ADDR};
 
 use ambiguous_writes::{validate_ambiguous_writes, RawAmbiguousWrites};
 use authorization::{validate_authorization, RawAuthorization};
-use consul::{validate_consul, RawConsulServer};
+use consul::RawConsulServer;
+use dns_sd::RawDnsSd;
+use file_sd::RawFileSd;
 use groups::{validate_groups, RawGroups};
 use health_check::{validate_health_check, RawHealthCheck};
+use membership::{validate_membership, RawSources};
 use outlier_detection::{validate_outlier_detection, RawOutlierDetection};
 use proxy::{validate_proxy, RawProxy};
 use pushgateway::{validate_pushgateway, RawPushgateway};
@@ -90,8 +99,10 @@ pub enum Mode {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawConfig {
+struct RawConfig {
     consul_server: Option<RawConsulServer>,
+    dns_sd: Option<RawDnsSd>,
+    file_sd: Option<RawFileSd>,
     http_listen_addr: Option<String>,
     pushgateway: Option<RawPushgateway>,
     mode: Option<Mode>,
@@ -119,7 +130,7 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawRing {
+struct RawRing {
     algorithm: Option<Algorithm>,
 }
 
@@ -132,7 +143,8 @@ pub struct Config {
     pub mode: Mode,
     /// Configured Pushgateways as `host:port`, deduplicated, in file order.
     pub servers: Vec<String>,
-    pub consul: Option<ConsulConfig>,
+    /// Where the ring's nodes come from: exactly one source.
+    pub membership: MembershipConfig,
     pub health_check: HealthCheckConfig,
     pub ring_algorithm: Algorithm,
     pub proxy: ProxyConfig,
@@ -153,6 +165,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The `consul_server` section, when Consul is the membership source.
+    pub fn consul(&self) -> Option<&ConsulConfig> {
+        match &self.membership {
+            MembershipConfig::Consul(consul) => Some(consul.as_ref()),
+            _ => None,
+        }
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -191,13 +211,12 @@ impl Config {
             .map_err(|e| invalid(format!("http_listen_addr: {e}")))?;
 
         let (servers, upstream) = validate_pushgateway(raw.pushgateway.unwrap_or_default())?;
-        let consul = raw.consul_server.map(validate_consul).transpose()?;
-        if consul.is_none() && servers.is_empty() {
-            return Err(invalid(
-                "pushgateway.servers: empty; list the Pushgateways to shard over (e.g. [\"10.0.0.1\", \"10.0.0.2:9091\"]) \
-                 or configure consul_server",
-            ));
-        }
+        let membership = validate_membership(RawSources {
+            servers_given: !servers.is_empty(),
+            consul_server: raw.consul_server,
+            dns_sd: raw.dns_sd,
+            file_sd: raw.file_sd,
+        })?;
 
         let health_check = validate_health_check(raw.health_check.unwrap_or_default())?;
         let proxy = validate_proxy(raw.proxy.unwrap_or_default())?;
@@ -212,15 +231,14 @@ impl Config {
         let replication_factor = validate_replication(
             raw.replication.unwrap_or_default(),
             mode,
-            consul.is_some(),
-            servers.len(),
+            matches!(membership, MembershipConfig::Static).then_some(servers.len()),
         )?;
 
         Ok(Config {
             listen_addr,
             mode,
             servers,
-            consul,
+            membership,
             health_check,
             ring_algorithm: raw.ring.and_then(|r| r.algorithm).unwrap_or_default(),
             proxy,

@@ -11,13 +11,13 @@ pub(super) struct RawReplication {
 }
 
 /// `replication.factor`: at least 1 (1, the default: only its owner holds a group); above 1 only in proxy mode (a
-/// redirected client writes to one node) and, with a static server list, at most its length (a factor no ring
-/// can reach would leave every group under-replicated for good).
+/// redirected client writes to one node) and, with a static server list (`static_servers`: its length; `None`
+/// for discovered members, whose count is not known in advance), at most its length (a factor no ring can reach
+/// would leave every group under-replicated for good).
 pub(super) fn validate_replication(
     raw: RawReplication,
     mode: Mode,
-    consul: bool,
-    server_count: usize,
+    static_servers: Option<usize>,
 ) -> Result<usize, ConfigError> {
     let Some(factor) = raw.factor else {
         return Ok(1);
@@ -36,7 +36,7 @@ pub(super) fn validate_replication(
              set mode: proxy or replication.factor: 1"
         )));
     }
-    if !consul && factor > server_count {
+    if let Some(server_count) = static_servers.filter(|&count| factor > count) {
         return Err(invalid(format!(
             "replication.factor: {factor} is more than the {server_count} pushgateway.servers; list more servers \
              or lower the factor"

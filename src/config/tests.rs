@@ -93,7 +93,7 @@ fn accepts_the_go_originals_file_unchanged() {
     let config = Config::parse(text).unwrap();
     assert_eq!(config.servers, vec!["1.1.1.1:9091", "1.1.1.2:9091"]);
     assert_eq!(config.listen_addr, ":9292");
-    let consul = config.consul.unwrap();
+    let consul = config.consul().unwrap().clone();
     assert_eq!(consul.addr, "localhost:8500");
     assert_eq!(consul.username, None);
     assert_eq!(consul.service_name, "pushgateway");
@@ -103,7 +103,7 @@ fn accepts_the_go_originals_file_unchanged() {
 #[test]
 fn consul_defaults_and_new_keys() {
     let config = Config::parse("consul_server: {addr: 'localhost:8500'}").unwrap();
-    let consul = config.consul.unwrap();
+    let consul = config.consul().unwrap().clone();
     assert!(
         config.servers.is_empty(),
         "servers may be empty with Consul"
@@ -121,7 +121,7 @@ fn consul_defaults_and_new_keys() {
          insecure_skip_verify: true}\n",
     )
     .unwrap();
-    let consul = config.consul.unwrap();
+    let consul = config.consul().unwrap().clone();
     assert_eq!(consul.addr, "consul.example:8501");
     assert_eq!(consul.scheme, ConsulScheme::Https);
     assert_eq!(consul.username.as_deref(), Some("u"));
@@ -596,4 +596,114 @@ fn invalid_upstream_settings_say_what_to_fix() {
             "config {text:?}: error {err:?} should mention {expected:?}"
         );
     }
+}
+
+#[test]
+fn dns_sd_has_prometheus_keys_and_defaults() {
+    let config =
+        Config::parse("dns_sd:\n  names: [_pushgateway._tcp.pg.monitoring.svc]\n").unwrap();
+    let MembershipConfig::DnsSd(dns) = &config.membership else {
+        panic!("dns_sd expected, got {:?}", config.membership)
+    };
+    assert_eq!(
+        dns.record_type,
+        DnsRecordType::Srv,
+        "SRV is the default, as in Prometheus"
+    );
+    assert_eq!(dns.port, None);
+    assert_eq!(dns.refresh_interval, Duration::from_secs(30));
+    assert!(dns.nameservers.is_empty());
+    assert_eq!(config.membership.name(), "dns_sd");
+
+    let config = Config::parse(
+        "dns_sd:\n  names: [pg.test]\n  type: a\n  port: 9091\n  refresh_interval: 2s\n  nameservers: ['127.0.0.1:5353', '::1', '10.0.0.10']\n",
+    )
+    .unwrap();
+    let MembershipConfig::DnsSd(dns) = &config.membership else {
+        panic!("dns_sd expected")
+    };
+    assert_eq!(dns.record_type, DnsRecordType::A);
+    assert_eq!(dns.port, Some(9091));
+    assert_eq!(dns.refresh_interval, Duration::from_secs(2));
+    assert_eq!(
+        dns.nameservers,
+        vec![
+            "127.0.0.1:5353".parse().unwrap(),
+            "[::1]:53".parse().unwrap(),
+            "10.0.0.10:53".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
+fn file_sd_has_prometheus_keys_and_defaults() {
+    let config = Config::parse("file_sd:\n  files: ['/etc/ds/*.json', targets.yml]\n").unwrap();
+    let MembershipConfig::FileSd(file) = &config.membership else {
+        panic!("file_sd expected")
+    };
+    assert_eq!(file.files, vec!["/etc/ds/*.json", "targets.yml"]);
+    assert_eq!(file.refresh_interval, Duration::from_secs(300));
+}
+
+#[test]
+fn invalid_discovery_settings_say_what_to_fix() {
+    assert_each_error_mentions(&[
+        ("dns_sd: {names: []}", "dns_sd.names: empty"),
+        ("dns_sd: {names: ['a b']}", "dns_sd.names[0]"),
+        (
+            "dns_sd: {names: [pg.test], type: MX, port: 1}",
+            "dns_sd.type",
+        ),
+        ("dns_sd: {names: [pg.test], type: A}", "dns_sd.port"),
+        (
+            "dns_sd: {names: [pg.test], port: 9091}",
+            "SRV records carry their own ports",
+        ),
+        (
+            "dns_sd: {names: [pg.test], refresh_interval: 0s}",
+            "dns_sd.refresh_interval",
+        ),
+        (
+            "dns_sd: {names: [pg.test], nameservers: [kube-dns]}",
+            "dns_sd.nameservers[0]",
+        ),
+        ("dns_sd: {names: [pg.test], nameserver: []}", "nameserver"),
+        ("file_sd: {files: []}", "file_sd.files: empty"),
+        ("file_sd: {files: [targets.txt]}", ".json, .yml or .yaml"),
+        ("file_sd: {files: ['/etc/*/t.json']}", "only the file name"),
+        (
+            "file_sd: {files: [t.json], refresh_interval: 0s}",
+            "file_sd.refresh_interval",
+        ),
+    ]);
+}
+
+#[test]
+fn mixing_membership_sources_is_an_error_naming_the_keys() {
+    assert_each_error_mentions(&[
+        (
+            "consul_server: {addr: 'localhost:8500'}\ndns_sd: {names: [pg.test]}",
+            "consul_server and dns_sd: more than one membership source",
+        ),
+        (
+            "dns_sd: {names: [pg.test]}\nfile_sd: {files: [t.json]}",
+            "dns_sd and file_sd: more than one membership source",
+        ),
+        (
+            "pushgateway: {servers: [a]}\ndns_sd: {names: [pg.test]}",
+            "pushgateway.servers and dns_sd",
+        ),
+        (
+            "pushgateway: {servers: [a]}\nfile_sd: {files: [t.json]}",
+            "pushgateway.servers and file_sd",
+        ),
+        ("mode: proxy", "consul_server, dns_sd or file_sd"),
+    ]);
+    // Consul registers the configured servers: that is one source, as in the Go original.
+    let config =
+        Config::parse("consul_server: {addr: 'localhost:8500'}\npushgateway: {servers: [a]}")
+            .unwrap();
+    assert_eq!(config.membership.name(), "consul");
+    // pushgateway.port and the scheme still apply to discovered nodes.
+    assert!(Config::parse("pushgateway: {scheme: https}\ndns_sd: {names: [pg.test]}").is_ok());
 }

@@ -30,7 +30,7 @@ use crate::ambiguous::Journal;
 use crate::authorization::{Action, User};
 use crate::body_budget::BodyBudget;
 use crate::config::Config;
-use crate::membership::static_probe::SuspectReporter;
+use crate::membership::health::SuspectReporter;
 use crate::membership::Membership;
 use crate::move_guard::MoveCoordinator;
 use crate::outlier::OutlierDetector;

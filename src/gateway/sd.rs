@@ -18,12 +18,11 @@ use serde_json::{json, Value};
 
 use super::{json, text, AppState};
 use crate::config::NodeScheme;
-use crate::membership::SourceKind;
 
 /// The target label naming the node (`host:port`, the same as `__address__`), for relabeling into a label
 /// that survives the scrape, e.g. `pushgateway_node`.
 pub const NODE_LABEL: &str = "__meta_dynamic_sharding_node";
-/// The target label naming the membership source the node came from: `static` or `consul`.
+/// The target label naming the membership source the node came from: `static`, `consul`, `dns_sd` or `file_sd`.
 pub const SOURCE_LABEL: &str = "__meta_dynamic_sharding_membership_source";
 /// Prometheus' own target label for the scrape scheme: `pushgateway.scheme`, so a scrape config needs no
 /// `scheme:` of its own (its `tls_config` and `basic_auth` still apply).
@@ -58,20 +57,20 @@ pub async fn targets(State(state): State<AppState>, headers: HeaderMap) -> Respo
 
 /// The HTTP SD answer with replication: the gateway at `host`, path `/metrics` (each group once). No
 /// `__scheme__`: the scrape config's own scheme is the one that reaches the gateway.
-pub fn deduplicated_target(host: &str, source: SourceKind) -> Value {
+pub fn deduplicated_target(host: &str, source: &str) -> Value {
     json!([{
         "targets": [host],
         "labels": {
             "__metrics_path__": "/metrics",
             VIEW_LABEL: "deduplicated",
-            SOURCE_LABEL: source.as_str(),
+            SOURCE_LABEL: source,
         },
     }])
 }
 
 /// The HTTP SD answer for `nodes`: one target group per node, because a label naming the node can only be
 /// attached to a group, not to one target of it. No node gives `[]`, which Prometheus reads as "no targets".
-pub fn target_groups(nodes: &[String], source: SourceKind, scheme: NodeScheme) -> Value {
+pub fn target_groups(nodes: &[String], source: &str, scheme: NodeScheme) -> Value {
     Value::Array(
         nodes
             .iter()
@@ -80,7 +79,7 @@ pub fn target_groups(nodes: &[String], source: SourceKind, scheme: NodeScheme) -
                     "targets": [node],
                     "labels": {
                         NODE_LABEL: node,
-                        SOURCE_LABEL: source.as_str(),
+                        SOURCE_LABEL: source,
                         SCHEME_LABEL: scheme.as_str(),
                     },
                 })
@@ -97,7 +96,7 @@ mod tests {
     fn one_group_per_node_labelled_with_node_and_source() {
         let nodes = vec!["127.0.0.1:9091".to_string(), "127.0.0.1:9092".to_string()];
         assert_eq!(
-            target_groups(&nodes, SourceKind::Consul, NodeScheme::Https),
+            target_groups(&nodes, "consul", NodeScheme::Https),
             json!([
                 {"targets": ["127.0.0.1:9091"], "labels": {
                     "__meta_dynamic_sharding_node": "127.0.0.1:9091",
@@ -114,7 +113,7 @@ mod tests {
     #[test]
     fn a_replicated_answer_is_the_gateway_itself() {
         assert_eq!(
-            deduplicated_target("dynamic-sharding:9292", SourceKind::Static),
+            deduplicated_target("dynamic-sharding:9292", "static"),
             json!([{"targets": ["dynamic-sharding:9292"], "labels": {
                 "__metrics_path__": "/metrics",
                 "__meta_dynamic_sharding_view": "deduplicated",
@@ -125,7 +124,7 @@ mod tests {
     #[test]
     fn no_node_is_an_empty_array() {
         assert_eq!(
-            target_groups(&[], SourceKind::Static, NodeScheme::Http).to_string(),
+            target_groups(&[], "static", NodeScheme::Http).to_string(),
             "[]"
         );
     }

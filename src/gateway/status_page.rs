@@ -521,7 +521,7 @@ fn render(view: &PageView<'_>) -> String {
         view.algorithm,
         view.generation,
         humantime::format_rfc3339_seconds(view.built_at),
-        view.membership.source.as_str(),
+        view.membership.source,
         humantime::format_rfc3339_seconds(view.now),
     );
     render_cards(&mut out, view);
@@ -970,7 +970,7 @@ fn age(now: SystemTime, then: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::{NodeStatus, SourceKind};
+    use crate::membership::NodeStatus;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -1134,7 +1134,7 @@ mod tests {
     #[test]
     fn the_rendered_page_escapes_labels_and_node_errors() {
         let membership = Membership {
-            source: SourceKind::Static,
+            source: "static",
             nodes: vec![NodeStatus {
                 node: "127.0.0.1:9091".to_owned(),
                 healthy: false,

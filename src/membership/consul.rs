@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{watch, Notify};
 
-use super::{Membership, NodeStatus, SourceKind};
+use super::{Membership, NodeStatus};
 use crate::config::{BasicAuth, Config, ConsulConfig, UpstreamConfig};
 use crate::consul::index::{backoff, next_index, pause_before_next, went_backwards};
 use crate::consul::{ConsulClient, HttpCheck, ServiceInstance, ServiceRegistration};
@@ -50,8 +50,7 @@ pub fn spawn(
     metrics: Metrics,
     shutdown: Shutdown,
 ) -> watch::Receiver<Arc<Membership>> {
-    let (membership_tx, membership_rx) =
-        watch::channel(Arc::new(Membership::empty(SourceKind::Consul)));
+    let (membership_tx, membership_rx) = watch::channel(Arc::new(Membership::empty("consul")));
     let reassert = Arc::new(Notify::new());
     let registration_error = Arc::new(Mutex::new(None));
     // Counts the registrar's completed passes, so the watcher can wait for one.
@@ -380,7 +379,7 @@ impl Watcher {
 
     fn config_changed(&mut self) {
         let current = self.config.borrow_and_update().clone();
-        if current.consul.as_ref() != Some(&self.started_with) {
+        if current.consul() != Some(&self.started_with) {
             tracing::warn!("consul_server changed; the new settings take effect after a restart");
         }
         // The configured servers appear in /-/ring even when not passing; refresh that view.
@@ -506,7 +505,7 @@ impl Watcher {
             time.map(|t| humantime::format_rfc3339_millis(t).to_string())
         };
         let snapshot = Membership {
-            source: SourceKind::Consul,
+            source: "consul",
             nodes: nodes.into_values().collect(),
             detail: serde_json::json!({
                 "consul": self.client.base_url(),

@@ -220,6 +220,7 @@ fn server_config(tls: &TlsSettings) -> Result<ServerConfig, KeyError> {
         .with_single_cert(certs, key)
         .map_err(|e| ("key_file", format!("does not match cert_file: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ignore_client_order = tls.prefer_server_cipher_suites;
     Ok(config)
 }
 

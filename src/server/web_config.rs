@@ -61,7 +61,7 @@ struct RawTls {
     #[serde(default)]
     curve_preferences: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    prefer_server_cipher_suites: Option<serde_yaml_ng::Value>,
+    prefer_server_cipher_suites: Option<bool>,
     #[serde(default)]
     client_allowed_sans: Option<serde_yaml_ng::Value>,
     #[serde(default)]
@@ -113,6 +113,8 @@ pub struct TlsSettings {
     pub client_ca_file: Option<PathBuf>,
     pub min_version: TlsVersion,
     pub max_version: TlsVersion,
+    /// Pick the cipher suite by the server's order rather than the client's (rustls' `ignore_client_order`).
+    pub prefer_server_cipher_suites: bool,
 }
 
 /// A checked web configuration. The default (no file) is plain HTTP without authentication.
@@ -254,12 +256,6 @@ fn tls(raw: RawTls, base: &Path) -> Result<TlsSettings, ParseError> {
             "rustls uses its own safe defaults",
         ));
     }
-    if raw.prefer_server_cipher_suites.is_some() {
-        return Err(unsupported(
-            "prefer_server_cipher_suites",
-            "rustls always prefers the server's order",
-        ));
-    }
     if raw.client_allowed_sans.is_some() {
         return Err(unsupported(
             "client_allowed_sans",
@@ -326,6 +322,8 @@ fn tls(raw: RawTls, base: &Path) -> Result<TlsSettings, ParseError> {
         client_ca_file,
         min_version,
         max_version,
+        // exporter-toolkit's default; rustls' own default follows the client's order.
+        prefer_server_cipher_suites: raw.prefer_server_cipher_suites.unwrap_or(true),
     })
 }
 
@@ -370,6 +368,10 @@ mod tests {
         assert_eq!(tls.key_file, PathBuf::from("/abs/s.key"));
         assert_eq!(tls.client_auth, ClientAuth::RequireAndVerifyClientCert);
         assert_eq!(tls.min_version, TlsVersion::Tls13);
+        assert!(
+            tls.prefer_server_cipher_suites,
+            "exporter-toolkit's default"
+        );
         assert_eq!(settings.headers.len(), 1);
         assert_eq!(settings.users["alice"], hash);
     }
@@ -393,7 +395,7 @@ mod tests {
                 "curve_preferences",
             ),
             (
-                format!("{tls}  prefer_server_cipher_suites: true\n"),
+                format!("{tls}  prefer_server_cipher_suites: yes please\n"),
                 "prefer_server_cipher_suites",
             ),
             (

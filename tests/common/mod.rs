@@ -26,6 +26,9 @@
 //! - [`Gateway`]: the `dynamic-sharding` binary: `start(config_yaml)`, `start_with_args(config_yaml, args)`,
 //!   `addr()`, `url()`, `pid()`, `signal("HUP")`, `config_path()` (rewrite it, then signal to reload), `kill()`,
 //!   `log_text()`.
+//! - [`dnsmasq`]: a real DNS server on a free loopback port: A records from a hosts file (`set_hosts` rewrites it
+//!   and SIGHUPs), SRV records from `--srv-host`, names under `.test` answered NXDOMAIN when unknown.
+//!   `Pushgateway::start_on(host, port)` with [`free_port_on`] puts Pushgateways on 127.0.0.2, 127.0.0.3, ...
 //! - [`tls`]: test-time certificates and bcrypt hashes, and Pushgateways with `--web.config.file` (TLS + basic auth).
 //! - [`python_push`]`(gateway, job, grouping, op)`: pushes with Debian's `/usr/bin/python3` and `prometheus_client`;
 //!   `Ok(())` or `Err(error text)`.
@@ -36,6 +39,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod dnsmasq;
 pub mod fault_proxy;
 pub mod placement;
 pub mod tls;
@@ -90,6 +94,30 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("found no free port on 127.0.0.1 in 1000 attempts");
+}
+
+/// `host:port`, with an IPv6 host in brackets (`[::1]:9091`).
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A port free for TCP on every one of `hosts` (loopback addresses such as 127.0.0.2) and for TCP and UDP on
+/// 127.0.0.1, not handed out before: Pushgateways behind one DNS A name listen on the same port.
+pub fn free_port_on(hosts: &[&str]) -> u16 {
+    for _ in 0..100 {
+        let port = free_port();
+        if hosts
+            .iter()
+            .all(|host| TcpListener::bind((*host, port)).is_ok())
+        {
+            return port;
+        }
+    }
+    panic!("found no port free on all of {hosts:?} in 100 attempts");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -452,6 +480,8 @@ fn write_file(path: &Path, contents: &str) {
 /// admin API enabled.
 pub struct Pushgateway {
     guard: ChildGuard,
+    /// The loopback address it listens on (127.0.0.1 unless started with [`Pushgateway::start_on`]).
+    host: String,
     port: u16,
     persistence_file: Option<PathBuf>,
     client: reqwest::Client,
@@ -479,29 +509,49 @@ impl Pushgateway {
         Pushgateway::launch(Some(path.as_ref().to_path_buf())).await
     }
 
+    /// Starts an in-memory Pushgateway on `host:port` (another loopback address, e.g. 127.0.0.2, so several can
+    /// share a port as the Pushgateways behind one DNS name do); `port` from [`free_port_on`].
+    pub async fn start_on(host: &str, port: u16) -> Pushgateway {
+        let (guard, port) = launch_until_ready(
+            "pushgateway",
+            || Pushgateway::launch_on(host, port, None),
+            answers_ok,
+            false,
+        )
+        .await;
+        Pushgateway {
+            guard,
+            host: host.to_string(),
+            port,
+            persistence_file: None,
+            client: http_client(),
+        }
+    }
+
     async fn launch(persistence_file: Option<PathBuf>) -> Pushgateway {
         let (guard, port) = launch_until_ready(
             "pushgateway",
-            || Pushgateway::launch_on(free_port(), persistence_file.as_deref()),
+            || Pushgateway::launch_on("127.0.0.1", free_port(), persistence_file.as_deref()),
             answers_ok,
             true,
         )
         .await;
         Pushgateway {
             guard,
+            host: "127.0.0.1".to_string(),
             port,
             persistence_file,
             client: http_client(),
         }
     }
 
-    fn launch_on(port: u16, persistence_file: Option<&Path>) -> Launch<u16> {
+    fn launch_on(host: &str, port: u16, persistence_file: Option<&Path>) -> Launch<u16> {
         let mut command = Command::new(binary_from_env(
             "DS_PUSHGATEWAY_BIN",
             "prometheus-pushgateway",
         ));
         command
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.listen-address={}", host_port(host, port)))
             .arg("--web.enable-admin-api")
             .arg("--log.level=debug");
         match persistence_file {
@@ -515,15 +565,15 @@ impl Pushgateway {
             }
         }
         Launch {
-            guard: ChildGuard::spawn(&format!("pushgateway-{port}"), command),
-            ready_url: format!("http://127.0.0.1:{port}/-/ready"),
+            guard: ChildGuard::spawn(&format!("pushgateway-{host}-{port}"), command),
+            ready_url: format!("http://{}/-/ready", host_port(host, port)),
             state: port,
         }
     }
 
-    /// `127.0.0.1:<port>`, the form the gateway's config and Consul registrations use.
+    /// `<host>:<port>` (`127.0.0.1:<port>` by default), the form the gateway's config and Consul registrations use.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        host_port(&self.host, self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -578,10 +628,11 @@ impl Pushgateway {
     pub async fn restart(&mut self) {
         self.guard.kill();
         let port = self.port;
+        let host = self.host.clone();
         let persistence_file = self.persistence_file.clone();
         let (guard, _) = launch_until_ready(
             "pushgateway (restart)",
-            || Pushgateway::launch_on(port, persistence_file.as_deref()),
+            || Pushgateway::launch_on(&host, port, persistence_file.as_deref()),
             answers_ok,
             false,
         )
@@ -1048,6 +1099,18 @@ impl Gateway {
         assert_eq!(reply.status, StatusCode::OK, "/-/ring: {}", reply.body);
         serde_json::from_str(&reply.body)
             .unwrap_or_else(|e| panic!("/-/ring is not JSON ({e}): {}", reply.body))
+    }
+
+    /// Waits until the ring holds `count` nodes: the gateway answers `/-/healthy` before its first probes have
+    /// filled the ring, and a push in between gets 503.
+    pub async fn wait_for_ring_size(&self, count: usize) {
+        wait_until(secs(30), Duration::from_millis(100), || async {
+            self.ring().await["ring_nodes"]
+                .as_array()
+                .is_some_and(|nodes| nodes.len() == count)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the ring never held {count} nodes: {e:?}"));
     }
 
     /// The node owning the group of push path `path`, from the original's `GET` answer

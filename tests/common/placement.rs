@@ -113,22 +113,26 @@ pub async fn gateway_metric(gateway: &Gateway, name: &str) -> f64 {
     )
 }
 
+/// The `ring_nodes` of a `/-/ring` answer, sorted.
+pub fn ring_nodes(ring: &serde_json::Value) -> Vec<String> {
+    let mut nodes: Vec<String> = ring["ring_nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    nodes.sort();
+    nodes
+}
+
 /// Waits until the gateway's ring is exactly `nodes` (in any order).
 pub async fn wait_for_ring(gateway: &Gateway, nodes: &[&Pushgateway]) {
     let mut expected: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
     expected.sort();
     wait_until(secs(30), Duration::from_millis(100), || async {
-        let ring = gateway.ring().await;
-        let mut actual: Vec<String> = ring["ring_nodes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|n| n.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        actual.sort();
-        actual == expected
+        ring_nodes(&gateway.ring().await) == expected
     })
     .await
     .unwrap_or_else(|e| {

@@ -2,7 +2,8 @@
 //!
 //! A worker owns one HTTP/1.1 connection to the target (plus one per redirect target it has been sent to) and
 //! issues one request at a time on it, so C workers means C concurrent connections. Requests share one body
-//! `Bytes`; nothing is allocated per request beyond what hyper needs.
+//! `Bytes`; nothing is allocated per request beyond what hyper needs. An `https://` target gets a TLS handshake
+//! once per connection ([`crate::tls`]), then the same keep-alive exchange inside it.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, LOCATION};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, LOCATION};
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -20,6 +21,7 @@ use tokio::net::TcpStream;
 
 use crate::stats::{ErrorKind, WorkerStats};
 use crate::target::LoopbackEndpoint;
+use crate::tls::TlsClient;
 
 /// When to stop issuing requests. Whichever bound is reached first ends the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,10 @@ pub struct LoadPlan {
     pub request_timeout: Duration,
     /// The status that counts as success; any 2xx when `None`.
     pub expected_status: Option<StatusCode>,
+    /// For `https://` endpoints; a push to one without it fails as a connect error.
+    pub tls: Option<TlsClient>,
+    /// Sent with every request (`Basic ...`), marked sensitive.
+    pub authorization: Option<HeaderValue>,
 }
 
 /// Builds the request paths for `groups` distinct groups: `/metrics/job/<job>/instance/i-<n>`, and every
@@ -160,19 +166,23 @@ async fn push(
     let mut path = Cow::Borrowed(path);
     let mut redirects = 0;
     loop {
-        let sender = connections.ready(endpoint.addr).await?;
-        let request = Request::builder()
+        let sender = connections.ready(&endpoint, plan.tls.as_ref()).await?;
+        let mut request = Request::builder()
             .method(plan.method.clone())
             .uri(path.as_ref())
             .header(HOST, endpoint.authority.as_str())
-            .header(CONTENT_TYPE, plan.content_type.clone())
+            .header(CONTENT_TYPE, plan.content_type.clone());
+        if let Some(authorization) = &plan.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
+        let request = request
             .body(Full::new(plan.body.clone()))
             // Only a Location from a server can make the URI invalid.
             .map_err(|_| ErrorKind::RedirectRefused)?;
         let response = match sender.send_request(request).await {
             Ok(response) => response,
             Err(_) => {
-                connections.remove(endpoint.addr);
+                connections.remove(&endpoint);
                 return Err(ErrorKind::Io);
             }
         };
@@ -190,7 +200,7 @@ async fn push(
         let mut body = response.into_body();
         while let Some(frame) = body.frame().await {
             if frame.is_err() {
-                connections.remove(endpoint.addr);
+                connections.remove(&endpoint);
                 return Err(ErrorKind::Io);
             }
         }
@@ -219,19 +229,24 @@ async fn push(
     }
 }
 
-/// A worker's open connections, one per server address (usually just the target).
+/// Where a connection goes: the server address and whether it speaks TLS.
+type ConnectionKey = (SocketAddr, bool);
+
+/// A worker's open connections, one per server address and scheme (usually just the target).
 #[derive(Default)]
 struct Connections {
-    open: Vec<(SocketAddr, SendRequest<Full<Bytes>>)>,
+    open: Vec<(ConnectionKey, SendRequest<Full<Bytes>>)>,
 }
 
 impl Connections {
-    /// A connection to `addr` that is ready for a request, reusing a live one.
+    /// A connection to `endpoint` that is ready for a request, reusing a live one.
     async fn ready(
         &mut self,
-        addr: SocketAddr,
+        endpoint: &LoopbackEndpoint,
+        tls: Option<&TlsClient>,
     ) -> Result<&mut SendRequest<Full<Bytes>>, ErrorKind> {
-        let position = match self.open.iter().position(|(open, _)| *open == addr) {
+        let key = (endpoint.addr, endpoint.tls);
+        let position = match self.open.iter().position(|(open, _)| *open == key) {
             Some(position) => {
                 let sender = &mut self.open[position].1;
                 if sender.ready().await.is_ok() {
@@ -247,16 +262,17 @@ impl Connections {
         let position = match position {
             Some(position) => position,
             None => {
-                let sender = connect(addr).await?;
-                self.open.push((addr, sender));
+                let sender = connect(endpoint, tls).await?;
+                self.open.push((key, sender));
                 self.open.len() - 1
             }
         };
         Ok(&mut self.open[position].1)
     }
 
-    fn remove(&mut self, addr: SocketAddr) {
-        self.open.retain(|(open, _)| *open != addr);
+    fn remove(&mut self, endpoint: &LoopbackEndpoint) {
+        let key = (endpoint.addr, endpoint.tls);
+        self.open.retain(|(open, _)| *open != key);
     }
 
     fn clear(&mut self) {
@@ -264,13 +280,31 @@ impl Connections {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, ErrorKind> {
-    let stream = TcpStream::connect(addr)
+async fn connect(
+    endpoint: &LoopbackEndpoint,
+    tls: Option<&TlsClient>,
+) -> Result<SendRequest<Full<Bytes>>, ErrorKind> {
+    let stream = TcpStream::connect(endpoint.addr)
         .await
         .map_err(|_| ErrorKind::Connect)?;
     // Requests are small and latency-bound; Nagle would add delay to every exchange.
     stream.set_nodelay(true).map_err(|_| ErrorKind::Connect)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+    if !endpoint.tls {
+        return http1_over(stream).await;
+    }
+    let tls = tls.ok_or(ErrorKind::Connect)?;
+    let stream = tls
+        .connect(endpoint.server_name(), stream)
+        .await
+        .map_err(|_| ErrorKind::Connect)?;
+    http1_over(stream).await
+}
+
+async fn http1_over<IO>(io: IO) -> Result<SendRequest<Full<Bytes>>, ErrorKind>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(|_| ErrorKind::Connect)?;
     // The connection task ends when the sender is dropped or the peer closes; its error, if any, surfaces

@@ -14,6 +14,7 @@ use ds_loadgen::cpu::process_cpu_time;
 use ds_loadgen::load::{group_paths, run, Limit, LoadPlan};
 use ds_loadgen::stats::{Report, RunDescription};
 use ds_loadgen::target::LoopbackEndpoint;
+use ds_loadgen::tls::TlsClient;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum PushMethod {
@@ -25,9 +26,19 @@ enum PushMethod {
 #[derive(Debug, Parser)]
 #[command(name = "ds-loadgen", version)]
 struct Args {
-    /// Base URL to push to; must be loopback (127.0.0.0/8, localhost or [::1]).
+    /// Base URL to push to, http:// or https://; must be loopback (127.0.0.0/8, localhost or [::1]).
     #[arg(long)]
     target: String,
+    /// PEM CA certificate(s) that sign the server's certificate; required for https:// (nothing else is trusted,
+    /// and verification cannot be switched off).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Basic-auth user name sent with every push (with --basic-auth-password-file).
+    #[arg(long, requires = "basic_auth_password_file")]
+    basic_auth_user: Option<String>,
+    /// File holding the basic-auth password (a trailing newline is ignored); kept off the command line.
+    #[arg(long, requires = "basic_auth_user")]
+    basic_auth_password_file: Option<PathBuf>,
     /// Concurrent keep-alive connections (one worker each).
     #[arg(short = 'c', long, default_value_t = 16)]
     concurrency: usize,
@@ -115,6 +126,29 @@ fn run_from_args(args: Args) -> anyhow::Result<()> {
                 args.expect_status
             )
         })?;
+    let tls = match (&args.ca_file, target.tls) {
+        (Some(ca_file), _) => Some(TlsClient::trusting(ca_file)?),
+        (None, true) => bail!(
+            "--target {} is https: give --ca-file with the CA that signed the server's certificate",
+            args.target
+        ),
+        (None, false) => None,
+    };
+    let authorization = match (&args.basic_auth_user, &args.basic_auth_password_file) {
+        (Some(user), Some(file)) => {
+            let password = std::fs::read_to_string(file).with_context(|| {
+                format!(
+                    "--basic-auth-password-file {}: cannot read it",
+                    file.display()
+                )
+            })?;
+            Some(basic_authorization(
+                user,
+                password.trim_end_matches(['\r', '\n']),
+            )?)
+        }
+        _ => None,
+    };
     let body = exposition_body(BodySpec {
         samples: args.samples,
         histogram: !args.no_histogram,
@@ -144,6 +178,8 @@ fn run_from_args(args: Args) -> anyhow::Result<()> {
         max_redirects: args.max_redirects,
         request_timeout: Duration::from_millis(args.timeout_ms.max(1)),
         expected_status,
+        tls,
+        authorization,
     });
 
     let runtime = if args.threads == 1 {
@@ -158,7 +194,7 @@ fn run_from_args(args: Args) -> anyhow::Result<()> {
     }
     .context("could not start the async runtime")?;
     let cpu_before = process_cpu_time();
-    let (stats, elapsed) = runtime.block_on(run(plan));
+    let (stats, elapsed) = runtime.block_on(run(Arc::clone(&plan)));
     let cpu_used = process_cpu_time()
         .zip(cpu_before)
         .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
@@ -177,6 +213,7 @@ fn run_from_args(args: Args) -> anyhow::Result<()> {
         elapsed,
     );
     report.client_cpu_s = cpu_used;
+    report.tls = plan.tls.as_ref().and_then(TlsClient::negotiated);
     print!("{}", report.table());
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;
@@ -187,4 +224,17 @@ fn run_from_args(args: Args) -> anyhow::Result<()> {
         bail!("no push succeeded; check that the target is up and that --expect-status matches");
     }
     Ok(())
+}
+
+/// `Basic base64(user:password)`, marked sensitive so that it never shows in Debug output.
+fn basic_authorization(user: &str, password: &str) -> anyhow::Result<HeaderValue> {
+    use base64::Engine;
+    if user.contains(':') {
+        bail!("--basic-auth-user cannot contain ':'");
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .context("the basic-auth credentials do not make a valid header")?;
+    value.set_sensitive(true);
+    Ok(value)
 }

@@ -155,6 +155,8 @@ pub struct Report {
     pub ok_per_s: f64,
     /// CPU time (user + system) the load generator itself used, when the OS told us.
     pub client_cpu_s: Option<f64>,
+    /// For an https target: protocol, cipher suite and key exchange of the run's first handshake.
+    pub tls: Option<String>,
     pub latency_us: LatencySummary,
 }
 
@@ -208,6 +210,7 @@ impl Report {
             },
             latency_us,
             client_cpu_s: None,
+            tls: None,
         }
     }
 
@@ -272,6 +275,10 @@ impl Report {
                     }
                     _ => "unknown".to_string(),
                 },
+            ),
+            (
+                "tls",
+                self.tls.clone().unwrap_or_else(|| "none".to_string()),
             ),
             ("errors", errors),
         ];

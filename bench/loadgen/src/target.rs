@@ -1,4 +1,4 @@
-//! Where requests may go: loopback HTTP endpoints only.
+//! Where requests may go: loopback HTTP(S) endpoints only.
 //!
 //! Benchmarks on this machine must never send traffic anywhere but the loopback interface, so every URL the
 //! generator is given (`--target`) or told to follow (a 307 `Location`) passes through [`LoopbackEndpoint::parse`].
@@ -13,7 +13,7 @@ use http::Uri;
 pub enum TargetError {
     #[error("{url:?} is not a valid URL: {reason}; expected e.g. http://127.0.0.1:9091")]
     Invalid { url: String, reason: String },
-    #[error("{url:?} uses scheme {scheme:?}; only plain http:// is supported")]
+    #[error("{url:?} uses scheme {scheme:?}; only http:// and https:// are supported")]
     UnsupportedScheme { url: String, scheme: String },
     #[error("{url:?} has no host; give an absolute URL such as http://127.0.0.1:9091")]
     MissingHost { url: String },
@@ -31,6 +31,8 @@ pub enum TargetError {
 pub struct LoopbackEndpoint {
     /// Where to connect.
     pub addr: SocketAddr,
+    /// `https://`: TLS on the connection, the certificate checked against [`LoopbackEndpoint::server_name`].
+    pub tls: bool,
     /// The `Host` header value, as written in the URL (`localhost:9091`, `[::1]:80`).
     pub authority: String,
     /// Path prefix without trailing slash ("" when the URL had none); request paths are appended to it.
@@ -38,7 +40,7 @@ pub struct LoopbackEndpoint {
 }
 
 impl LoopbackEndpoint {
-    /// Parses an absolute `http://` URL and checks that its host is a loopback address.
+    /// Parses an absolute `http://` or `https://` URL and checks that its host is a loopback address.
     pub fn parse(url: &str) -> Result<Self, TargetError> {
         let uri: Uri = url
             .parse()
@@ -46,8 +48,9 @@ impl LoopbackEndpoint {
                 url: url.to_string(),
                 reason: err.to_string(),
             })?;
-        match uri.scheme_str() {
-            Some("http") => {}
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             Some(other) => {
                 return Err(TargetError::UnsupportedScheme {
                     url: url.to_string(),
@@ -59,7 +62,7 @@ impl LoopbackEndpoint {
                     url: url.to_string(),
                 })
             }
-        }
+        };
         let authority = uri.authority().ok_or_else(|| TargetError::MissingHost {
             url: url.to_string(),
         })?;
@@ -74,9 +77,10 @@ impl LoopbackEndpoint {
             url: url.to_string(),
             host: host.to_string(),
         })?;
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         Ok(Self {
             addr: SocketAddr::new(ip, port),
+            tls,
             authority: authority.as_str().to_string(),
             path_prefix: uri.path().trim_end_matches('/').to_string(),
         })
@@ -88,7 +92,8 @@ impl LoopbackEndpoint {
     pub fn resolve_location(&self, location: &str) -> Result<(Self, String), TargetError> {
         if location.starts_with("//") {
             // Scheme-relative: the authority follows, so check it like any absolute URL.
-            return Self::resolve_absolute(&format!("http:{location}"));
+            let scheme = if self.tls { "https" } else { "http" };
+            return Self::resolve_absolute(&format!("{scheme}:{location}"));
         }
         if location.starts_with('/') {
             let mut same = self.clone();
@@ -101,6 +106,21 @@ impl LoopbackEndpoint {
         Err(TargetError::RelativeLocation {
             location: location.to_string(),
         })
+    }
+
+    /// The name the server certificate must carry: `localhost` as written, otherwise the IP address.
+    pub fn server_name(&self) -> rustls::pki_types::ServerName<'static> {
+        let host = self
+            .authority
+            .rsplit_once(':')
+            .filter(|(_, port)| port.parse::<u16>().is_ok())
+            .map_or(self.authority.as_str(), |(host, _)| host);
+        if host.eq_ignore_ascii_case("localhost") {
+            if let Ok(name) = rustls::pki_types::ServerName::try_from("localhost") {
+                return name;
+            }
+        }
+        rustls::pki_types::ServerName::IpAddress(self.addr.ip().into())
     }
 
     fn resolve_absolute(url: &str) -> Result<(Self, String), TargetError> {
@@ -157,6 +177,31 @@ mod tests {
     }
 
     #[test]
+    fn https_targets_use_tls_port_443_by_default_and_the_name_in_the_url() {
+        use rustls::pki_types::ServerName;
+        let ip = LoopbackEndpoint::parse("https://127.0.0.1").expect("loopback https");
+        assert!(ip.tls);
+        assert_eq!(ip.addr.to_string(), "127.0.0.1:443");
+        assert!(matches!(ip.server_name(), ServerName::IpAddress(_)));
+        let named = LoopbackEndpoint::parse("https://localhost:9443").expect("localhost https");
+        assert_eq!(
+            named.server_name(),
+            ServerName::try_from("localhost").expect("dns name")
+        );
+        let v6 = LoopbackEndpoint::parse("https://[::1]:9443").expect("[::1] https");
+        assert!(matches!(v6.server_name(), ServerName::IpAddress(_)));
+        assert!(
+            !LoopbackEndpoint::parse("http://127.0.0.1")
+                .expect("http")
+                .tls
+        );
+        let (next, _) = named
+            .resolve_location("//127.0.0.1:9444/x")
+            .expect("scheme-relative");
+        assert!(next.tls, "a scheme-relative location keeps https");
+    }
+
+    #[test]
     fn refuses_everything_that_is_not_loopback() {
         for url in [
             "http://10.0.0.1:9091",
@@ -179,8 +224,12 @@ mod tests {
     #[test]
     fn refuses_other_schemes_and_relative_urls() {
         assert!(matches!(
-            LoopbackEndpoint::parse("https://127.0.0.1"),
+            LoopbackEndpoint::parse("ftp://127.0.0.1"),
             Err(TargetError::UnsupportedScheme { .. })
+        ));
+        assert!(matches!(
+            LoopbackEndpoint::parse("https://10.0.0.1"),
+            Err(TargetError::NotLoopback { .. })
         ));
         assert!(matches!(
             LoopbackEndpoint::parse("127.0.0.1:9091"),
@@ -237,7 +286,7 @@ mod tests {
             Err(TargetError::NotLoopback { .. })
         ));
         assert!(matches!(
-            base.resolve_location("https://127.0.0.1/x"),
+            base.resolve_location("ftp://127.0.0.1/x"),
             Err(TargetError::UnsupportedScheme { .. })
         ));
         assert!(matches!(

@@ -119,6 +119,8 @@ fn plan(
         max_redirects: 3,
         request_timeout: Duration::from_secs(10),
         expected_status,
+        tls: None,
+        authorization: None,
     })
 }
 
@@ -222,4 +224,205 @@ async fn closed_port_counts_connect_errors_and_still_stops() {
     let report = report_of(plan(&format!("http://127.0.0.1:{port}"), 12, false, None)).await;
     assert_eq!(report.ok, 0);
     assert_eq!(report.errors.get("connect"), Some(&12), "{report:?}");
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with `openssl` in a temp dir.
+struct TestPki {
+    dir: std::path::PathBuf,
+}
+
+impl TestPki {
+    fn generate(name: &str) -> TestPki {
+        let dir = std::env::temp_dir().join(format!("ds-loadgen-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = |file: &str| dir.join(file).display().to_string();
+        let openssl = |args: &[&str]| {
+            let output = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl (scripts/install-test-deps.sh installs it)");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-days", "1", "-subj", "/CN=loadgen-test-ca"],
+                &["-keyout", &path("ca.key"), "-out", &path("ca.crt")],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &["-subj", "/CN=loadgen-test-server"],
+                &["-keyout", &path("server.key"), "-out", &path("server.csr")],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("server.ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path("server.csr"),
+            "-CA",
+            &path("ca.crt"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &path("server.ext"),
+            "-out",
+            &path("server.crt"),
+        ]);
+        TestPki { dir }
+    }
+
+    fn file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An https server with `pki`'s certificate that answers 200 only to a whole push carrying `authorization`.
+async fn start_tls_server(pki: &TestPki, authorization: HeaderValue) -> Server {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(pki.file("server.crt"))
+        .expect("server.crt")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("PEM certificate");
+    let key = PrivateKeyDer::from_pem_file(pki.file("server.key")).expect("server.key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("certificate and key");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let requests = Arc::new(AtomicU64::new(0));
+    let connections = Arc::new(AtomicU64::new(0));
+    let (requests_seen, connections_seen) = (Arc::clone(&requests), Arc::clone(&connections));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let authorization = authorization.clone();
+            let requests_seen = Arc::clone(&requests_seen);
+            let connections_seen = Arc::clone(&connections_seen);
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return; // a client that does not trust the certificate
+                };
+                connections_seen.fetch_add(1, Ordering::Relaxed);
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let authorization = authorization.clone();
+                    let requests_seen = Arc::clone(&requests_seen);
+                    async move {
+                        requests_seen.fetch_add(1, Ordering::Relaxed);
+                        let authorized = request.headers().get(http::header::AUTHORIZATION)
+                            == Some(&authorization);
+                        let mut response = respond(
+                            Behaviour::Accept {
+                                expected_body: body(),
+                            },
+                            request,
+                        )
+                        .await;
+                        if !authorized {
+                            *response.status_mut() = StatusCode::UNAUTHORIZED;
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Server {
+        addr,
+        requests,
+        connections,
+    }
+}
+
+#[tokio::test]
+async fn pushes_over_https_with_basic_auth_trusting_only_the_given_ca() {
+    let pki = TestPki::generate("https");
+    let other = TestPki::generate("other-ca");
+    // "pusher:secret"
+    let authorization = HeaderValue::from_static("Basic cHVzaGVyOnNlY3JldA==");
+    let server = start_tls_server(&pki, authorization.clone()).await;
+    let https_plan = |ca: &TestPki, authorization: Option<HeaderValue>| {
+        let mut plan = plan(&format!("https://{}", server.addr), 40, false, None);
+        let plan_mut = Arc::get_mut(&mut plan).expect("not shared yet");
+        plan_mut.tls =
+            Some(ds_loadgen::tls::TlsClient::trusting(&ca.file("ca.crt")).expect("CA file"));
+        plan_mut.authorization = authorization;
+        plan
+    };
+
+    let trusted = https_plan(&pki, Some(authorization.clone()));
+    let report = report_of(Arc::clone(&trusted)).await;
+    assert_eq!(report.ok, 40, "{report:?}");
+    assert_eq!(server.requests.load(Ordering::Relaxed), 40);
+    assert_eq!(
+        server.connections.load(Ordering::Relaxed),
+        4,
+        "one TLS connection per worker, kept alive"
+    );
+    let negotiated = trusted.tls.as_ref().and_then(|tls| tls.negotiated());
+    assert!(
+        negotiated
+            .as_deref()
+            .is_some_and(|n| n.starts_with("TLSv1_3 ")),
+        "{negotiated:?}"
+    );
+
+    let report = report_of(https_plan(&pki, None)).await;
+    assert_eq!(
+        report.errors.get("status_4xx"),
+        Some(&40),
+        "no credentials: {report:?}"
+    );
+
+    let report = report_of(https_plan(&other, Some(authorization))).await;
+    assert_eq!(report.ok, 0);
+    assert_eq!(
+        report.errors.get("connect"),
+        Some(&40),
+        "a certificate from a CA not given is refused: {report:?}"
+    );
+    assert_eq!(server.connections.load(Ordering::Relaxed), 8);
 }

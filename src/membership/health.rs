@@ -1,6 +1,6 @@
-//! Static membership: the configured `pushgateway.servers`, each probed with `GET /-/healthy`.
+//! The health layer: the discovered candidates, each probed with `GET /-/healthy`, make the membership snapshot.
 //!
-//! A node leaves the healthy set after `unhealthy_threshold` consecutive failed probes and returns after
+//! Whatever found the candidates (the static list, DNS, files), the thresholds are `health_check`'s: a node leaves the healthy set after `unhealthy_threshold` consecutive failed probes and returns after
 //! `healthy_threshold` good ones. At start-up (and for a node added by a reload) the first probe decides
 //! directly, so the gateway is ready as soon as one node answers. Request handlers may report a node as
 //! suspect; it is then probed at once instead of at the next interval.
@@ -13,7 +13,8 @@ use futures_util::future::join_all;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{Membership, NodeStatus, SourceKind};
+use super::discovery::Discovered;
+use super::{Membership, NodeStatus};
 use crate::config::{Config, HealthCheckConfig};
 use crate::pushgateway::{api, HttpClient, NodeError};
 use crate::shutdown::Shutdown;
@@ -73,17 +74,20 @@ impl ProbeState {
     }
 }
 
-/// Starts the prober. Returns the membership channel and the reporter handlers use for failed nodes.
+/// Starts the prober of the candidates `discovered` yields. Returns the membership channel and the reporter
+/// handlers use for failed nodes.
 pub fn spawn(
+    discovered: watch::Receiver<Arc<Discovered>>,
     config: watch::Receiver<Arc<Config>>,
     client: HttpClient,
     metrics: Metrics,
     shutdown: Shutdown,
 ) -> (watch::Receiver<Arc<Membership>>, SuspectReporter) {
-    let (membership_tx, membership_rx) =
-        watch::channel(Arc::new(Membership::empty(SourceKind::Static)));
+    let source = discovered.borrow().source;
+    let (membership_tx, membership_rx) = watch::channel(Arc::new(Membership::empty(source)));
     let (suspect_tx, suspect_rx) = mpsc::channel(64);
     tokio::spawn(run(
+        discovered,
         config,
         client,
         metrics,
@@ -95,6 +99,7 @@ pub fn spawn(
 }
 
 async fn run(
+    mut discovered: watch::Receiver<Arc<Discovered>>,
     mut config: watch::Receiver<Arc<Config>>,
     client: HttpClient,
     metrics: Metrics,
@@ -104,22 +109,15 @@ async fn run(
 ) {
     let mut states: BTreeMap<String, ProbeState> = BTreeMap::new();
     loop {
-        let current = config.borrow_and_update().clone();
-        let thresholds = current.health_check;
-        states.retain(|node, _| current.servers.contains(node));
-        for node in &current.servers {
+        let thresholds = config.borrow_and_update().health_check;
+        let mut candidates = discovered.borrow_and_update().clone();
+        states.retain(|node, _| candidates.addresses.contains(node));
+        for node in &candidates.addresses {
             states.entry(node.clone()).or_default();
         }
         let nodes: Vec<String> = states.keys().cloned().collect();
-        probe_and_publish(
-            &nodes,
-            &mut states,
-            &client,
-            &metrics,
-            &thresholds,
-            &membership,
-        )
-        .await;
+        probe(&nodes, &mut states, &client, &metrics, &thresholds).await;
+        publish(&states, &candidates, &thresholds, &metrics, &membership);
 
         let next_round = Instant::now() + thresholds.interval;
         loop {
@@ -128,6 +126,15 @@ async fn run(
                 changed = config.changed() => {
                     if changed.is_err() { return; }
                     break;
+                }
+                changed = discovered.changed() => {
+                    if changed.is_err() { return; }
+                    let next = discovered.borrow_and_update().clone();
+                    // A look-up that found the same addresses only refreshes the discovery status.
+                    let same = next.addresses == candidates.addresses;
+                    candidates = next;
+                    if !same { break; }
+                    publish(&states, &candidates, &thresholds, &metrics, &membership);
                 }
                 Some(node) = suspects.recv() => {
                     // Coalesce a burst of reports into one probe per node.
@@ -138,7 +145,8 @@ async fn run(
                     suspected.retain(|n| states.get(n).is_some_and(|s| s.healthy == Some(true)));
                     if !suspected.is_empty() {
                         tracing::debug!(nodes = ?suspected, "probing nodes reported as suspect");
-                        probe_and_publish(&suspected, &mut states, &client, &metrics, &thresholds, &membership).await;
+                        probe(&suspected, &mut states, &client, &metrics, &thresholds).await;
+                        publish(&states, &candidates, &thresholds, &metrics, &membership);
                     }
                 }
                 _ = shutdown.recv() => return,
@@ -147,15 +155,15 @@ async fn run(
     }
 }
 
-async fn probe_and_publish(
+/// Probes `nodes` once and applies the results to their states.
+async fn probe(
     nodes: &[String],
     states: &mut BTreeMap<String, ProbeState>,
     client: &HttpClient,
     metrics: &Metrics,
     thresholds: &HealthCheckConfig,
-    membership: &watch::Sender<Arc<Membership>>,
 ) {
-    let results = join_all(nodes.iter().map(|node| probe(client, node, thresholds))).await;
+    let results = join_all(nodes.iter().map(|node| probe_one(client, node, thresholds))).await;
     for (node, result) in nodes.iter().zip(results) {
         let node_label: Arc<str> = Arc::from(node.as_str());
         metrics
@@ -189,8 +197,18 @@ async fn probe_and_publish(
             .get_or_create(&NodeLabels { node: node_label })
             .set(i64::from(state.healthy == Some(true)));
     }
+}
+
+/// Publishes the snapshot of the probed candidates.
+fn publish(
+    states: &BTreeMap<String, ProbeState>,
+    discovered: &Discovered,
+    thresholds: &HealthCheckConfig,
+    metrics: &Metrics,
+    membership: &watch::Sender<Arc<Membership>>,
+) {
     let snapshot = Membership {
-        source: SourceKind::Static,
+        source: discovered.source,
         nodes: states
             .iter()
             .map(|(node, state)| NodeStatus {
@@ -206,14 +224,15 @@ async fn probe_and_publish(
                 "timeout": humantime::format_duration(thresholds.timeout).to_string(),
                 "unhealthy_threshold": thresholds.unhealthy_threshold,
                 "healthy_threshold": thresholds.healthy_threshold,
-            }
+            },
+            "discovery": discovered.status,
         }),
     };
     metrics.known_nodes.set(snapshot.nodes.len() as i64);
     membership.send_replace(Arc::new(snapshot));
 }
 
-async fn probe(
+async fn probe_one(
     client: &HttpClient,
     node: &str,
     thresholds: &HealthCheckConfig,

@@ -1,0 +1,126 @@
+//! A real DNS server for membership tests: Debian's `dnsmasq` (package `dnsmasq-base`), unprivileged-port, no
+//! upstream, answering only what the test gives it: A records from a hosts file (re-read on SIGHUP, see
+//! [`Dnsmasq::set_hosts`]) and SRV records from `--srv-host` flags.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::{
+    free_port, new_temp_dir, signal_pid, wait_until, write_file, ChildGuard, POLL_INTERVAL,
+};
+
+/// How long dnsmasq may take to start or to re-read its hosts file.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Dnsmasq {
+    // Declared before `dir`: the process is dead before its files go.
+    guard: ChildGuard,
+    port: u16,
+    hosts_file: PathBuf,
+    dir: TempDir,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq on `127.0.0.1:<free port>` with `hosts` (hosts-file lines, `127.0.0.2 pg.test`) and one
+    /// `--srv-host=<each>` per entry (`_pg._tcp.pg.test,target,port`).
+    pub async fn start(hosts: &str, srv_hosts: &[String]) -> Dnsmasq {
+        let dir = new_temp_dir("ds-test-dnsmasq-");
+        let hosts_file = dir.path().join("hosts");
+        write_file(&hosts_file, hosts);
+        let port = free_port();
+        let mut command =
+            Command::new(std::env::var_os("DS_DNSMASQ_BIN").unwrap_or_else(|| "dnsmasq".into()));
+        command
+            .arg("--no-daemon")
+            .arg(format!("--port={port}"))
+            .arg("--listen-address=127.0.0.1")
+            .arg("--bind-interfaces")
+            .arg("--no-resolv")
+            .arg("--no-hosts")
+            .arg(format!("--addn-hosts={}", hosts_file.display()))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            // The temp dir is the test user's; dnsmasq must still read it after a SIGHUP.
+            .arg(format!("--user={}", current_user()))
+            .arg("--log-facility=-")
+            // Names under .test are ours: an unknown one is NXDOMAIN (without it, REFUSED: no upstream).
+            .arg("--local=/test/");
+        for srv in srv_hosts {
+            command.arg(format!("--srv-host={srv}"));
+        }
+        let mut guard = ChildGuard::spawn(&format!("dnsmasq-{port}"), command);
+        let started = wait_until(READY_TIMEOUT, POLL_INTERVAL, || {
+            let ready = guard
+                .log_text()
+                .contains(&format!("read {}", hosts_file.display()));
+            async move { ready }
+        })
+        .await;
+        if started.is_err() || guard.exit_status().is_some() {
+            panic!("{}", guard.describe_failure("dnsmasq did not start"));
+        }
+        Dnsmasq {
+            guard,
+            port,
+            hosts_file,
+            dir,
+        }
+    }
+
+    /// `127.0.0.1:<port>`, for `dns_sd.nameservers`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Rewrites the hosts file and SIGHUPs dnsmasq; returns once dnsmasq has logged reading it again.
+    pub async fn set_hosts(&self, hosts: &str) {
+        let marker = format!("read {}", self.hosts_file.display());
+        let reads_before = self.guard.log_text().matches(&marker).count();
+        write_file(&self.hosts_file, hosts);
+        signal_pid(self.guard.pid(), "HUP");
+        wait_until(READY_TIMEOUT, POLL_INTERVAL, || {
+            let reads = self.guard.log_text().matches(&marker).count();
+            async move { reads > reads_before }
+        })
+        .await
+        .expect("dnsmasq re-reads its hosts file after SIGHUP");
+    }
+
+    /// SIGSTOPs dnsmasq: queries reach its socket and time out unanswered, until [`Dnsmasq::resume`].
+    pub fn pause(&self) {
+        signal_pid(self.guard.pid(), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal_pid(self.guard.pid(), "CONT");
+    }
+
+    /// SIGKILLs dnsmasq: queries then go unanswered (the port is closed).
+    pub fn kill(&mut self) {
+        self.guard.kill();
+    }
+
+    pub fn log_text(&self) -> String {
+        self.guard.log_text()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+fn current_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            Command::new("id")
+                .arg("-un")
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        })
+        .unwrap_or_else(|| "root".to_string())
+}
