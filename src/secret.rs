@@ -1,4 +1,4 @@
-//! [`Secret`]: a configured credential (Consul token and password today; TLS keys and basic-auth users later).
+//! [`Secret`]: a configured credential (Consul token, username and password today; TLS keys and basic-auth users later).
 //!
 //! Its `Debug`, `Display` and `Serialize` print a placeholder, so a `{:?}` of a config, a log field or a JSON
 //! endpoint cannot show it by accident; only [`Secret::expose`] gives the value, at the one place that sends it.

@@ -32,6 +32,42 @@ fn web_yaml(pki: &Pki, tls_extra: &str) -> String {
     )
 }
 
+/// The gateway in front of `upstream`, with [`web_yaml`] plus `tls_extra`; `client_cert`: readiness is probed with
+/// the PKI's client certificate.
+async fn start_gateway(
+    pki: &Pki,
+    upstream: &str,
+    tls_extra: &str,
+    client_cert: bool,
+) -> SecureGateway {
+    SecureGateway::start(
+        pki,
+        &proxy_config(&[upstream.to_string()], ""),
+        &web_yaml(pki, tls_extra),
+        client_cert,
+    )
+    .await
+}
+
+/// `POST /-/reload` as the test user with `password`.
+async fn post_reload(
+    gateway: &SecureGateway,
+    client: &reqwest::Client,
+    password: &str,
+) -> reqwest::Response {
+    client
+        .post(format!("{}/-/reload", gateway.url()))
+        .basic_auth(USERNAME, Some(password))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /-/reload: {e}"))
+}
+
+/// The value of header `name`, when it is there and text.
+fn header<'r>(response: &'r reqwest::Response, name: &str) -> Option<&'r str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
 async fn get(
     client: &reqwest::Client,
     url: &str,
@@ -50,13 +86,7 @@ async fn python_pushes_over_https_with_basic_auth_and_wrong_credentials_get_401_
 ) {
     let pki = Pki::generate();
     let node = Pushgateway::start().await;
-    let gateway = SecureGateway::start(
-        &pki,
-        &proxy_config(&[node.addr()], ""),
-        &web_yaml(&pki, ""),
-        false,
-    )
-    .await;
+    let gateway = start_gateway(&pki, &node.addr(), "", false).await;
     let client = pki.client_with(&pki.ca_file(), None);
 
     python_push_https(&pki, &gateway.url(), "secure_job", 7.0, &pki.password)
@@ -89,18 +119,12 @@ async fn python_pushes_over_https_with_basic_auth_and_wrong_credentials_get_401_
                 "{path} with {password:?}"
             );
             assert_eq!(
-                response
-                    .headers()
-                    .get("www-authenticate")
-                    .and_then(|v| v.to_str().ok()),
+                header(&response, "www-authenticate"),
                 Some("Basic realm=\"dynamic-sharding\""),
                 "{path}"
             );
             assert_eq!(
-                response
-                    .headers()
-                    .get("strict-transport-security")
-                    .and_then(|v| v.to_str().ok()),
+                header(&response, "strict-transport-security"),
                 Some("max-age=31536000"),
                 "http_server_config.headers are on a 401 too"
             );
@@ -120,9 +144,7 @@ async fn python_pushes_over_https_with_basic_auth_and_wrong_credentials_get_401_
     .unwrap_or_else(|e| panic!("GET /-/healthy: {e}"));
     assert_eq!(ok.status(), StatusCode::OK);
     assert_eq!(
-        ok.headers()
-            .get("strict-transport-security")
-            .and_then(|v| v.to_str().ok()),
+        header(&ok, "strict-transport-security"),
         Some("max-age=31536000")
     );
 
@@ -149,13 +171,7 @@ async fn the_clients_credentials_are_not_forwarded_to_the_pushgateways() {
     let pki = Pki::generate();
     let node = Pushgateway::start().await;
     let relay = FaultProxy::start(&node.addr()).await;
-    let gateway = SecureGateway::start(
-        &pki,
-        &proxy_config(&[relay.addr()], ""),
-        &web_yaml(&pki, ""),
-        false,
-    )
-    .await;
+    let gateway = start_gateway(&pki, &relay.addr(), "", false).await;
     let client = pki.client_with(&pki.ca_file(), None);
     let response = client
         .put(format!("{}/metrics/job/forwarded", gateway.url()))
@@ -188,13 +204,7 @@ async fn require_and_verify_client_cert_admits_only_clients_with_a_certificate_f
         "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: '{}'\n",
         pki.ca_file().display()
     );
-    let gateway = SecureGateway::start(
-        &pki,
-        &proxy_config(&[node.addr()], ""),
-        &web_yaml(&pki, &tls_extra),
-        true,
-    )
-    .await;
+    let gateway = start_gateway(&pki, &node.addr(), &tls_extra, true).await;
     let url = format!("{}/-/healthy", gateway.url());
     let with_cert = pki.client_with(&pki.ca_file(), Some("client"));
     let status = get(&with_cert, &url, Some(&pki.password))
@@ -227,10 +237,10 @@ async fn require_and_verify_client_cert_admits_only_clients_with_a_certificate_f
 async fn require_any_client_cert_admits_any_certificate_but_not_none() {
     let pki = Pki::generate();
     let node = Pushgateway::start().await;
-    let gateway = SecureGateway::start(
+    let gateway = start_gateway(
         &pki,
-        &proxy_config(&[node.addr()], ""),
-        &web_yaml(&pki, "  client_auth_type: RequireAnyClientCert\n"),
+        &node.addr(),
+        "  client_auth_type: RequireAnyClientCert\n",
         true,
     )
     .await;
@@ -258,13 +268,7 @@ async fn require_any_client_cert_admits_any_certificate_but_not_none() {
 async fn plain_http_to_the_tls_listener_gets_no_http_response() {
     let pki = Pki::generate();
     let node = Pushgateway::start().await;
-    let gateway = SecureGateway::start(
-        &pki,
-        &proxy_config(&[node.addr()], ""),
-        &web_yaml(&pki, ""),
-        false,
-    )
-    .await;
+    let gateway = start_gateway(&pki, &node.addr(), "", false).await;
     let addr = gateway.addr();
     let answer = tokio::task::spawn_blocking(move || {
         let mut stream =
@@ -406,12 +410,7 @@ async fn an_invalid_web_config_is_refused_at_start_and_on_reload_the_old_one_sta
     let client = pki.client_with(&pki.ca_file(), None);
     std::fs::write(gateway.web_config(), "http_server_config: {http2: true}\n")
         .unwrap_or_else(|e| panic!("{e}"));
-    let reload = client
-        .post(format!("{}/-/reload", gateway.url()))
-        .basic_auth(USERNAME, Some(&pki.password))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("POST /-/reload: {e}"));
+    let reload = post_reload(&gateway, &client, &pki.password).await;
     assert!(
         !reload.status().is_success(),
         "reload of an invalid web config: {}",
@@ -452,12 +451,7 @@ async fn an_invalid_web_config_is_refused_at_start_and_on_reload_the_old_one_sta
     let new_password = format!("{}-rotated", pki.password);
     let web = web_yaml(&pki, "").replace(&pki.hash, &bcrypt(&new_password));
     std::fs::write(gateway.web_config(), web).unwrap_or_else(|e| panic!("{e}"));
-    let reload = client
-        .post(format!("{}/-/reload", gateway.url()))
-        .basic_auth(USERNAME, Some(&pki.password))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("POST /-/reload: {e}"));
+    let reload = post_reload(&gateway, &client, &pki.password).await;
     assert_eq!(reload.status(), StatusCode::OK, "{}", gateway.log_text());
     let old = get(&client, &url, Some(&pki.password))
         .await
@@ -519,6 +513,16 @@ mod raw_tls {
                 identity: None,
             }
         }
+
+        pub fn presenting(
+            versions: &'static [&'static SupportedProtocolVersion],
+            identity: Option<&'static str>,
+        ) -> Offer {
+            Offer {
+                identity,
+                ..Offer::versions(versions)
+            }
+        }
     }
 
     pub const BOTH: &[&SupportedProtocolVersion] =
@@ -548,6 +552,13 @@ mod raw_tls {
 
         pub fn served(&self) -> bool {
             self.status_line() == Some("HTTP/1.1 200 OK")
+        }
+
+        /// Whether the connection failed already in the TLS handshake.
+        pub fn failed_handshake(&self) -> bool {
+            self.answer
+                .as_ref()
+                .is_err_and(|e| e.starts_with("handshake"))
         }
     }
 
@@ -680,13 +691,7 @@ async fn verify_client_cert_if_given_serves_no_certificate_and_one_from_the_ca_b
         "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: '{}'\n",
         pki.ca_file().display()
     );
-    let gateway = SecureGateway::start(
-        &pki,
-        &proxy_config(&[node.addr()], ""),
-        &web_yaml(&pki, &tls_extra),
-        false,
-    )
-    .await;
+    let gateway = start_gateway(&pki, &node.addr(), &tls_extra, false).await;
     // Both handshakes: TLS 1.2 refuses a certificate during the handshake, TLS 1.3 after it.
     for versions in [TLS13_ONLY, TLS12_ONLY] {
         for (identity, served) in [
@@ -694,15 +699,7 @@ async fn verify_client_cert_if_given_serves_no_certificate_and_one_from_the_ca_b
             (Some("client"), true),
             (Some("stranger"), false),
         ] {
-            let seen = exchange(
-                &pki,
-                &gateway.addr(),
-                Offer {
-                    identity,
-                    ..Offer::versions(versions)
-                },
-            )
-            .await;
+            let seen = exchange(&pki, &gateway.addr(), Offer::presenting(versions, identity)).await;
             assert!(
                 seen.asked_for_certificate,
                 "{identity:?}: the server must ask: {seen:?}"
@@ -719,24 +716,16 @@ async fn verify_client_cert_if_given_serves_no_certificate_and_one_from_the_ca_b
 async fn request_client_cert_asks_for_a_certificate_and_serves_clients_with_any_or_none() {
     let pki = Pki::generate();
     let node = Pushgateway::start().await;
-    let gateway = SecureGateway::start(
+    let gateway = start_gateway(
         &pki,
-        &proxy_config(&[node.addr()], ""),
-        &web_yaml(&pki, "  client_auth_type: RequestClientCert\n"),
+        &node.addr(),
+        "  client_auth_type: RequestClientCert\n",
         false,
     )
     .await;
     for versions in [TLS13_ONLY, TLS12_ONLY] {
         for identity in [None, Some("client"), Some("stranger")] {
-            let seen = exchange(
-                &pki,
-                &gateway.addr(),
-                Offer {
-                    identity,
-                    ..Offer::versions(versions)
-                },
-            )
-            .await;
+            let seen = exchange(&pki, &gateway.addr(), Offer::presenting(versions, identity)).await;
             assert!(
                 seen.asked_for_certificate,
                 "{identity:?}: RequestClientCert asks: {seen:?}"
@@ -750,18 +739,10 @@ async fn request_client_cert_asks_for_a_certificate_and_serves_clients_with_any_
 async fn min_version_tls13_refuses_a_tls12_only_client() {
     let pki = Pki::generate();
     let node = Pushgateway::start().await;
-    let gateway = SecureGateway::start(
-        &pki,
-        &proxy_config(&[node.addr()], ""),
-        &web_yaml(&pki, "  min_version: TLS13\n"),
-        false,
-    )
-    .await;
+    let gateway = start_gateway(&pki, &node.addr(), "  min_version: TLS13\n", false).await;
     let old = exchange(&pki, &gateway.addr(), Offer::versions(TLS12_ONLY)).await;
     assert!(
-        old.answer
-            .as_ref()
-            .is_err_and(|e| e.starts_with("handshake")),
+        old.failed_handshake(),
         "a TLS 1.2-only client must fail the handshake: {old:?}"
     );
     let new = exchange(&pki, &gateway.addr(), Offer::versions(BOTH)).await;
@@ -777,19 +758,10 @@ async fn min_version_tls13_refuses_a_tls12_only_client() {
 async fn max_version_tls12_refuses_a_tls13_only_client_and_caps_one_that_offers_both() {
     let pki = Pki::generate();
     let node = Pushgateway::start().await;
-    let gateway = SecureGateway::start(
-        &pki,
-        &proxy_config(&[node.addr()], ""),
-        &web_yaml(&pki, "  max_version: TLS12\n"),
-        false,
-    )
-    .await;
+    let gateway = start_gateway(&pki, &node.addr(), "  max_version: TLS12\n", false).await;
     let new_only = exchange(&pki, &gateway.addr(), Offer::versions(TLS13_ONLY)).await;
     assert!(
-        new_only
-            .answer
-            .as_ref()
-            .is_err_and(|e| e.starts_with("handshake")),
+        new_only.failed_handshake(),
         "a TLS 1.3-only client must fail the handshake: {new_only:?}"
     );
     let both = exchange(&pki, &gateway.addr(), Offer::versions(BOTH)).await;
@@ -807,13 +779,7 @@ async fn prefer_server_cipher_suites_picks_the_servers_order_by_default_and_the_
     let pki = Pki::generate();
     let node = Pushgateway::start().await;
     // Without the key: exporter-toolkit's default, true.
-    let gateway = SecureGateway::start(
-        &pki,
-        &proxy_config(&[node.addr()], ""),
-        &web_yaml(&pki, ""),
-        false,
-    )
-    .await;
+    let gateway = start_gateway(&pki, &node.addr(), "", false).await;
     // The reverse of the server's order (rustls puts AES-256-GCM first).
     let offer = || Offer {
         cipher_suites: vec![
@@ -836,13 +802,12 @@ async fn prefer_server_cipher_suites_picks_the_servers_order_by_default_and_the_
         web_yaml(&pki, "  prefer_server_cipher_suites: false\n"),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let reload = pki
-        .client_with(&pki.ca_file(), None)
-        .post(format!("{}/-/reload", gateway.url()))
-        .basic_auth(USERNAME, Some(&pki.password))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("POST /-/reload: {e}"));
+    let reload = post_reload(
+        &gateway,
+        &pki.client_with(&pki.ca_file(), None),
+        &pki.password,
+    )
+    .await;
     assert_eq!(reload.status(), StatusCode::OK, "{}", gateway.log_text());
     let seen = exchange(&pki, &gateway.addr(), offer()).await;
     assert!(seen.served(), "{seen:?}");

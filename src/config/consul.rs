@@ -39,7 +39,8 @@ pub struct ConsulConfig {
     /// `host:port` of the Consul agent's HTTP API (a `http://` / `https://` prefix in the file sets `scheme`).
     pub addr: String,
     pub scheme: ConsulScheme,
-    pub username: Option<String>,
+    /// Basic-auth user, with `password`; a [`Secret`] like it (it is half of the credential).
+    pub username: Option<Secret>,
     pub password: Option<Secret>,
     pub service_name: String,
     /// Register `pushgateway.servers` in Consul (off for fleets that register Pushgateways themselves).
@@ -176,7 +177,7 @@ pub(super) fn validate_consul(consul: RawConsulServer) -> Result<ConsulConfig, C
     Ok(ConsulConfig {
         addr,
         scheme,
-        username: non_empty(consul.username),
+        username: non_empty(consul.username).map(Secret::new),
         password: consul.password.filter(|p| !p.is_empty()).map(Secret::new),
         service_name: non_empty(consul.register_service_name)
             .unwrap_or_else(|| "pushgateway".to_string()),

@@ -87,6 +87,22 @@ fn the_commented_example_parses_with_its_authorization_section_on() {
 }
 
 #[test]
+fn the_consul_credentials_do_not_show_in_the_configs_debug_output() {
+    let text = "consul_server:\n  addr: localhost:8500\n  username: ds-user-3f9a\n  password: ds-pass-c41e\n  \
+                token: ds-token-77b2\npushgateway:\n  servers: [1.1.1.1:9091]\n";
+    let config = Config::parse(text).unwrap();
+    let consul = config.consul().unwrap();
+    assert_eq!(
+        consul.username.as_ref().map(Secret::expose),
+        Some("ds-user-3f9a")
+    );
+    let shown = format!("{config:?}");
+    for credential in ["ds-user-3f9a", "ds-pass-c41e", "ds-token-77b2"] {
+        assert!(!shown.contains(credential), "{credential} in {shown}");
+    }
+}
+
+#[test]
 fn accepts_the_go_originals_file_unchanged() {
     let text = "consul_server:\n  addr: localhost:8500\n  username:\n  password:\n  register_service_name: pushgateway\n\
                 http_listen_addr: :9292\npushgateway:\n  port: 9091\n  servers:\n    - 1.1.1.1\n    - 1.1.1.2\n";
@@ -124,7 +140,7 @@ fn consul_defaults_and_new_keys() {
     let consul = config.consul().unwrap().clone();
     assert_eq!(consul.addr, "consul.example:8501");
     assert_eq!(consul.scheme, ConsulScheme::Https);
-    assert_eq!(consul.username.as_deref(), Some("u"));
+    assert_eq!(consul.username.as_ref().map(Secret::expose), Some("u"));
     assert!(!consul.register);
     assert_eq!(consul.check_timeout, Duration::from_millis(500));
     assert_eq!(

@@ -221,7 +221,7 @@ pub struct ConsulClient {
     http: reqwest::Client,
     base_url: String,
     datacenter: Option<String>,
-    username: Option<String>,
+    username: Option<Secret>,
     password: Option<Secret>,
 }
 
@@ -291,9 +291,10 @@ impl ConsulClient {
     fn request(&self, method: Method, url: &str) -> RequestBuilder {
         let request = self.http.request(method, url);
         match &self.username {
-            Some(username) => {
-                request.basic_auth(username, self.password.as_ref().map(Secret::expose))
-            }
+            Some(username) => request.basic_auth(
+                username.expose(),
+                self.password.as_ref().map(Secret::expose),
+            ),
             None => request,
         }
     }

@@ -61,91 +61,30 @@ impl Pki {
                 &path(&format!("{ca}.crt")),
             ]);
         }
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            "/CN=pushgateway",
-            "-keyout",
-            &path("server.key"),
-            "-out",
-            &path("server.csr"),
-        ]);
-        std::fs::write(
-            dir.path().join("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap_or_else(|e| panic!("cannot write server.ext: {e}"));
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &path("server.csr"),
-            "-CA",
-            &path("ca.crt"),
-            "-CAkey",
-            &path("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &path("server.ext"),
-            "-out",
-            &path("server.crt"),
-        ]);
-
-        // Client certificates: one from the CA, one from the unrelated CA; and a second server certificate
-        // from the unrelated CA, to rotate to.
-        for (name, ca, ext) in [
-            ("client", "ca", "extendedKeyUsage=clientAuth\n"),
-            ("stranger", "other-ca", "extendedKeyUsage=clientAuth\n"),
+        // The server certificate and a client certificate from the CA; from the unrelated CA a client
+        // certificate and a second server certificate, to rotate to.
+        for (name, common_name, ca, ext) in [
             (
+                "server",
+                "pushgateway",
+                "ca",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "client", "ca", "extendedKeyUsage=clientAuth\n"),
+            (
+                "stranger",
+                "stranger",
+                "other-ca",
+                "extendedKeyUsage=clientAuth\n",
+            ),
+            (
+                "server2",
                 "server2",
                 "other-ca",
                 "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
             ),
         ] {
-            openssl(&[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-subj",
-                &format!("/CN={name}"),
-                "-keyout",
-                &path(&format!("{name}.key")),
-                "-out",
-                &path(&format!("{name}.csr")),
-            ]);
-            std::fs::write(
-                dir.path().join(format!("{name}.ext")),
-                format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{ext}"),
-            )
-            .unwrap_or_else(|e| panic!("cannot write {name}.ext: {e}"));
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &path(&format!("{name}.csr")),
-                "-CA",
-                &path(&format!("{ca}.crt")),
-                "-CAkey",
-                &path(&format!("{ca}.key")),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &path(&format!("{name}.ext")),
-                "-out",
-                &path(&format!("{name}.crt")),
-            ]);
+            issue_certificate(dir.path(), name, common_name, ca, ext);
         }
 
         let password = random_password();
@@ -169,45 +108,13 @@ impl Pki {
     /// A client certificate `<stem>.crt`/`<stem>.key` from the test CA whose subject alternative name is the DNS
     /// name `dns_name` (the user a verified certificate stands for).
     pub fn client_cert_for(&self, stem: &str, dns_name: &str) {
-        let path = |name: &str| self.dir.path().join(name).display().to_string();
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={stem}"),
-            "-keyout",
-            &path(&format!("{stem}.key")),
-            "-out",
-            &path(&format!("{stem}.csr")),
-        ]);
-        self.write(
-            &format!("{stem}.ext"),
-            &format!(
-                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n\
-                 subjectAltName=DNS:{dns_name}\n"
-            ),
+        issue_certificate(
+            self.dir.path(),
+            stem,
+            stem,
+            "ca",
+            &format!("extendedKeyUsage=clientAuth\nsubjectAltName=DNS:{dns_name}\n"),
         );
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &path(&format!("{stem}.csr")),
-            "-CA",
-            &path("ca.crt"),
-            "-CAkey",
-            &path("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &path(&format!("{stem}.ext")),
-            "-out",
-            &path(&format!("{stem}.crt")),
-        ]);
     }
 
     /// `<dir>/<name>`: e.g. `server.crt`, `client.key`, `server2.crt` (signed by the other CA).
@@ -294,6 +201,49 @@ impl Pki {
             self.ca_file().display()
         )
     }
+}
+
+/// `<dir>/<name>.crt` and `.key`: a P-256 key and a certificate for it (`/CN=<common_name>`) signed by
+/// `<dir>/<ca>.crt`, valid for two days, with `ext` (extension lines) besides `basicConstraints=CA:FALSE` and
+/// `keyUsage=digitalSignature`.
+fn issue_certificate(dir: &Path, name: &str, common_name: &str, ca: &str, ext: &str) {
+    let path = |file: &str| dir.join(file).display().to_string();
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        &format!("/CN={common_name}"),
+        "-keyout",
+        &path(&format!("{name}.key")),
+        "-out",
+        &path(&format!("{name}.csr")),
+    ]);
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{ext}"),
+    )
+    .unwrap_or_else(|e| panic!("cannot write {name}.ext: {e}"));
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path(&format!("{name}.csr")),
+        "-CA",
+        &path(&format!("{ca}.crt")),
+        "-CAkey",
+        &path(&format!("{ca}.key")),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &path(&format!("{name}.ext")),
+        "-out",
+        &path(&format!("{name}.crt")),
+    ]);
 }
 
 fn openssl(args: &[&str]) {

@@ -35,6 +35,16 @@ struct Server {
 }
 
 async fn start_server(behaviour: Behaviour) -> Server {
+    serve(behaviour, None).await
+}
+
+/// Serves `behaviour` on a loopback port, counting connections (after the TLS handshake, when `tls` is given)
+/// and requests. With `tls`: connections must complete the handshake of the acceptor, and a request without
+/// exactly the given `Authorization` gets 401.
+async fn serve(
+    behaviour: Behaviour,
+    tls: Option<(tokio_rustls::TlsAcceptor, HeaderValue)>,
+) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
@@ -44,21 +54,25 @@ async fn start_server(behaviour: Behaviour) -> Server {
     let (requests_seen, connections_seen) = (Arc::clone(&requests), Arc::clone(&connections));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            connections_seen.fetch_add(1, Ordering::Relaxed);
             let behaviour = behaviour.clone();
+            let tls = tls.clone();
             let requests_seen = Arc::clone(&requests_seen);
+            let connections_seen = Arc::clone(&connections_seen);
             tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let behaviour = behaviour.clone();
-                    let requests_seen = Arc::clone(&requests_seen);
-                    async move {
-                        requests_seen.fetch_add(1, Ordering::Relaxed);
-                        Ok::<_, Infallible>(respond(behaviour, request).await)
+                match tls {
+                    None => {
+                        connections_seen.fetch_add(1, Ordering::Relaxed);
+                        serve_connection(stream, behaviour, None, requests_seen).await;
                     }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    Some((acceptor, authorization)) => {
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return; // a client that does not trust the certificate
+                        };
+                        connections_seen.fetch_add(1, Ordering::Relaxed);
+                        serve_connection(stream, behaviour, Some(authorization), requests_seen)
+                            .await;
+                    }
+                }
             });
         }
     });
@@ -67,6 +81,37 @@ async fn start_server(behaviour: Behaviour) -> Server {
         requests,
         connections,
     }
+}
+
+/// HTTP/1.1 on one connection: each request counted, answered by [`respond`]; 401 instead when `authorization`
+/// is required and the request does not carry it.
+async fn serve_connection<Io>(
+    io: Io,
+    behaviour: Behaviour,
+    authorization: Option<HeaderValue>,
+    requests_seen: Arc<AtomicU64>,
+) where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let behaviour = behaviour.clone();
+        let authorization = authorization.clone();
+        let requests_seen = Arc::clone(&requests_seen);
+        async move {
+            requests_seen.fetch_add(1, Ordering::Relaxed);
+            let authorized = authorization.as_ref().is_none_or(|authorization| {
+                request.headers().get(http::header::AUTHORIZATION) == Some(authorization)
+            });
+            let mut response = respond(behaviour, request).await;
+            if !authorized {
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 async fn respond(behaviour: Behaviour, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -326,55 +371,13 @@ async fn start_tls_server(pki: &TestPki, authorization: HeaderValue) -> Server {
     .with_single_cert(certs, key)
     .expect("certificate and key");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
-    let requests = Arc::new(AtomicU64::new(0));
-    let connections = Arc::new(AtomicU64::new(0));
-    let (requests_seen, connections_seen) = (Arc::clone(&requests), Arc::clone(&connections));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let authorization = authorization.clone();
-            let requests_seen = Arc::clone(&requests_seen);
-            let connections_seen = Arc::clone(&connections_seen);
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else {
-                    return; // a client that does not trust the certificate
-                };
-                connections_seen.fetch_add(1, Ordering::Relaxed);
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let authorization = authorization.clone();
-                    let requests_seen = Arc::clone(&requests_seen);
-                    async move {
-                        requests_seen.fetch_add(1, Ordering::Relaxed);
-                        let authorized = request.headers().get(http::header::AUTHORIZATION)
-                            == Some(&authorization);
-                        let mut response = respond(
-                            Behaviour::Accept {
-                                expected_body: body(),
-                            },
-                            request,
-                        )
-                        .await;
-                        if !authorized {
-                            *response.status_mut() = StatusCode::UNAUTHORIZED;
-                        }
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Server {
-        addr,
-        requests,
-        connections,
-    }
+    serve(
+        Behaviour::Accept {
+            expected_body: body(),
+        },
+        Some((acceptor, authorization)),
+    )
+    .await
 }
 
 #[tokio::test]
