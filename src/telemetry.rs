@@ -224,6 +224,10 @@ pub struct Metrics {
     pub rebalance_last_pass_timestamp: Gauge<f64, AtomicU64>,
     pub groups_expired: Counter,
     pub groups_expiring: Gauge,
+    /// Groups not on every owner of their owner set at the last rebalance pass (after its copies).
+    pub groups_under_replicated: Gauge,
+    /// Replica writes (a push's copy to an owner other than the one that answered) that failed, per node.
+    pub replica_writes_failed: Family<NodeLabels, Counter>,
     /// Requests refused with 403 by `authorization`, by reason.
     pub requests_forbidden: Family<ForbiddenLabels, Counter>,
     pub faults: FaultMetrics,
@@ -548,12 +552,27 @@ impl Metrics {
             requests_forbidden.clone(),
         );
 
+        let groups_under_replicated = Gauge::default();
+        registry.register(
+            "groups_under_replicated",
+            "Groups not held by every node of their owner set (replication.factor) after the last rebalance pass",
+            groups_under_replicated.clone(),
+        );
+        let replica_writes_failed = Family::<NodeLabels, Counter>::default();
+        registry.register(
+            "replica_writes_failed",
+            "Replica writes of a push that failed; the push was still acknowledged and the rebalancer restores the copy",
+            replica_writes_failed.clone(),
+        );
+
         let server = ServerMetrics::register(&mut registry);
         Metrics {
             faults,
             requests_forbidden,
             groups_expired,
             groups_expiring,
+            groups_under_replicated,
+            replica_writes_failed,
             registry: Arc::new(registry),
             requests,
             upstream_duration,

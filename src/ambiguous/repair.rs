@@ -1,5 +1,6 @@
 //! The repair task: once a group's suspect nodes answer again and have settled, write the group's acknowledged
-//! value again to its owner and delete it from suspects that are not the owner (see the module above).
+//! value again to its owner (with replication: to every node of its owner set) and delete it from suspects
+//! outside that set (see the module above).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -149,27 +150,32 @@ async fn repair_group(
         .coordinator
         .push_permit(|| repair.ring_key.clone())
         .await;
-    let owner = deps
+    // With replication the acknowledged value goes to every node of the owner set, and only suspects outside it
+    // lose their copy; without, the owner set is the owner alone.
+    let table = deps.ring.load_full();
+    let owners: Vec<String> = table
         .ring
-        .load()
-        .ring
-        .owner(&repair.ring_key)
-        .map(str::to_string)
-        .ok_or(RepairError::NoOwner)?;
+        .owner_set(&repair.ring_key, config.replication_factor)
+        .iter()
+        .map(|node| node.to_string())
+        .collect();
+    let owner = owners.first().cloned().ok_or(RepairError::NoOwner)?;
     let timeout = config.proxy.upstream_timeout;
-    for write in &repair.writes {
-        let group_write = api::GroupWrite {
-            method: write.method.clone(),
-            path_and_query: &write.path_and_query,
-            content_type: write.headers.content_type.clone(),
-            content_encoding: write.headers.content_encoding.clone(),
-            body: write.body.clone(),
-        };
-        let result = api::write_group(&deps.client, &owner, group_write, timeout).await;
-        refused_or_unreachable(result, &write.method, &owner, &write.path_and_query)?;
+    for node in &owners {
+        for write in &repair.writes {
+            let group_write = api::GroupWrite {
+                method: write.method.clone(),
+                path_and_query: &write.path_and_query,
+                content_type: write.headers.content_type.clone(),
+                content_encoding: write.headers.content_encoding.clone(),
+                body: write.body.clone(),
+            };
+            let result = api::write_group(&deps.client, node, group_write, timeout).await;
+            refused_or_unreachable(result, &write.method, node, &write.path_and_query)?;
+        }
     }
     let path = repair.key.to_push_path();
-    for suspect in repair.suspects.keys().filter(|node| **node != owner) {
+    for suspect in repair.suspects.keys().filter(|node| !owners.contains(node)) {
         let result = api::delete_group(&deps.client, suspect, &path, timeout).await;
         refused_or_unreachable(result, &Method::DELETE, suspect, &path)?;
     }

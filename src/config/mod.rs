@@ -18,6 +18,7 @@ mod proxy;
 mod pushgateway;
 mod read;
 mod rebalance;
+mod replication;
 mod tls;
 mod units;
 mod web;
@@ -63,6 +64,7 @@ use proxy::{validate_proxy, RawProxy};
 use pushgateway::{validate_pushgateway, RawPushgateway};
 use read::{validate_read, RawRead};
 use rebalance::{validate_rebalance, RawRebalance};
+use replication::{validate_replication, RawReplication};
 use web::{validate_web, RawWeb};
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +115,7 @@ struct RawConfig {
     ambiguous_writes: Option<RawAmbiguousWrites>,
     groups: Option<RawGroups>,
     web: Option<RawWeb>,
+    replication: Option<RawReplication>,
     /// `Some(None)`: the key is there with no value, which must not silently mean "no rules".
     #[serde(default, deserialize_with = "present")]
     authorization: Option<Option<RawAuthorization>>,
@@ -154,6 +157,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Client connections; read once at start (like `http_listen_addr`, a reload does not change them).
     pub web: WebConfig,
+    /// `replication.factor`: how many nodes hold each group (1: only its owner).
+    pub replication_factor: usize,
     /// `authorization`: who may push which jobs and use the admin endpoints; `None`: every authenticated user
     /// may do everything (the behaviour without the section).
     pub authorization: Option<Authorization>,
@@ -222,10 +227,16 @@ impl Config {
         let ambiguous_writes = validate_ambiguous_writes(raw.ambiguous_writes.unwrap_or_default())?;
         let groups = validate_groups(raw.groups.unwrap_or_default())?;
         let web = validate_web(raw.web.unwrap_or_default())?;
+        let mode = raw.mode.unwrap_or_default();
+        let replication_factor = validate_replication(
+            raw.replication.unwrap_or_default(),
+            mode,
+            matches!(membership, MembershipConfig::Static).then_some(servers.len()),
+        )?;
 
         Ok(Config {
             listen_addr,
-            mode: raw.mode.unwrap_or_default(),
+            mode,
             servers,
             membership,
             health_check,
@@ -238,6 +249,7 @@ impl Config {
             groups,
             upstream,
             web,
+            replication_factor,
             authorization: match raw.authorization {
                 None => None,
                 // Empty rules would turn authorization off and let every user write: refuse instead.

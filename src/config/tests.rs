@@ -277,6 +277,39 @@ fn no_servers_and_no_consul_is_an_error() {
 }
 
 #[test]
+fn replication_factor_defaults_to_one_and_is_validated() {
+    let servers = "pushgateway: {servers: [a, b, c]}\n";
+    assert_eq!(Config::parse(servers).unwrap().replication_factor, 1);
+    let config = Config::parse(&format!("{servers}replication: {{factor: 3}}\n")).unwrap();
+    assert_eq!(config.replication_factor, 3);
+    for (yaml, expected) in [
+        (
+            "replication: {factor: 0}",
+            "replication.factor: 0 is not a number of nodes",
+        ),
+        (
+            "replication: {factor: -2}",
+            "replication.factor: -2 is not a number of nodes",
+        ),
+        (
+            "replication: {factor: 4}",
+            "replication.factor: 4 is more than the 3 pushgateway.servers",
+        ),
+        (
+            "replication: {factor: 2}\nmode: redirect",
+            "replication.factor: 2 needs mode: proxy",
+        ),
+        ("replication: {factr: 2}", "unknown field `factr`"),
+    ] {
+        let err = Config::parse(&format!("{servers}{yaml}\n")).unwrap_err();
+        assert!(err.to_string().contains(expected), "{yaml}: {err}");
+    }
+    // With Consul the node count is not known in advance.
+    let consul = "consul_server: {addr: '127.0.0.1:8500'}\nreplication: {factor: 5}\n";
+    assert_eq!(Config::parse(consul).unwrap().replication_factor, 5);
+}
+
+#[test]
 fn invalid_values_say_what_to_fix() {
     let cases = [
         ("pushgateway: {servers: [a]}\nmode: bounce", "mode"),

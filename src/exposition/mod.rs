@@ -6,9 +6,11 @@
 //!   deterministically and reporting each as a [`merge::Conflict`]; [`merge::merge_pushed`]
 //!   keeps only pushed groups and leaves out each node's own process metrics.
 //! - [`pushgateway_json`]: turns a Pushgateway's `GET /api/v1/metrics` answer into one text
-//!   body per group, ready to `PUT` to another node (the rebalancer's copy step).
+//!   body per group, ready to `PUT` to another node (the rebalancer's copy step), or as the node exposes it.
+//! - [`replicas`]: with replication, which node's copy of each group a read shows (each group once).
 pub mod merge;
 pub mod pushgateway_json;
+pub mod replicas;
 pub mod text;
 
 pub use merge::{is_pushed_sample, merge, merge_pushed, Conflict, Merged};

@@ -173,6 +173,61 @@ pub fn parse_api_metrics_with(
         .collect()
 }
 
+/// One group as its node exposes it on `/metrics`, for a replicated read that shows each group from one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExposedGroup {
+    /// The grouping key (`job` included).
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds of the last successful push; 0 if none succeeded.
+    pub push_time_seconds: f64,
+    /// Every family of the group, `push_time_seconds`, `push_failure_time_seconds` and the rebalancer's marker
+    /// included, as a text exposition (format 0.0.4) with families sorted by name.
+    pub exposition: String,
+}
+
+/// Parses a `GET /api/v1/metrics` answer into its groups as the node's `/metrics` shows them.
+pub fn parse_api_metrics_exposed(json: &[u8]) -> Result<Vec<ExposedGroup>, ApiMetricsError> {
+    let answer: ApiAnswer = serde_json::from_slice(json)?;
+    if answer.status != "success" {
+        return Err(ApiMetricsError::Status(answer.status));
+    }
+    answer
+        .data
+        .into_iter()
+        .map(|group| {
+            let group_name = display_labels(&group.labels);
+            let mut exposition = String::new();
+            let mut push_time_seconds = 0.0;
+            for (name, family) in &group.families {
+                let context = Context {
+                    group: &group_name,
+                    family: name,
+                };
+                if !is_valid_metric_name(name) {
+                    return Err(ApiMetricsError::InvalidFamilyName {
+                        group: group_name.clone(),
+                        family: name.clone(),
+                    });
+                }
+                let metric_type = parse_type(&family.metric_type, &context)?;
+                if name == PUSH_TIME_FAMILY {
+                    push_time_seconds = family
+                        .metrics
+                        .first()
+                        .and_then(|m| m.value.as_deref()?.parse().ok())
+                        .unwrap_or(0.0);
+                }
+                render_family(name, family, metric_type, &context, &mut exposition)?;
+            }
+            Ok(ExposedGroup {
+                labels: group.labels,
+                push_time_seconds,
+                exposition,
+            })
+        })
+        .collect()
+}
+
 fn group_from_api(group: ApiGroup, render_body: bool) -> Result<Group, ApiMetricsError> {
     let group_name = display_labels(&group.labels);
     let mut body = String::new();

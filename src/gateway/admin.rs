@@ -88,7 +88,8 @@ pub async fn ring(State(state): State<AppState>) -> Response<Body> {
     let table = state.ring.load_full();
     let membership = state.membership.borrow().clone();
     let config = state.config.load();
-    let body = serde_json::json!({
+    let rebalance = state.rebalance_status.borrow().clone();
+    let mut body = serde_json::json!({
         "algorithm": table.ring.algorithm(),
         "mode": config.mode,
         "generation": table.generation,
@@ -100,10 +101,19 @@ pub async fn ring(State(state): State<AppState>) -> Response<Body> {
         },
         "nodes": membership.nodes,
         "read_failures": state.read_side.failing_reads_json(),
-        "rebalance": state.rebalance_status.borrow().clone(),
         "outlier_detection": state.outliers.status(),
         "ambiguous_writes": { "pending_groups": state.journal.len() },
     });
+    // Only with replication on, so that without it the answer stays what it was.
+    if config.replication_factor > 1 {
+        body["replication"] = serde_json::json!({
+            "factor": config.replication_factor,
+            "copies_per_group": config.replication_factor.min(table.ring.nodes().len()),
+            "under_replicated_groups": rebalance.pointer("/last_pass/under_replicated"),
+            "copies_restored_last_pass": rebalance.pointer("/last_pass/moved"),
+        });
+    }
+    body["rebalance"] = rebalance;
     json(StatusCode::OK, &body)
 }
 

@@ -103,7 +103,8 @@ async fn handle(
             key,
             owner,
             successor,
-        } => return proxy(state, request, &key, owner, successor).await,
+            replicas,
+        } => return proxy(state, request, &key, owner, successor, replicas).await,
     };
     (response, None)
 }
@@ -115,6 +116,9 @@ enum Routed {
         key: GroupingKey,
         owner: Arc<NodeRoute>,
         successor: Option<Arc<NodeRoute>>,
+        /// With `replication.factor` above 1: the other nodes the push is written to (the rest of the owner set;
+        /// for a DELETE every other ring node, so no stray copy survives it). Empty otherwise.
+        replicas: Vec<Arc<NodeRoute>>,
     },
 }
 
@@ -175,19 +179,37 @@ fn route(state: &AppState, mut request: Request<Body>) -> Routed {
     let canonical = grouping::without_empty_labels(request.uri().path(), &key);
     let table = state.ring.load();
     let proxying = config.mode == Mode::Proxy && !is_get;
-    let wants_successor = proxying && config.proxy.retry;
+    let factor = if proxying {
+        config.replication_factor
+    } else {
+        1
+    };
+    let is_delete = *method == Method::DELETE;
+    let wants_successor = proxying && config.proxy.retry && factor == 1;
     let lookup = |ring_key: &[u8]| {
         let owner = table.ring.owner_index(ring_key);
         let successor = wants_successor
             .then(|| table.ring.successor_index(ring_key))
             .flatten();
-        (owner, successor)
+        let replicas: Vec<usize> = match (factor, owner) {
+            (1, _) | (_, None) => Vec::new(),
+            (_, Some(owner)) if is_delete => (0..table.ring.nodes().len())
+                .filter(|&index| index != owner)
+                .collect(),
+            _ => table
+                .ring
+                .owner_set_indices(ring_key, factor)
+                .into_iter()
+                .skip(1)
+                .collect(),
+        };
+        (owner, successor, replicas)
     };
     let key = match &canonical {
         Some(_) => key.canonical(),
         None => key,
     };
-    let (owner, successor) = match table.ring.algorithm() {
+    let (owner, successor, replicas) = match table.ring.algorithm() {
         Algorithm::Rendezvous => RING_KEY.with_borrow_mut(|buffer| {
             key.write_ring_key(buffer);
             lookup(buffer)
@@ -229,6 +251,10 @@ fn route(state: &AppState, mut request: Request<Body>) -> Routed {
     Routed::Proxy {
         owner: owner.clone(),
         successor: successor.and_then(|index| table.routes.get(index)).cloned(),
+        replicas: replicas
+            .into_iter()
+            .filter_map(|index| table.routes.get(index).cloned())
+            .collect(),
         request,
         key,
     }
@@ -408,9 +434,10 @@ async fn proxy(
     key: &GroupingKey,
     owner: Arc<NodeRoute>,
     successor: Option<Arc<NodeRoute>>,
+    replicas: Vec<Arc<NodeRoute>>,
 ) -> (Response<Body>, Option<Arc<NodeRoute>>) {
     let config = state.config.load();
-    match proxy_to(state, &config, request, key, owner, successor).await {
+    match proxy_to(state, &config, request, key, owner, successor, replicas).await {
         Ok((response, node)) => (response, Some(node)),
         Err(response) => (response, None),
     }
@@ -439,6 +466,7 @@ async fn proxy_to(
     key: &GroupingKey,
     owner: Arc<NodeRoute>,
     successor: Option<Arc<NodeRoute>>,
+    replicas: Vec<Arc<NodeRoute>>,
 ) -> Result<(Response<Body>, Arc<NodeRoute>), Response<Body>> {
     let (mut parts, body) = request.into_parts();
     let limit = config.proxy.max_body_size;
@@ -497,6 +525,19 @@ async fn proxy_to(
     }
     // While the rebalancer moves groups, a push of a group being moved waits for the move and then wins over it.
     let _permit = state.move_guard.push_permit(|| key.ring_key()).await;
+    if !replicas.is_empty() {
+        let mut nodes = Vec::with_capacity(replicas.len() + 1);
+        nodes.push(owner);
+        nodes.extend(replicas);
+        let write = ReplicatedWrite {
+            method: &parts.method,
+            target,
+            key,
+            ring_key,
+            write_headers,
+        };
+        return write.send(state, config, headers, body, nodes).await;
+    }
     let mut node = owner;
     let mut retry_on = successor;
     loop {
@@ -597,6 +638,181 @@ async fn proxy_to(
                     }
                 }
             }
+        }
+    }
+}
+
+/// One push written to several nodes (`replication.factor` above 1): the owner and the rest of its owner set.
+///
+/// Every write starts at once and the answer waits for all of them, each bounded by `proxy.upstream_timeout`.
+/// The client gets the owner's answer. When the owner gives none (unreachable, timed out, over its in-flight
+/// limit), the first node of the owner set that answered gives it, so the next node takes the push at once, as
+/// the successor retry does without replication; it is not sent again anywhere (each node gets it at most once).
+/// A write to any other node that fails or is refused does not fail the push: it is counted
+/// (`dynamic_sharding_replica_writes_failed_total`) and left to the rebalancer, and the per-node bookkeeping
+/// (suspects, outlier detection, the ambiguous-write journal) is the same as for a single write.
+struct ReplicatedWrite<'a> {
+    method: &'a Method,
+    target: Option<&'a PathAndQuery>,
+    key: &'a GroupingKey,
+    ring_key: Option<Vec<u8>>,
+    write_headers: Option<WriteHeaders>,
+}
+
+impl ReplicatedWrite<'_> {
+    async fn send(
+        mut self,
+        state: &AppState,
+        config: &Config,
+        headers: HeaderMap,
+        body: Bytes,
+        nodes: Vec<Arc<NodeRoute>>,
+    ) -> Result<(Response<Body>, Arc<NodeRoute>), Response<Body>> {
+        let writes = nodes.iter().map(|node| {
+            let headers = headers.clone();
+            let body = body.clone();
+            async move {
+                let Some(slot) = node.counters.try_begin(config.proxy.max_in_flight_per_node)
+                else {
+                    return (None, Err(None));
+                };
+                let result = forward(
+                    state,
+                    config,
+                    self.method,
+                    self.target,
+                    headers,
+                    body.clone(),
+                    node,
+                )
+                .await;
+                (Some(slot), result.map_err(Some))
+            }
+        });
+        let results = futures_util::future::join_all(writes).await;
+        let mut answer: Option<(Response<Body>, Arc<NodeRoute>)> = None;
+        let mut owner_error = None;
+        let mut written_to = Vec::with_capacity(nodes.len());
+        for (index, (node, (slot, result))) in nodes.iter().zip(results).enumerate() {
+            let written = match result {
+                Ok(response) => {
+                    OutlierDetector::record_success(&node.counters);
+                    let success = response.status().is_success();
+                    if answer.is_none() {
+                        answer = Some((response, node.clone()));
+                    }
+                    success
+                }
+                Err(None) => {
+                    state
+                        .metrics
+                        .faults
+                        .in_flight_overflow
+                        .get_or_create(&NodeLabels {
+                            node: node.name.clone(),
+                        })
+                        .inc();
+                    if index == 0 {
+                        owner_error = Some(format!(
+                            "over its proxy.max_in_flight_per_node ({})",
+                            config.proxy.max_in_flight_per_node
+                        ));
+                    }
+                    false
+                }
+                Err(Some((error, late))) => {
+                    if index == 0 {
+                        owner_error = Some(error.to_string());
+                    }
+                    self.note_failure(state, node, &headers, error, late, slot);
+                    false
+                }
+            };
+            written_to.push(written);
+        }
+        // A node that did not take a push the client is told succeeded is missing a copy; when the push failed
+        // (e.g. a 400 for a bad body, which every node gives), nothing is missing.
+        if answer
+            .as_ref()
+            .is_some_and(|(response, _)| response.status().is_success())
+        {
+            for (node, written) in nodes.iter().zip(written_to) {
+                let answered_here = answer.as_ref().is_some_and(|(_, by)| Arc::ptr_eq(by, node));
+                if !written && !answered_here {
+                    state
+                        .metrics
+                        .replica_writes_failed
+                        .get_or_create(&NodeLabels {
+                            node: node.name.clone(),
+                        })
+                        .inc();
+                    tracing::debug!(node = %node.name, grouping_key = %self.key, "replica write failed; the rebalancer restores the copy");
+                }
+            }
+        }
+        let Some((response, node)) = answer else {
+            let owner = nodes.first().map_or("", |node| &*node.name);
+            return Err(text(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "no node of the owner set could take the push; Pushgateway {owner}: {}",
+                    owner_error.unwrap_or_default()
+                ),
+            ));
+        };
+        if let (Some(ring_key), Some(write_headers)) = (&self.ring_key, self.write_headers.take()) {
+            if response.status().is_success() {
+                state.journal.note_acked(
+                    ring_key,
+                    AckedWrite {
+                        method: self.method.clone(),
+                        path_and_query: self.target.map_or("/", |t| t.as_str()).to_string(),
+                        headers: write_headers,
+                        body,
+                    },
+                );
+            }
+        }
+        Ok((response, node))
+    }
+
+    /// What a failed write to one node sets off, as for an unreplicated push: the prober is told, outlier
+    /// detection counts it, and an ambiguous one is journaled with its late exchange (which keeps its slot).
+    fn note_failure(
+        &mut self,
+        state: &AppState,
+        node: &NodeRoute,
+        headers: &HeaderMap,
+        error: NodeError,
+        late: Option<LateExchange>,
+        slot: Option<crate::outlier::InFlight>,
+    ) {
+        let name = &node.name;
+        tracing::warn!(node = %name, grouping_key = %self.key, %error, "push could not reach its node");
+        state.suspects.report(name);
+        if error.is_node_failure() {
+            state
+                .outliers
+                .record_failure(name, &node.counters, &error.to_string());
+        }
+        if error.is_ambiguous() {
+            let key = self.key;
+            let group = self.ring_key.get_or_insert_with(|| key.ring_key());
+            state
+                .journal
+                .note_ambiguous(key, group, name, late.is_some());
+            if let Some(late) = late {
+                state.journal.await_late_answer(
+                    group.clone(),
+                    name.to_string(),
+                    Box::pin(async move {
+                        let _slot = slot;
+                        late.await
+                    }),
+                );
+            }
+            self.write_headers
+                .get_or_insert_with(|| WriteHeaders::from_headers(headers));
         }
     }
 }

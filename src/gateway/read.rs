@@ -6,6 +6,9 @@
 //!   only collide, and they describe one process (see [`crate::exposition::merge_pushed`]). Clashes are resolved
 //!   the way a lone Pushgateway does, logged once, and counted.
 //! - `GET /api/v1/metrics`: the union of the nodes' groups, each annotated with its node under [`NODE_KEY`].
+//! - With `replication.factor` above 1 both show each group once, from the node [`exposition::replicas`] picks
+//!   (the first of its owner set that answered and holds it); `/metrics` then reads the nodes' `/api/v1/metrics`,
+//!   which names each group's grouping key.
 //! - `GET /api/v1/status`: the gateway's own status and each node's.
 //! - `PUT /api/v1/admin/wipe`: forwarded to every known node, only with `--web.enable-admin-api`.
 //!
@@ -30,8 +33,12 @@ use serde_json::{json, Value};
 
 use super::{forbidden, json, text, AppState};
 use crate::authorization::Action;
+use crate::exposition::pushgateway_json::parse_api_metrics_exposed;
+use crate::exposition::replicas::GroupCopy;
 use crate::exposition::{self, Conflict};
+use crate::grouping::GroupingKey;
 use crate::pushgateway::{api, NodeError};
+use crate::ring::{Algorithm, Ring};
 use crate::telemetry::{MergeConflictLabels, ReadFailureLabels, ReadPathLabels};
 
 /// The key added to each group of `GET /api/v1/metrics` naming the node that holds it. Group objects use metric
@@ -310,7 +317,11 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     if nodes.is_empty() {
         return text(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_NODE);
     }
-    let timeout = state.config.load().read.timeout;
+    let config = state.config.load();
+    let timeout = config.read.timeout;
+    if config.replication_factor > 1 {
+        return replicated_metrics(&state, &nodes, config.replication_factor, timeout).await;
+    }
     let mut answers = fan_out(&state, &nodes, api::Read::Metrics, timeout).await;
     for answer in &mut answers {
         if let Ok(body) = &answer.result {
@@ -340,11 +351,15 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     }
     let merged = exposition::merge_pushed(&expositions);
     note_conflicts(&state, &merged.conflicts);
+    merged_response(merged.text, &answers)
+}
 
+/// The merged exposition, naming the nodes left out in [`MISSING_NODES_HEADER`].
+fn merged_response(text: String, answers: &[NodeAnswer]) -> Response<Body> {
     let mut response = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, TEXT_FORMAT)
-        .body(Body::from(merged.text))
+        .body(Body::from(text))
         .unwrap_or_default();
     let missing: Vec<&str> = answers
         .iter()
@@ -357,6 +372,172 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         }
     }
     response
+}
+
+/// `GET /metrics` with `replication.factor` above 1: every node's groups (from `/api/v1/metrics`, which names
+/// each group's grouping key, where `/metrics` does not), each group shown once from the node
+/// [`exposition::replicas`] picks, then merged like the unreplicated read.
+async fn replicated_metrics(
+    state: &AppState,
+    nodes: &[String],
+    factor: usize,
+    timeout: Duration,
+) -> Response<Body> {
+    let mut answers = fan_out(state, nodes, api::Read::Groups, timeout).await;
+    let bodies: Vec<(String, Bytes)> = answers
+        .iter()
+        .filter_map(|answer| Some((answer.node.clone(), answer.result.as_ref().ok()?.clone())))
+        .collect();
+    let table = state.ring.load_full();
+    // Parsing and merging thousands of groups is CPU work; keep it off the async workers.
+    let combined =
+        tokio::task::spawn_blocking(move || deduplicated_exposition(&bodies, &table.ring, factor))
+            .await;
+    let (merged, failures) = match combined {
+        Ok(combined) => combined,
+        Err(error) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("merging the nodes' groups failed: {error}"),
+            )
+        }
+    };
+    for (node, failure) in failures {
+        note_failure(state, &node, api::Read::Groups.path(), &failure);
+        if let Some(answer) = answers.iter_mut().find(|answer| answer.node == node) {
+            answer.result = Err(failure);
+        }
+    }
+    note_successes(state, api::Read::Groups.path(), &answers);
+    if answers.iter().all(|answer| answer.result.is_err()) {
+        return text(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "no node answered GET /api/v1/metrics:\n{}",
+                failure_list(&answers).join("\n")
+            ),
+        );
+    }
+    note_conflicts(state, &merged.conflicts);
+    merged_response(merged.text, &answers)
+}
+
+/// One copy of a group as a node answered it, for the replicated reads.
+struct Held<T> {
+    node_index: usize,
+    ring_key: Vec<u8>,
+    push_time_seconds: f64,
+    group: T,
+}
+
+/// Which of `held` a replicated read shows: one per group, see [`exposition::replicas`]. Owner ranks come from
+/// the ring's owner sets (`rendezvous`; a `go-compatible` ring hashes request paths, which labels do not give
+/// back, so there every copy counts as a non-owner's).
+fn shown<T>(held: &[Held<T>], nodes: &[&str], ring: &Ring, factor: usize) -> Vec<bool> {
+    let copies: Vec<GroupCopy<'_>> = held
+        .iter()
+        .map(|copy| GroupCopy {
+            node: nodes.get(copy.node_index).copied().unwrap_or_default(),
+            group: &copy.ring_key,
+            push_time_seconds: copy.push_time_seconds,
+        })
+        .collect();
+    let rendezvous = ring.algorithm() == Algorithm::Rendezvous;
+    exposition::replicas::shown_copies(&copies, |group, node| {
+        if !rendezvous {
+            return None;
+        }
+        ring.owner_set(group, factor)
+            .iter()
+            .position(|owner| *owner == node)
+    })
+}
+
+/// The identity of a group by its labels: its ring key, or (for labels that are no grouping key, which a
+/// Pushgateway would not hold) the labels rendered, so such a group is still shown once.
+fn group_identity(labels: &BTreeMap<String, String>) -> Vec<u8> {
+    match GroupingKey::from_labels(labels.clone()) {
+        Ok(key) => key.ring_key(),
+        Err(_) => format!("{labels:?}").into_bytes(),
+    }
+}
+
+/// The nodes' `/api/v1/metrics` answers as one exposition with each group once; nodes whose answer does not
+/// parse are returned with the reason and left out.
+fn deduplicated_exposition(
+    bodies: &[(String, Bytes)],
+    ring: &Ring,
+    factor: usize,
+) -> (exposition::Merged, Vec<(String, NodeError)>) {
+    let mut failures = Vec::new();
+    let mut held = Vec::new();
+    for (node_index, (node, body)) in bodies.iter().enumerate() {
+        match parse_api_metrics_exposed(body) {
+            Ok(groups) => held.extend(groups.into_iter().map(|group| Held {
+                node_index,
+                ring_key: group_identity(&group.labels),
+                push_time_seconds: group.push_time_seconds,
+                group: group.exposition,
+            })),
+            Err(error) => failures.push((
+                node.clone(),
+                NodeError::Decode(format!("/api/v1/metrics: {error}")),
+            )),
+        }
+    }
+    let nodes: Vec<&str> = bodies.iter().map(|(node, _)| node.as_str()).collect();
+    let shown = shown(&held, &nodes, ring, factor);
+    let expositions: Vec<(&str, &str)> = held
+        .iter()
+        .zip(shown)
+        .filter(|(_, shown)| *shown)
+        .map(|(copy, _)| (nodes[copy.node_index], copy.group.as_str()))
+        .collect();
+    (exposition::merge_pushed(&expositions), failures)
+}
+
+/// `/api/v1/metrics` groups (annotated with their node) with each group once.
+fn deduplicated_groups(groups: Vec<Value>, ring: &Ring, factor: usize) -> Vec<Value> {
+    let mut nodes: Vec<String> = Vec::new();
+    let held: Vec<Held<Value>> = groups
+        .into_iter()
+        .map(|group| {
+            let node = group
+                .get(NODE_KEY)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let node_index = match nodes.iter().position(|known| *known == node) {
+                Some(index) => index,
+                None => {
+                    nodes.push(node);
+                    nodes.len() - 1
+                }
+            };
+            let labels: BTreeMap<String, String> = group
+                .get("labels")
+                .and_then(|labels| serde_json::from_value(labels.clone()).ok())
+                .unwrap_or_default();
+            let push_time_seconds = group
+                .pointer("/push_time_seconds/metrics/0/value")
+                .and_then(Value::as_str)
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0.0);
+            Held {
+                node_index,
+                ring_key: group_identity(&labels),
+                push_time_seconds,
+                group,
+            }
+        })
+        .collect();
+    let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let shown = shown(&held, &names, ring, factor);
+    held.into_iter()
+        .zip(shown)
+        .filter(|(_, shown)| *shown)
+        .map(|(copy, _)| copy.group)
+        .collect()
 }
 
 fn note_conflicts(state: &AppState, conflicts: &[Conflict]) {
@@ -433,6 +614,10 @@ pub async fn api_metrics(State(state): State<AppState>) -> Response<Body> {
         }
     }
     note_successes(&state, api::Read::Groups.path(), &answers);
+    let factor = state.config.load().replication_factor;
+    if factor > 1 {
+        groups = deduplicated_groups(groups, &state.ring.load().ring, factor);
+    }
     let warnings = failure_list(&answers);
     if warnings.len() == answers.len() {
         return api_error(
@@ -618,6 +803,80 @@ pub async fn wipe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One node's `/api/v1/metrics` answer holding group `{job="j"}` with gauge `x` at `value`, plus a gauge
+    /// `left_over` when `extra`.
+    fn api_answer(value: &str, push_time: &str, extra: bool) -> Bytes {
+        let gauge = |name: &str, value: &str| {
+            json!({"type": "GAUGE", "metrics": [{"labels": {"job": "j"}, "value": value}]})
+                .as_object()
+                .cloned()
+                .map(|family| (name.to_owned(), Value::Object(family)))
+                .unwrap()
+        };
+        let mut group = serde_json::Map::new();
+        group.insert("labels".into(), json!({"job": "j"}));
+        group.extend([gauge("x", value), gauge("push_time_seconds", push_time)]);
+        if extra {
+            group.extend([gauge("left_over", "1")]);
+        }
+        Bytes::from(json!({"status": "success", "data": [group]}).to_string())
+    }
+
+    #[test]
+    fn a_replicated_read_shows_each_group_whole_from_its_first_owner_not_a_mix_of_copies() {
+        let nodes = vec!["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
+        let ring = Ring::build(Algorithm::Rendezvous, &nodes);
+        let key =
+            GroupingKey::from_labels(BTreeMap::from([("job".to_owned(), "j".to_owned())])).unwrap();
+        let owners = ring.owner_set(&key.ring_key(), 2);
+        // The second owner holds a stale copy with a family the newest push dropped; a node outside the owner
+        // set holds an even newer stray. Listed in both orders, the first owner's copy is the only one shown.
+        let outsider = nodes
+            .iter()
+            .find(|n| !owners.contains(&n.as_str()))
+            .unwrap();
+        let mut bodies = vec![
+            (owners[1].to_string(), api_answer("1", "100", true)),
+            (owners[0].to_string(), api_answer("2", "200", false)),
+            (outsider.clone(), api_answer("3", "300", false)),
+        ];
+        for _ in 0..2 {
+            let (merged, failures) = deduplicated_exposition(&bodies, &ring, 2);
+            assert!(failures.is_empty(), "{failures:?}");
+            let samples: Vec<&str> = merged
+                .text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect();
+            assert_eq!(
+                samples,
+                ["push_time_seconds{job=\"j\"} 200", "x{job=\"j\"} 2"],
+                "{}",
+                merged.text
+            );
+            bodies.reverse();
+        }
+        // The first owner gone from the answers: the second owner's copy, whole.
+        let without_first: Vec<(String, Bytes)> = bodies
+            .iter()
+            .filter(|(node, _)| node != owners[0])
+            .cloned()
+            .collect();
+        let (merged, _) = deduplicated_exposition(&without_first, &ring, 2);
+        assert!(
+            merged.text.contains("left_over{job=\"j\"} 1"),
+            "{}",
+            merged.text
+        );
+        let groups: Vec<Value> = bodies
+            .iter()
+            .flat_map(|(node, body)| annotated_groups(node, body).unwrap())
+            .collect();
+        let shown = deduplicated_groups(groups, &ring, 2);
+        assert_eq!(shown.len(), 1);
+        assert_eq!(shown[0][NODE_KEY], owners[0]);
+    }
 
     fn status_failure(status: StatusCode, body: &str) -> NodeError {
         NodeError::Status {

@@ -3,13 +3,20 @@
 //! Prometheus polls this every `refresh_interval`, so a scrape config pointed at the gateway follows the ring
 //! without anyone editing a target list. The answer lists exactly the nodes of the current ring: a node that
 //! fails its health checks drops out of discovery when it drops out of routing.
+//!
+//! With `replication.factor` above 1 every group is on several nodes, and scraping the nodes would show each
+//! group several times. The answer is then one target instead: the gateway itself (as Prometheus addressed it,
+//! the request's `Host`), whose `/metrics` shows each group once (see `gateway/read.rs`). A node that dies is
+//! left out of the very next scrape's fan-out and its groups are shown from the next owner, with no push and no
+//! discovery refresh in between.
 
 use axum::body::Body;
 use axum::extract::State;
+use http::header::{self, HeaderMap};
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::{json, AppState};
+use super::{json, text, AppState};
 use crate::config::NodeScheme;
 
 /// The target label naming the node (`host:port`, the same as `__address__`), for relabeling into a label
@@ -21,14 +28,44 @@ pub const SOURCE_LABEL: &str = "__meta_dynamic_sharding_membership_source";
 /// `scheme:` of its own (its `tls_config` and `basic_auth` still apply).
 pub const SCHEME_LABEL: &str = "__scheme__";
 
-pub async fn targets(State(state): State<AppState>) -> Response<Body> {
+/// The target label saying what a replicated answer's one target serves: `deduplicated` (each group once).
+pub const VIEW_LABEL: &str = "__meta_dynamic_sharding_view";
+
+pub async fn targets(State(state): State<AppState>, headers: HeaderMap) -> Response<Body> {
     let table = state.ring.load_full();
     let source = state.membership.borrow().source;
-    let scheme = state.config.load().upstream.scheme;
+    let config = state.config.load();
+    if config.replication_factor > 1 {
+        let Some(host) = headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .filter(|host| !host.is_empty())
+        else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "/-/sd with replication.factor above 1 names the gateway itself as the target, and needs the \
+                 request's Host header for its address",
+            );
+        };
+        return json(StatusCode::OK, &deduplicated_target(host, source));
+    }
     json(
         StatusCode::OK,
-        &target_groups(table.ring.nodes(), source, scheme),
+        &target_groups(table.ring.nodes(), source, config.upstream.scheme),
     )
+}
+
+/// The HTTP SD answer with replication: the gateway at `host`, path `/metrics` (each group once). No
+/// `__scheme__`: the scrape config's own scheme is the one that reaches the gateway.
+pub fn deduplicated_target(host: &str, source: &str) -> Value {
+    json!([{
+        "targets": [host],
+        "labels": {
+            "__metrics_path__": "/metrics",
+            VIEW_LABEL: "deduplicated",
+            SOURCE_LABEL: source,
+        },
+    }])
 }
 
 /// The HTTP SD answer for `nodes`: one target group per node, because a label naming the node can only be
@@ -70,6 +107,17 @@ mod tests {
                     "__meta_dynamic_sharding_membership_source": "consul",
                     "__scheme__": "https"}},
             ])
+        );
+    }
+
+    #[test]
+    fn a_replicated_answer_is_the_gateway_itself() {
+        assert_eq!(
+            deduplicated_target("dynamic-sharding:9292", "static"),
+            json!([{"targets": ["dynamic-sharding:9292"], "labels": {
+                "__metrics_path__": "/metrics",
+                "__meta_dynamic_sharding_view": "deduplicated",
+                "__meta_dynamic_sharding_membership_source": "static"}}])
         );
     }
 

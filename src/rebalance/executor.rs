@@ -91,8 +91,10 @@ pub trait Preconditions: Sync {
 /// Per-pass counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
-    /// Groups copied to their owner.
+    /// Copies written to an owner (one per owner: a group copied to two owners counts twice).
     pub copied: u64,
+    /// `Move`s whose copies to every owner succeeded.
+    pub groups_copied_everywhere: u64,
     /// Copies deleted from a wrong node after the group was copied to its owner.
     pub deleted_after_copy: u64,
     /// Copies deleted from a wrong node because the owner already had one at least as new.
@@ -132,25 +134,34 @@ impl Executor<'_> {
         let mut outcome = Outcome::default();
         // Futures are boxed before they go into the stream: with plain closures the compiler cannot prove the
         // spawned pass future `Send` (rust-lang/rust#102211).
-        let copies: Vec<BoxFuture<'_, (usize, Step)>> = actions
+        let copies: Vec<BoxFuture<'_, (usize, u64, Step)>> = actions
             .iter()
             .enumerate()
-            .map(|(index, action)| async move { (index, self.copy(action).await) }.boxed())
+            .map(|(index, action)| {
+                async move {
+                    let (copied, step) = self.copy(action).await;
+                    (index, copied, step)
+                }
+                .boxed()
+            })
             .collect();
         let copies = stream::iter(copies)
             .buffer_unordered(self.concurrency.max(1))
             .collect::<Vec<_>>()
             .await;
         let mut deletable = vec![false; actions.len()];
-        for (index, step) in copies {
+        for (index, copied, step) in copies {
+            outcome.copied += copied;
             match step {
-                Step::Done => deletable[index] = true,
+                Step::Done => {
+                    deletable[index] = true;
+                    if matches!(actions[index], Action::Move { .. }) {
+                        outcome.groups_copied_everywhere += 1;
+                    }
+                }
                 Step::Skipped => outcome.skipped += 1,
                 Step::Failed => outcome.copy_failures += 1,
                 Step::Aborted => outcome.aborted = true,
-            }
-            if matches!(actions[index], Action::Move { .. }) && deletable[index] {
-                outcome.copied += 1;
             }
         }
         if outcome.aborted {
@@ -194,10 +205,12 @@ impl Executor<'_> {
         outcome
     }
 
-    async fn copy(&self, action: &Action) -> Step {
+    /// Copies the group to every owner in `to`, one after the other; `Done` only when every copy succeeded
+    /// (the deletes wait for that), and counts each copy made.
+    async fn copy(&self, action: &Action) -> (u64, Step) {
         let Action::Move {
             key,
-            owner,
+            to,
             source,
             source_push_time,
             last_client_push,
@@ -205,7 +218,7 @@ impl Executor<'_> {
             ..
         } = action
         else {
-            return Step::Done;
+            return (0, Step::Done);
         };
         // The copy is stamped with the time of the copy; the marker keeps the client's last push for expiry.
         let marker = MovedMarker {
@@ -218,15 +231,22 @@ impl Executor<'_> {
         // node) is copied as its canonical form: an owner holding both forms would reject every push.
         let path = key.clone().canonical().to_push_path();
         let body = Bytes::from(format!("{body}{}", marker.render()));
-        let step = self
-            .with_retries(key, owner, || {
-                self.request(owner, &path, Some(body.clone()))
-            })
-            .await;
-        if matches!(step, Step::Done) {
-            tracing::debug!(grouping_key = %key, from = %source, to = %owner, source_push_time, "group copied to its owner");
+        let mut copied = 0;
+        for owner in to {
+            let step = self
+                .with_retries(key, owner, || {
+                    self.request(owner, &path, Some(body.clone()))
+                })
+                .await;
+            match step {
+                Step::Done => {
+                    copied += 1;
+                    tracing::debug!(grouping_key = %key, from = %source, to = %owner, source_push_time, "group copied to an owner");
+                }
+                other => return (copied, other),
+            }
         }
-        step
+        (copied, Step::Done)
     }
 
     /// Deletes the group from every wrong node, in order; returns how many copies were deleted.
@@ -242,8 +262,8 @@ impl Executor<'_> {
                 Step::Done => {
                     deleted += 1;
                     let reason = match action {
-                        Action::Move { .. } => "moved to its owner",
-                        Action::DeleteStale { .. } => "owner holds a copy at least as new",
+                        Action::Move { .. } => "copied to its owners",
+                        Action::DeleteStale { .. } => "every owner holds a copy at least as new",
                         Action::DropExpired { .. } => "older than rebalance.max_age",
                         Action::Expire { .. } => {
                             "expired: not pushed for longer than groups.expire_after"
@@ -326,13 +346,16 @@ impl Executor<'_> {
 }
 
 /// `GET /api/v1/metrics` on `node`, turned into the planner's input.
-/// Lists `node`'s groups. Bodies are rendered only for groups that `ring` does not place on `node` (the only
-/// ones a pass may copy from it), so a pass does not hold a second copy of every group it listed.
+/// Lists `node`'s groups. Without replication (`factor` 1) bodies are rendered only for groups that `ring` does
+/// not place on `node` (the only ones a pass may copy from it), so a pass does not hold a second copy of every
+/// group it listed; with replication an owner's copy may be the source for another owner, and the bodies tell
+/// two copies of one push apart from a stale one.
 pub async fn list_node(
     client: &HttpClient,
     node: &str,
     timeout: Duration,
     ring: Arc<RoutingTable>,
+    factor: usize,
 ) -> Result<NodeListing, NodeRequestError> {
     let body = api::list_groups(client, node, timeout)
         .await
@@ -341,7 +364,7 @@ pub async fn list_node(
         })?;
     let owned_node = node.to_string();
     // Parsing thousands of groups is CPU work; keep it off the async workers.
-    tokio::task::spawn_blocking(move || listing_from_json(&owned_node, &body, &ring.ring))
+    tokio::task::spawn_blocking(move || listing_from_json(&owned_node, &body, &ring.ring, factor))
         .await
         .map_err(|e| NodeRequestError::Listing {
             node: node.to_string(),
@@ -353,10 +376,12 @@ fn listing_from_json(
     node: &str,
     json: &[u8],
     ring: &Ring,
+    factor: usize,
 ) -> Result<NodeListing, NodeRequestError> {
     let owned_here = |labels: &BTreeMap<String, String>| {
-        GroupingKey::from_labels(labels.clone())
-            .is_ok_and(|key| ring.owner(&key.ring_key()) == Some(node))
+        factor == 1
+            && GroupingKey::from_labels(labels.clone())
+                .is_ok_and(|key| ring.owner(&key.ring_key()) == Some(node))
     };
     let groups = parse_api_metrics_with(json, |labels| !owned_here(labels)).map_err(|e| {
         NodeRequestError::Listing {

@@ -1,4 +1,5 @@
-//! Keeps every group on exactly one Pushgateway, its owner, when the ring changes.
+//! Keeps every group on exactly its owner set (its owner and the next `replication.factor - 1` nodes; one node
+//! without replication) when the ring changes or a copy is missing.
 //!
 //! After every ring change, every membership change that removed a node, and every `rebalance.interval`, the
 //! leader replica runs a *pass*: list every healthy node's groups (and those of *draining* nodes: removed from
@@ -105,8 +106,11 @@ pub struct PassReport {
     pub ring_generation: u64,
     pub nodes_listed: usize,
     pub groups_seen: usize,
-    /// Groups not on exactly their owner when the pass planned.
+    /// Groups not on exactly their owner set when the pass planned.
     pub misplaced: usize,
+    /// Groups whose owners (`min(replication.factor, ring nodes)` of them) did not all hold a current copy when
+    /// the pass planned, less those the pass copied to every owner.
+    pub under_replicated: usize,
     pub moved: u64,
     pub deleted_stale: u64,
     pub dropped_expired: u64,
@@ -315,6 +319,9 @@ impl Task {
         report.groups_seen = plan.groups_seen;
         report.misplaced = plan.actions.len() + plan.owner_not_listed;
         report.moved = outcome.copied;
+        report.under_replicated = plan
+            .under_replicated
+            .saturating_sub(outcome.groups_copied_everywhere as usize);
         report.deleted_stale = outcome.deleted_stale;
         report.dropped_expired = outcome.dropped_expired;
         report.expired = outcome.expired;
@@ -340,6 +347,7 @@ impl Task {
             nodes = report.nodes_listed,
             groups = report.groups_seen,
             misplaced = report.misplaced,
+            under_replicated = report.under_replicated,
             moved = report.moved,
             deleted_stale = report.deleted_stale,
             dropped_expired = report.dropped_expired,
@@ -383,10 +391,11 @@ impl Task {
         report: &mut PassReport,
     ) -> Listed {
         let all: Vec<&String> = nodes.ring.iter().chain(&nodes.draining).collect();
+        let factor = self.deps.config.borrow().replication_factor;
         let requests: Vec<BoxFuture<'_, _>> = all
             .iter()
             .map(|node| {
-                executor::list_node(&self.deps.client, node, timeout, table.clone()).boxed()
+                executor::list_node(&self.deps.client, node, timeout, table.clone(), factor).boxed()
             })
             .collect();
         let results = join_all(requests).await;
@@ -429,6 +438,9 @@ impl Task {
         metrics.groups_expiring.set(report.expiring_soon as i64);
         metrics.rebalance_passes.inc();
         metrics.rebalance_groups_moved.inc_by(outcome.copied);
+        metrics
+            .groups_under_replicated
+            .set(report.under_replicated as i64);
         for (reason, count) in [
             ("moved", outcome.deleted_after_copy),
             ("stale", outcome.deleted_stale),
@@ -493,7 +505,13 @@ fn plan_pass(
     let expiry = planner::expire(&mut listings, now, |key| {
         config.groups.expire_after(key.job())
     });
-    let mut plan = planner::plan(listings, &table.ring, now, config.rebalance.max_age);
+    let mut plan = planner::plan(
+        listings,
+        &table.ring,
+        config.replication_factor,
+        now,
+        config.rebalance.max_age,
+    );
     plan.actions.extend(expiry.actions);
     (plan, expiry.expiring_soon)
 }

@@ -1,15 +1,20 @@
 //! Pure planning: given what every reachable node holds and the current ring, decide which groups to copy to
-//! their owner and which copies to delete. No I/O, no clock: the caller passes `now`.
+//! their owners and which copies to delete. No I/O, no clock: the caller passes `now`.
 //!
-//! For each group held by at least one node that is not its owner:
-//! - the owner's copy is at least as new as every wrong copy (`push_time_seconds`): delete the wrong copies
-//!   ([`Action::DeleteStale`]);
-//! - else, with `max_age` set and the newest wrong copy older than that: delete the wrong copies without copying
-//!   ([`Action::DropExpired`]), so a dead job does not look alive on its new owner;
-//! - else copy the newest wrong copy to the owner, then delete every wrong copy ([`Action::Move`]).
+//! A group's *owner set* is its owner and the next `factor - 1` distinct nodes in ring order
+//! ([`Ring::owner_set`]); with `factor` 1 it is the owner alone. An owner's copy is *current* when it is at least
+//! as new (`push_time_seconds`) as the newest copy anywhere, or has the same metrics (every node stamps its own
+//! push time, so two copies of one push differ by milliseconds). For each group:
+//! - every owner current and no copy elsewhere: nothing to do;
+//! - every owner current, copies elsewhere: delete those ([`Action::DeleteStale`]);
+//! - the newest copy is on a non-owner and, with `max_age` set, older than that: delete the non-owners' copies
+//!   without copying ([`Action::DropExpired`]), so a dead job does not look alive on its new owner;
+//! - else copy the newest copy to every owner that is not current, then delete every non-owner's copy
+//!   ([`Action::Move`]); the executor deletes only once every copy succeeded, so every owner then holds a copy
+//!   at least as new as the ones deleted.
 //!
-//! Groups whose owner was not listed (unreachable, or the ring is empty) are left alone: without the owner's
-//! copy there is nothing to compare with, and deleting could leave the group on zero nodes.
+//! Groups with an owner that was not listed (unreachable, or the ring is empty) are left alone: without that
+//! owner's copy there is nothing to compare with, and deleting could leave the group on zero nodes.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -55,13 +60,14 @@ pub struct NodeListing {
     pub groups: Vec<ListedGroup>,
 }
 
-/// What to do about one misplaced group.
+/// What to do about one misplaced or under-replicated group.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// `PUT` `body` (from `source`) to `owner`, then delete the group from every node in `delete_from`.
+    /// `PUT` `body` (from `source`) to every node in `to` (owners without a current copy), then delete the group
+    /// from every node in `delete_from` (non-owners).
     Move {
         key: GroupingKey,
-        owner: String,
+        to: Vec<String>,
         source: String,
         source_push_time: f64,
         /// The client's last push of the copied group, carried by the copy ([`MovedMarker`]).
@@ -69,13 +75,13 @@ pub enum Action {
         body: String,
         delete_from: Vec<String>,
     },
-    /// The owner already holds a copy at least as new: delete the others.
+    /// Every owner already holds a copy at least as new: delete the others.
     DeleteStale {
         key: GroupingKey,
-        owner: String,
+        owners: Vec<String>,
         delete_from: Vec<String>,
     },
-    /// Every wrong copy is older than `max_age` and the owner has none newer: delete them without copying.
+    /// Every wrong copy is older than `max_age` and no owner has one newer: delete them without copying.
     DropExpired {
         key: GroupingKey,
         newest_push_time: f64,
@@ -115,17 +121,21 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Distinct groups over all listed nodes.
     pub groups_seen: usize,
-    /// Misplaced groups left alone because their owner was not listed.
+    /// Misplaced or under-replicated groups left alone because an owner was not listed.
     pub owner_not_listed: usize,
+    /// Groups with fewer current copies on their owners than owners (`min(factor, ring nodes)`) when planned.
+    pub under_replicated: usize,
 }
 
-/// Plans the moves that put every listed group on exactly its owner in `ring`, with its newest value.
+/// Plans the copies and deletes that put every listed group on exactly its owner set in `ring` (the owner and
+/// the next `factor - 1` nodes), each with the newest value among its copies.
 ///
-/// `now_seconds` is the current Unix time; `max_age` enables [`Action::DropExpired`]. Ties in push time keep the
+/// `now_seconds` is the current Unix time; `max_age` enables [`Action::DropExpired`]. Ties in push time keep an
 /// owner's copy. Actions come sorted by grouping key, so a plan is reproducible.
 pub fn plan(
     listings: Vec<NodeListing>,
     ring: &Ring,
+    factor: usize,
     now_seconds: f64,
     max_age: Option<Duration>,
 ) -> Plan {
@@ -145,64 +155,97 @@ pub fn plan(
         ..Plan::default()
     };
     for (ring_key, holders) in copies {
-        let Some(owner) = ring.owner(&ring_key) else {
+        let owners = ring.owner_set(&ring_key, factor);
+        if owners.is_empty() {
             result.owner_not_listed += 1;
             continue;
-        };
-        let owner_push_time = holders
-            .iter()
-            .find(|(node, _)| node == owner)
-            .map(|(_, group)| group.push_time_seconds);
-        let mut wrong: Vec<(String, ListedGroup)> = holders
+        }
+        let (mut on_owners, mut wrong): (Vec<(String, ListedGroup)>, Vec<_>) = holders
             .into_iter()
-            .filter(|(node, _)| node != owner)
-            .collect();
-        if wrong.is_empty() {
-            continue;
-        }
-        if !listed_nodes.iter().any(|node| node == owner) {
-            result.owner_not_listed += 1;
-            continue;
-        }
+            .partition(|(node, _)| owners.contains(&node.as_str()));
+        // Owner copies in owner-set order, so the first of equally new ones is the earliest owner's.
+        on_owners.sort_by_key(|(node, _)| owners.iter().position(|owner| owner == node));
         // Newest wrong copy last; equal times fall back to the node name so the choice is deterministic.
         wrong.sort_by(|(node_a, a), (node_b, b)| {
             a.push_time_seconds
                 .total_cmp(&b.push_time_seconds)
                 .then_with(|| node_b.cmp(node_a))
         });
-        let delete_from: Vec<String> = wrong.iter().map(|(node, _)| node.clone()).collect();
-        let Some((source, newest)) = wrong.pop() else {
-            continue;
+        let newest_on_owner = on_owners.iter().fold(
+            None,
+            |best: Option<&(String, ListedGroup)>, copy| match best {
+                Some(best) if best.1.push_time_seconds >= copy.1.push_time_seconds => Some(best),
+                _ => Some(copy),
+            },
+        );
+        let newest_wrong = wrong.last();
+        // The source: an owner's copy unless a wrong copy is strictly newer.
+        let (source, source_is_owner) = match (newest_on_owner, newest_wrong) {
+            (Some(owner_copy), Some(wrong_copy))
+                if wrong_copy.1.push_time_seconds > owner_copy.1.push_time_seconds =>
+            {
+                (wrong_copy, false)
+            }
+            (Some(owner_copy), _) => (owner_copy, true),
+            (None, Some(wrong_copy)) => (wrong_copy, false),
+            (None, None) => continue,
         };
-        let owner = owner.to_string();
-        let action = match owner_push_time {
-            Some(owner_time) if owner_time >= newest.push_time_seconds => Action::DeleteStale {
-                key: newest.key,
-                owner,
+        let is_current = |copy: &ListedGroup| {
+            copy.push_time_seconds >= source.1.push_time_seconds
+                || (copy.body.is_some() && copy.body == source.1.body)
+        };
+        let missing: Vec<String> = owners
+            .iter()
+            .filter(|owner| {
+                !on_owners
+                    .iter()
+                    .any(|(node, copy)| node == *owner && is_current(copy))
+            })
+            .map(|owner| owner.to_string())
+            .collect();
+        if !missing.is_empty() {
+            result.under_replicated += 1;
+        }
+        if missing.is_empty() && wrong.is_empty() {
+            continue;
+        }
+        if !owners
+            .iter()
+            .all(|owner| listed_nodes.iter().any(|node| node == owner))
+        {
+            result.owner_not_listed += 1;
+            continue;
+        }
+        let delete_from: Vec<String> = wrong.iter().map(|(node, _)| node.clone()).collect();
+        let key = source.1.key.clone();
+        let action = if missing.is_empty() {
+            Action::DeleteStale {
+                key,
+                owners: owners.iter().map(|owner| owner.to_string()).collect(),
                 delete_from,
-            },
-            _ if is_expired(newest.last_client_push, now_seconds, max_age) => Action::DropExpired {
-                key: newest.key,
-                newest_push_time: newest.last_client_push,
+            }
+        } else if !source_is_owner && is_expired(source.1.last_client_push, now_seconds, max_age) {
+            Action::DropExpired {
+                key,
+                newest_push_time: source.1.last_client_push,
                 delete_from,
-            },
-            // A wrong copy always has its body (only owners' copies are listed without); should the ring used for
-            // listing ever differ from this one, leave the group alone rather than copy an empty body.
-            _ => match newest.body {
-                Some(body) => Action::Move {
-                    key: newest.key,
-                    owner,
-                    source,
-                    source_push_time: newest.push_time_seconds,
-                    last_client_push: newest.last_client_push,
-                    body,
-                    delete_from,
-                },
-                None => {
-                    result.owner_not_listed += 1;
-                    continue;
-                }
-            },
+            }
+        } else {
+            // A copy on a node its listing took to be its owner is listed without a body; should the ring used
+            // for listing ever differ from this one, leave the group alone rather than copy an empty body.
+            let Some(body) = source.1.body.clone() else {
+                result.owner_not_listed += 1;
+                continue;
+            };
+            Action::Move {
+                key,
+                to: missing,
+                source: source.0.clone(),
+                source_push_time: source.1.push_time_seconds,
+                last_client_push: source.1.last_client_push,
+                body,
+                delete_from,
+            }
         };
         result.actions.push(action);
     }
@@ -364,7 +407,7 @@ mod tests {
         assert!(listings
             .iter()
             .all(|l| l.groups.iter().all(|g| g.key != old)));
-        assert!(plan(listings, &ring, 1000.0, None)
+        assert!(plan(listings, &ring, 1, 1000.0, None)
             .actions
             .iter()
             .all(|a| *a.key() != old));
@@ -394,6 +437,7 @@ mod tests {
         let newer_elsewhere = plan(
             listings(vec![group(&k, 1.0, "x 1\n")], vec![unrendered(2.0)]),
             &ring,
+            1,
             100.0,
             None,
         );
@@ -403,6 +447,7 @@ mod tests {
         let stale_elsewhere = plan(
             listings(vec![group(&k, 5.0, "x 5\n")], vec![unrendered(1.0)]),
             &ring,
+            1,
             100.0,
             None,
         );
@@ -410,7 +455,7 @@ mod tests {
             stale_elsewhere.actions,
             vec![Action::DeleteStale {
                 key: k.clone(),
-                owner: "a".into(),
+                owners: nodes(&["a"]),
                 delete_from: nodes(&["b"]),
             }]
         );
@@ -442,7 +487,7 @@ mod tests {
                 groups: vec![],
             },
         ];
-        let plan = plan(listings, &ring, 100.0, None);
+        let plan = plan(listings, &ring, 1, 100.0, None);
         assert_eq!(plan.actions, vec![]);
         assert_eq!(plan.groups_seen, 1);
     }
@@ -461,12 +506,12 @@ mod tests {
                 groups: vec![group(&k, 10.0, "x 1\n")],
             },
         ];
-        let plan = plan(listings, &ring, 100.0, None);
+        let plan = plan(listings, &ring, 1, 100.0, None);
         assert_eq!(
             plan.actions,
             vec![Action::Move {
                 key: k,
-                owner: "a".into(),
+                to: nodes(&["a"]),
                 source: "b".into(),
                 source_push_time: 10.0,
                 last_client_push: 10.0,
@@ -495,12 +540,12 @@ mod tests {
                     groups: vec![group(&k, 5.0, "x 0\n")],
                 },
             ];
-            let plan = plan(listings, &ring, 100.0, None);
+            let plan = plan(listings, &ring, 1, 100.0, None);
             assert_eq!(
                 plan.actions,
                 vec![Action::DeleteStale {
                     key: k.clone(),
-                    owner: "a".into(),
+                    owners: nodes(&["a"]),
                     delete_from: nodes(&["c", "b"]),
                 }]
             );
@@ -525,7 +570,7 @@ mod tests {
                 groups: vec![group(&k, 20.0, "x 2\n")],
             },
         ];
-        let plan = plan(listings, &ring, 100.0, None);
+        let plan = plan(listings, &ring, 1, 100.0, None);
         let [Action::Move {
             source,
             body,
@@ -560,7 +605,7 @@ mod tests {
                 groups,
             },
         ];
-        let plan = plan(listings, &ring, 100.0, None);
+        let plan = plan(listings, &ring, 1, 100.0, None);
         assert_eq!(plan.actions.len(), 50);
         assert!(plan.actions.iter().all(|a| matches!(a,
             Action::Move { source, delete_from, .. } if source == "gone" && delete_from == &nodes(&["gone"]))));
@@ -585,7 +630,13 @@ mod tests {
         ];
         let index = usize::from(other == "b");
         listings[index].groups.push(group(&fresh, 9000.0, "y 1\n"));
-        let plan = plan(listings, &ring, 10_000.0, Some(Duration::from_secs(3600)));
+        let plan = plan(
+            listings,
+            &ring,
+            1,
+            10_000.0,
+            Some(Duration::from_secs(3600)),
+        );
         assert_eq!(plan.actions.len(), 2, "{:?}", plan.actions);
         assert!(plan.actions.iter().any(|a| matches!(a,
             Action::DropExpired { key, delete_from, .. } if *key == old && delete_from == &nodes(&["b"]))));
@@ -603,7 +654,7 @@ mod tests {
             node: "b".into(),
             groups: vec![group(&k, 10.0, "x 1\n")],
         }];
-        let plan = plan(listings, &ring, 100.0, None);
+        let plan = plan(listings, &ring, 1, 100.0, None);
         assert_eq!(plan.actions, vec![]);
         assert_eq!(plan.owner_not_listed, 1);
         let empty = Ring::build(Algorithm::Rendezvous, &[]);
@@ -615,7 +666,7 @@ mod tests {
     }
 
     fn plan_len(listings: Vec<NodeListing>, ring: &Ring) -> usize {
-        plan(listings, ring, 0.0, None).actions.len()
+        plan(listings, ring, 1, 0.0, None).actions.len()
     }
 
     /// A node's holdings in the simulation: ring key -> (push time, body).
@@ -625,14 +676,13 @@ mod tests {
     /// then every delete.
     fn apply(world: &mut World, plan: &Plan, now: f64) {
         for action in &plan.actions {
-            if let Action::Move {
-                key, owner, body, ..
-            } = action
-            {
-                world
-                    .entry(owner.clone())
-                    .or_default()
-                    .insert(key.to_string(), (now, body.clone()));
+            if let Action::Move { key, to, body, .. } = action {
+                for owner in to {
+                    world
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert(key.to_string(), (now, body.clone()));
+                }
             }
         }
         for action in &plan.actions {
@@ -706,7 +756,7 @@ mod tests {
                 };
                 expected.insert(name.clone(), value);
             }
-            let first = plan(listings_of(&world, &keys), &ring, now, max_age);
+            let first = plan(listings_of(&world, &keys), &ring, 1, now, max_age);
             apply(&mut world, &first, now);
             for (name, k) in &keys {
                 let owner = ring.owner(&k.ring_key()).unwrap();
@@ -720,8 +770,208 @@ mod tests {
                     None => prop_assert!(holders.is_empty(), "{} expired but still on {:?}", name, holders),
                 }
             }
-            let second = plan(listings_of(&world, &keys), &ring, now, max_age);
+            let second = plan(listings_of(&world, &keys), &ring, 1, now, max_age);
             prop_assert_eq!(second.actions, vec![]);
+        }
+    }
+
+    /// Applies a plan like the executor, with failures: a `Move` whose copy to any owner failed deletes nothing,
+    /// and a failed delete leaves that copy.
+    fn apply_with_failures(world: &mut World, plan: &Plan, now: f64, fails: &[bool]) {
+        let mut fail = fails.iter().copied().cycle();
+        let mut deletable = Vec::new();
+        for action in &plan.actions {
+            let mut copied_everywhere = true;
+            if let Action::Move { key, to, body, .. } = action {
+                for owner in to {
+                    if fail.next().unwrap_or(false) {
+                        copied_everywhere = false;
+                    } else {
+                        world
+                            .entry(owner.clone())
+                            .or_default()
+                            .insert(key.to_string(), (now, body.clone()));
+                    }
+                }
+            }
+            deletable.push(copied_everywhere);
+        }
+        for (action, deletable) in plan.actions.iter().zip(deletable) {
+            if !deletable {
+                continue;
+            }
+            for node in action.delete_from() {
+                if fail.next().unwrap_or(false) {
+                    continue;
+                }
+                if let Some(groups) = world.get_mut(node) {
+                    groups.remove(&action.key().to_string());
+                }
+            }
+        }
+    }
+
+    fn holders_of(world: &World, name: &str) -> BTreeSet<String> {
+        world
+            .iter()
+            .filter(|(_, groups)| groups.contains_key(name))
+            .map(|(node, _)| node.clone())
+            .collect()
+    }
+
+    /// A replicated world: `copies` of groups on nodes; copies of one push (same time) have the same body.
+    fn replicated_world(
+        all_nodes: &[String],
+        copies: Vec<(usize, usize, u32)>,
+    ) -> (World, BTreeMap<String, GroupingKey>) {
+        let mut keys = BTreeMap::new();
+        let mut world: World = all_nodes
+            .iter()
+            .map(|n| (n.clone(), BTreeMap::new()))
+            .collect();
+        for (group_index, node_index, time) in copies {
+            let k = key("j", &format!("g{group_index}"));
+            let node = &all_nodes[node_index % all_nodes.len()];
+            let name = k.to_string();
+            keys.insert(name.clone(), k);
+            world
+                .get_mut(node)
+                .unwrap()
+                .insert(name.clone(), (f64::from(time), format!("{name}@{time}")));
+        }
+        (world, keys)
+    }
+
+    #[test]
+    fn a_group_is_copied_to_every_owner_without_a_current_copy_and_counted_under_replicated() {
+        let ring = Ring::build(Algorithm::Rendezvous, &nodes(&["a", "b", "c", "d"]));
+        let k = key("j", "1");
+        let owners: Vec<String> = ring
+            .owner_set(&k.ring_key(), 3)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let outsider = ["a", "b", "c", "d"]
+            .into_iter()
+            .find(|n| !owners.iter().any(|o| o == n))
+            .unwrap();
+        // The first owner holds the newest copy, the second an older one, the third none, the outsider a stale one.
+        let listings = vec![
+            NodeListing {
+                node: owners[0].clone(),
+                groups: vec![group(&k, 30.0, "x 3\n")],
+            },
+            NodeListing {
+                node: owners[1].clone(),
+                groups: vec![group(&k, 20.0, "x 2\n")],
+            },
+            NodeListing {
+                node: owners[2].clone(),
+                groups: vec![],
+            },
+            NodeListing {
+                node: outsider.into(),
+                groups: vec![group(&k, 10.0, "x 1\n")],
+            },
+        ];
+        let planned = plan(listings.clone(), &ring, 3, 100.0, None);
+        assert_eq!(planned.under_replicated, 1);
+        assert_eq!(
+            planned.actions,
+            vec![Action::Move {
+                key: k.clone(),
+                to: vec![owners[1].clone(), owners[2].clone()],
+                source: owners[0].clone(),
+                source_push_time: 30.0,
+                last_client_push: 30.0,
+                body: "x 3\n".into(),
+                delete_from: vec![outsider.to_string()],
+            }]
+        );
+        // Two copies of one push differ only in the time each node stamped: both are current.
+        let in_sync = vec![
+            NodeListing {
+                node: owners[0].clone(),
+                groups: vec![group(&k, 30.0, "x 3\n")],
+            },
+            NodeListing {
+                node: owners[1].clone(),
+                groups: vec![group(&k, 30.2, "x 3\n")],
+            },
+        ];
+        let planned = plan(in_sync, &ring, 2, 100.0, None);
+        assert_eq!((planned.actions.len(), planned.under_replicated), (0, 0));
+        // An owner that was not listed: nothing is copied or deleted.
+        let planned = plan(listings[..2].to_vec(), &ring, 3, 100.0, None);
+        assert_eq!(planned.actions, vec![]);
+        assert_eq!(planned.owner_not_listed, 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// With every request succeeding, one pass leaves every group on exactly its owner set (min(R, ring
+        /// nodes) nodes), each owner with the newest value among the group's copies; a second pass does nothing.
+        #[test]
+        fn one_pass_leaves_every_group_on_exactly_its_owner_set_with_its_newest_value(
+            ring_size in 1usize..6,
+            draining in 0usize..3,
+            factor in 1usize..4,
+            copies in proptest::collection::vec((0usize..10, 0usize..8, 0u32..6), 0..60),
+        ) {
+            let ring_nodes: Vec<String> = (0..ring_size).map(|n| format!("n{n}")).collect();
+            let ring = Ring::build(Algorithm::Rendezvous, &ring_nodes);
+            let all_nodes: Vec<String> = (0..ring_size + draining).map(|n| format!("n{n}")).collect();
+            let (mut world, keys) = replicated_world(&all_nodes, copies);
+            let newest: BTreeMap<String, f64> = keys.keys().map(|name| {
+                let time = world.values().filter_map(|g| g.get(name)).map(|c| c.0).fold(f64::MIN, f64::max);
+                (name.clone(), time)
+            }).collect();
+            let now = 10.0;
+            let first = plan(listings_of(&world, &keys), &ring, factor, now, None);
+            apply(&mut world, &first, now);
+            for (name, k) in &keys {
+                let owners: BTreeSet<String> =
+                    ring.owner_set(&k.ring_key(), factor).iter().map(|n| n.to_string()).collect();
+                prop_assert_eq!(owners.len(), factor.min(ring_size));
+                prop_assert_eq!(&holders_of(&world, name), &owners);
+                let expected_body = format!("{name}@{}", newest[name]);
+                for owner in &owners {
+                    prop_assert_eq!(&world[owner][name].1, &expected_body);
+                }
+            }
+            let second = plan(listings_of(&world, &keys), &ring, factor, now, None);
+            prop_assert_eq!(second.actions, vec![]);
+            prop_assert_eq!(second.under_replicated, 0);
+        }
+
+        /// Whatever fails (any copy, any delete), no group is ever left on zero nodes, and the newest value is
+        /// never lost: some node still holds it (or a copy made from it).
+        #[test]
+        fn a_failure_never_leaves_a_group_on_zero_nodes(
+            ring_size in 1usize..6,
+            draining in 0usize..3,
+            factor in 1usize..4,
+            copies in proptest::collection::vec((0usize..10, 0usize..8, 0u32..6), 0..60),
+            fails in proptest::collection::vec(any::<bool>(), 1..16),
+        ) {
+            let ring_nodes: Vec<String> = (0..ring_size).map(|n| format!("n{n}")).collect();
+            let ring = Ring::build(Algorithm::Rendezvous, &ring_nodes);
+            let all_nodes: Vec<String> = (0..ring_size + draining).map(|n| format!("n{n}")).collect();
+            let (mut world, keys) = replicated_world(&all_nodes, copies);
+            let now = 10.0;
+            for pass in 0..3 {
+                let before = world.clone();
+                let planned = plan(listings_of(&world, &keys), &ring, factor, now + f64::from(pass), None);
+                apply_with_failures(&mut world, &planned, now + f64::from(pass), &fails);
+                for name in keys.keys() {
+                    let newest_body = before.values().filter_map(|g| g.get(name))
+                        .max_by(|a, b| a.0.total_cmp(&b.0)).map(|c| c.1.clone());
+                    let Some(newest_body) = newest_body else { continue };
+                    let still_held = world.values().filter_map(|g| g.get(name)).any(|c| c.1 == newest_body);
+                    prop_assert!(still_held, "{} lost its newest value {} in pass {}", name, newest_body, pass);
+                }
+            }
         }
     }
 }

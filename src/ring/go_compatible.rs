@@ -165,6 +165,28 @@ impl GoRing {
         }
     }
 
+    /// Appends to `out` the first `count` distinct nodes met walking clockwise from `key`'s token: the owner, the
+    /// successor, then the next distinct nodes (fewer when the ring has fewer nodes).
+    pub(crate) fn ranked_indices(&self, key: &[u8], count: usize, out: &mut Vec<usize>) {
+        let Some(start) = self.position(key) else {
+            return;
+        };
+        let total = self.points.len();
+        let first = out.len();
+        for step in 0..total {
+            if out.len() - first >= count {
+                break;
+            }
+            let Some(point) = self.points.get((start + step) % total) else {
+                break;
+            };
+            let node = point.owner as usize;
+            if !out[first..].contains(&node) {
+                out.push(node);
+            }
+        }
+    }
+
     /// How much of the 32-bit hash circle each of `node_count` nodes owns: a token owns the hashes from the
     /// previous token up to (not including) its own, the first token also those past the last one.
     pub(crate) fn arc_per_node(&self, node_count: usize) -> Vec<u64> {

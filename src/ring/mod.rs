@@ -81,6 +81,8 @@ impl FromStr for Algorithm {
 /// via `Arc`.
 pub struct Ring {
     algorithm: Algorithm,
+    /// `rendezvous`: each node's name hash, parallel to `nodes`, for owner sets beyond the table's top two.
+    node_hashes: Vec<u64>,
     /// Sorted and deduplicated; the tables refer to nodes by index into this list.
     nodes: Vec<String>,
     table: Table,
@@ -102,6 +104,7 @@ impl Ring {
         };
         Ring {
             algorithm,
+            node_hashes: node_hashes(algorithm, &sorted_nodes),
             nodes: sorted_nodes,
             table,
         }
@@ -120,6 +123,7 @@ impl Ring {
         };
         Ring {
             algorithm,
+            node_hashes: node_hashes(algorithm, &sorted_nodes),
             nodes: sorted_nodes,
             table,
         }
@@ -185,6 +189,34 @@ impl Ring {
         }
     }
 
+    /// The owner set of `key` for replication factor `factor`: its owner followed by the next `factor - 1`
+    /// distinct nodes in ring order (fewer when the ring has fewer nodes; empty without nodes), as indices into
+    /// [`Ring::nodes`]. The first is [`Ring::owner_index`], the second [`Ring::successor_index`]; the rest are
+    /// the nodes that would become owner and successor as the earlier ones leave (`rendezvous`: the slot's
+    /// highest-random-weight order; `go-compatible`: the next distinct nodes clockwise). Like routing, it depends
+    /// only on the node set.
+    pub fn owner_set_indices(&self, key: &[u8], factor: usize) -> Vec<usize> {
+        let count = factor.min(self.nodes.len());
+        let mut indices = Vec::with_capacity(count);
+        match (&self.table, count) {
+            (_, 0) => {}
+            (_, 1) => indices.extend(self.owner_index(key)),
+            (Table::Rendezvous(_), _) => {
+                rendezvous::ranked_indices(&self.node_hashes, key, count, &mut indices)
+            }
+            (Table::GoCompatible(ring), _) => ring.ranked_indices(key, count, &mut indices),
+        }
+        indices
+    }
+
+    /// [`Ring::owner_set_indices`] as node names.
+    pub fn owner_set(&self, key: &[u8], factor: usize) -> Vec<&str> {
+        self.owner_set_indices(key, factor)
+            .into_iter()
+            .filter_map(|index| self.node(index))
+            .collect()
+    }
+
     /// Each node's share of the key space, parallel to [`Ring::nodes`], summing to 1 (empty without nodes): the
     /// fraction of slots it owns (`rendezvous`), or of the 32-bit hash circle its tokens own (`go-compatible`).
     /// For the status page; O(slots) or O(tokens), so computed per page view, not per push.
@@ -205,6 +237,17 @@ impl Ring {
 
     fn node(&self, index: usize) -> Option<&str> {
         self.nodes.get(index).map(String::as_str)
+    }
+}
+
+/// The name hashes owner sets are ranked by (`rendezvous` only; `go-compatible` walks its tokens).
+fn node_hashes(algorithm: Algorithm, sorted_nodes: &[String]) -> Vec<u64> {
+    match algorithm {
+        Algorithm::Rendezvous => sorted_nodes
+            .iter()
+            .map(|node| rendezvous::node_hash(node))
+            .collect(),
+        Algorithm::GoCompatible => Vec::new(),
     }
 }
 

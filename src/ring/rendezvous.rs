@@ -297,6 +297,26 @@ fn top_two_of_all(keys: &[NodeKey], salt: u32) -> TopTwo {
     top
 }
 
+/// Appends to `out` the indices of the first `count` nodes for `key`'s slot by rank, highest first: the owner,
+/// the runner-up, then the rest in the order they would take over. `node_hashes` are [`node_hash`] of the sorted
+/// node list, so the first two agree with the table's owner and runner-up. O(nodes) per call: only replicated
+/// writes and reads ask for more than the table's two.
+pub(crate) fn ranked_indices(node_hashes: &[u64], key: &[u8], count: usize, out: &mut Vec<usize>) {
+    let salt = slot_salt(slot_of(key));
+    let mut ranks: Vec<u64> = node_hashes
+        .iter()
+        .zip(0u32..)
+        .map(|(&hash, index)| rank(score_with_salt(NodeKey::from(hash), salt), index))
+        .collect();
+    ranks.sort_unstable_by(|a, b| b.cmp(a));
+    out.extend(
+        ranks
+            .into_iter()
+            .take(count)
+            .map(|node_rank| index_of_rank(node_rank) as usize),
+    );
+}
+
 /// The slot a key falls in: the top bits of its hash (the best-mixed bits of xxh3).
 #[inline]
 pub(crate) fn slot_of(key: &[u8]) -> usize {

@@ -890,3 +890,119 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Owner sets (replication)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `set` with `removed` taken out, order kept.
+fn without(set: &[&str], removed: &str) -> Vec<String> {
+    set.iter()
+        .filter(|node| **node != removed)
+        .map(|node| node.to_string())
+        .collect()
+}
+
+#[test]
+fn owner_sets_of_an_empty_ring_and_of_factor_zero_are_empty() {
+    for algorithm in Algorithm::ALL {
+        assert!(Ring::build(algorithm, &[]).owner_set(b"k", 3).is_empty());
+        let ring = Ring::build(algorithm, &names(&["a:1", "b:1"]));
+        assert!(ring.owner_set(b"k", 0).is_empty());
+        assert_eq!(ring.owner_set(b"k", 5).len(), 2, "at most every node");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    /// R distinct nodes (or every node), starting with today's owner and successor.
+    #[test]
+    fn an_owner_set_is_distinct_nodes_starting_with_owner_and_successor(
+        nodes in node_set(20), factor in 1usize..6, keys in keys(),
+    ) {
+        for algorithm in Algorithm::ALL {
+            let ring = Ring::build(algorithm, &nodes);
+            for key in &keys {
+                let set = ring.owner_set(key, factor);
+                prop_assert_eq!(set.len(), factor.min(nodes.len()));
+                let distinct: std::collections::BTreeSet<&str> = set.iter().copied().collect();
+                prop_assert_eq!(distinct.len(), set.len());
+                prop_assert_eq!(set.first().copied(), ring.owner(key));
+                if factor >= 2 {
+                    prop_assert_eq!(set.get(1).copied(), ring.successor(key));
+                }
+                let indices = ring.owner_set_indices(key, factor);
+                let by_index: Vec<&str> = indices.iter().map(|&i| ring.nodes()[i].as_str()).collect();
+                prop_assert_eq!(&by_index, &set);
+            }
+        }
+    }
+
+    /// go-compatible: the first R distinct nodes clockwise of the original's circle.
+    #[test]
+    fn go_compatible_owner_set_is_the_next_distinct_nodes_clockwise(
+        nodes in node_set(12), factor in 1usize..5, keys in keys(),
+    ) {
+        let ring = Ring::build(Algorithm::GoCompatible, &nodes);
+        let model = GoModel::new(&nodes);
+        for key in &keys {
+            let mut expected: Vec<&str> = Vec::new();
+            for node in model.clockwise(key) {
+                if expected.len() == factor {
+                    break;
+                }
+                if !expected.contains(&node) {
+                    expected.push(node);
+                }
+            }
+            prop_assert_eq!(ring.owner_set(key, factor), expected);
+        }
+    }
+
+    /// Removing a node leaves every set that did not contain it alone; a set that did loses just that node and
+    /// gains one new node at its end: the minimal change, so the rebalancer copies one replica per such group.
+    #[test]
+    fn removing_a_node_changes_each_owner_set_minimally(
+        nodes in node_set(20), removed_pick in any::<prop::sample::Index>(), factor in 1usize..5,
+        keys in keys(),
+    ) {
+        let removed = &nodes[removed_pick.index(nodes.len())];
+        let remaining: Vec<String> = nodes.iter().filter(|node| *node != removed).cloned().collect();
+        for algorithm in Algorithm::ALL {
+            let full = Ring::build(algorithm, &nodes);
+            let reduced = Ring::build(algorithm, &remaining);
+            for key in &keys {
+                let before = full.owner_set(key, factor);
+                let after: Vec<String> = reduced.owner_set(key, factor).iter().map(|n| n.to_string()).collect();
+                if before.contains(&removed.as_str()) {
+                    let kept = without(&before, removed);
+                    prop_assert_eq!(&after[..kept.len()], &kept[..]);
+                    prop_assert!(after.len() <= kept.len() + 1);
+                    prop_assert_eq!(after.len(), factor.min(remaining.len()));
+                } else {
+                    prop_assert_eq!(after, without(&before, removed));
+                }
+            }
+        }
+    }
+
+    /// The set depends only on the node set: not on listing order, duplicates, or how the ring was built.
+    #[test]
+    fn owner_sets_are_identical_across_listing_orders_and_rebuilds(
+        (before, after) in membership_change(), factor in 1usize..5, keys in keys(),
+    ) {
+        let mut reversed = after.clone();
+        reversed.reverse();
+        reversed.extend(after.iter().take(2).cloned());
+        for algorithm in Algorithm::ALL {
+            let built = Ring::build(algorithm, &after);
+            let listed_otherwise = Ring::build(algorithm, &reversed);
+            let rebuilt = Ring::build(algorithm, &before).rebuild(algorithm, &after);
+            for key in &keys {
+                prop_assert_eq!(built.owner_set(key, factor), listed_otherwise.owner_set(key, factor));
+                prop_assert_eq!(built.owner_set(key, factor), rebuilt.owner_set(key, factor));
+            }
+        }
+    }
+}
