@@ -255,6 +255,13 @@ pub struct ForgottenLabels {
 }
 
 impl FaultMetrics {
+    /// A push not sent to `node` because its in-flight limit was reached.
+    pub fn count_in_flight_overflow(&self, node: &Arc<str>) {
+        self.in_flight_overflow
+            .get_or_create(&NodeLabels { node: node.clone() })
+            .inc();
+    }
+
     fn register(registry: &mut Registry) -> FaultMetrics {
         let metrics = FaultMetrics::default();
         registry.register(

@@ -543,14 +543,7 @@ async fn proxy_to(
     loop {
         let Some(slot) = node.counters.try_begin(config.proxy.max_in_flight_per_node) else {
             // Never sent, so unambiguous: the next node may take it at once.
-            state
-                .metrics
-                .faults
-                .in_flight_overflow
-                .get_or_create(&NodeLabels {
-                    node: node.name.clone(),
-                })
-                .inc();
+            state.metrics.faults.count_in_flight_overflow(&node.name);
             match retry_on.take() {
                 Some(next) => {
                     tracing::debug!(from = %node.name, to = %next.name, grouping_key = %key, "node has too many pushes in flight; sending to the next node");
@@ -704,14 +697,7 @@ impl ReplicatedWrite<'_> {
                     success
                 }
                 Err(None) => {
-                    state
-                        .metrics
-                        .faults
-                        .in_flight_overflow
-                        .get_or_create(&NodeLabels {
-                            node: node.name.clone(),
-                        })
-                        .inc();
+                    state.metrics.faults.count_in_flight_overflow(&node.name);
                     if index == 0 {
                         owner_error = Some(format!(
                             "over its proxy.max_in_flight_per_node ({})",
