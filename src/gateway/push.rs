@@ -512,16 +512,19 @@ async fn proxy_to(
 
     // A group with an ambiguous write: its pushes wait while it is repaired, and acknowledged ones are recorded.
     let journal = &state.journal;
-    let mut ring_key = None;
-    let mut write_headers = None;
+    let mut entry = JournalEntry {
+        key,
+        ring_key: None,
+        write_headers: None,
+    };
     let mut _group_lock = None;
     if !journal.is_empty() {
         let group = key.ring_key();
         if let Some(lock) = journal.group_lock(&group) {
-            write_headers = Some(WriteHeaders::from_headers(&headers));
+            entry.write_headers = Some(WriteHeaders::from_headers(&headers));
             _group_lock = Some(lock.lock_owned().await);
         }
-        ring_key = Some(group);
+        entry.ring_key = Some(group);
     }
     // While the rebalancer moves groups, a push of a group being moved waits for the move and then wins over it.
     let _permit = state.move_guard.push_permit(|| key.ring_key()).await;
@@ -532,9 +535,7 @@ async fn proxy_to(
         let write = ReplicatedWrite {
             method: &parts.method,
             target,
-            key,
-            ring_key,
-            write_headers,
+            entry,
         };
         return write.send(state, config, headers, body, nodes).await;
     }
@@ -572,47 +573,13 @@ async fn proxy_to(
         {
             Ok(response) => {
                 OutlierDetector::record_success(&node.counters);
-                if let (Some(ring_key), Some(write_headers)) = (&ring_key, write_headers) {
-                    if response.status().is_success() {
-                        journal.note_acked(
-                            ring_key,
-                            AckedWrite {
-                                method: parts.method.clone(),
-                                path_and_query: target.map_or("/", |t| t.as_str()).to_string(),
-                                headers: write_headers,
-                                body,
-                            },
-                        );
-                    }
-                }
+                entry.note_acked(state, response.status(), &parts.method, target, body);
                 return Ok((response, node));
             }
             Err((error, late)) => {
                 let name = &node.name;
-                tracing::warn!(node = %name, grouping_key = %key, %error, "push could not reach its node");
-                state.suspects.report(name);
-                if error.is_node_failure() {
-                    state
-                        .outliers
-                        .record_failure(name, &node.counters, &error.to_string());
-                }
-                if error.is_ambiguous() {
-                    let group = ring_key.get_or_insert_with(|| key.ring_key());
-                    journal.note_ambiguous(key, group, name, late.is_some());
-                    if let Some(late) = late {
-                        // The late exchange keeps its connection, and so its in-flight slot.
-                        journal.await_late_answer(
-                            group.clone(),
-                            name.to_string(),
-                            Box::pin(async move {
-                                let _slot = slot;
-                                late.await
-                            }),
-                        );
-                    }
-                    // Intact when a retry follows; a push that is not retried is not acknowledged either.
-                    write_headers.get_or_insert_with(|| WriteHeaders::from_headers(&headers));
-                }
+                // `headers` are intact when a retry follows; a push that is not retried is not acknowledged either.
+                entry.note_failure(state, &node, &headers, &error, late, Some(slot));
                 match retry_on.take() {
                     Some(next) => {
                         state
@@ -647,9 +614,7 @@ async fn proxy_to(
 struct ReplicatedWrite<'a> {
     method: &'a Method,
     target: Option<&'a PathAndQuery>,
-    key: &'a GroupingKey,
-    ring_key: Option<Vec<u8>>,
-    write_headers: Option<WriteHeaders>,
+    entry: JournalEntry<'a>,
 }
 
 impl ReplicatedWrite<'_> {
@@ -710,7 +675,8 @@ impl ReplicatedWrite<'_> {
                     if index == 0 {
                         owner_error = Some(error.to_string());
                     }
-                    self.note_failure(state, node, &headers, error, late, slot);
+                    self.entry
+                        .note_failure(state, node, &headers, &error, late, slot);
                     false
                 }
             };
@@ -732,7 +698,7 @@ impl ReplicatedWrite<'_> {
                             node: node.name.clone(),
                         })
                         .inc();
-                    tracing::debug!(node = %node.name, grouping_key = %self.key, "replica write failed; the rebalancer restores the copy");
+                    tracing::debug!(node = %node.name, grouping_key = %self.entry.key, "replica write failed; the rebalancer restores the copy");
                 }
             }
         }
@@ -746,30 +712,30 @@ impl ReplicatedWrite<'_> {
                 ),
             ));
         };
-        if let (Some(ring_key), Some(write_headers)) = (&self.ring_key, self.write_headers.take()) {
-            if response.status().is_success() {
-                state.journal.note_acked(
-                    ring_key,
-                    AckedWrite {
-                        method: self.method.clone(),
-                        path_and_query: self.target.map_or("/", |t| t.as_str()).to_string(),
-                        headers: write_headers,
-                        body,
-                    },
-                );
-            }
-        }
+        self.entry
+            .note_acked(state, response.status(), self.method, self.target, body);
         Ok((response, node))
     }
+}
 
-    /// What a failed write to one node sets off, as for an unreplicated push: the prober is told, outlier
-    /// detection counts it, and an ambiguous one is journaled with its late exchange (which keeps its slot).
+/// A push's part in the ambiguous-write journal, the same for a single and a replicated write: the group's ring
+/// key (computed when first needed) and the client's headers, kept once a write was ambiguous (or from the start,
+/// for a group already journaled) so that the acknowledged push can be recorded.
+struct JournalEntry<'a> {
+    key: &'a GroupingKey,
+    ring_key: Option<Vec<u8>>,
+    write_headers: Option<WriteHeaders>,
+}
+
+impl JournalEntry<'_> {
+    /// What a failed write to one node sets off: the prober is told, outlier detection counts it, and an
+    /// ambiguous one is journaled with its late exchange (which keeps its connection, and so its in-flight slot).
     fn note_failure(
         &mut self,
         state: &AppState,
         node: &NodeRoute,
         headers: &HeaderMap,
-        error: NodeError,
+        error: &NodeError,
         late: Option<LateExchange>,
         slot: Option<crate::outlier::InFlight>,
     ) {
@@ -799,6 +765,30 @@ impl ReplicatedWrite<'_> {
             }
             self.write_headers
                 .get_or_insert_with(|| WriteHeaders::from_headers(headers));
+        }
+    }
+
+    /// Records an acknowledged push of a journaled group, for its repair.
+    fn note_acked(
+        self,
+        state: &AppState,
+        status: StatusCode,
+        method: &Method,
+        target: Option<&PathAndQuery>,
+        body: Bytes,
+    ) {
+        if let (Some(ring_key), Some(headers), true) =
+            (self.ring_key, self.write_headers, status.is_success())
+        {
+            state.journal.note_acked(
+                &ring_key,
+                AckedWrite {
+                    method: method.clone(),
+                    path_and_query: target.map_or("/", |t| t.as_str()).to_string(),
+                    headers,
+                    body,
+                },
+            );
         }
     }
 }
