@@ -203,13 +203,7 @@ pub fn parse_api_metrics_exposed(json: &[u8]) -> Result<Vec<ExposedGroup>, ApiMe
                     group: &group_name,
                     family: name,
                 };
-                if !is_valid_metric_name(name) {
-                    return Err(ApiMetricsError::InvalidFamilyName {
-                        group: group_name.clone(),
-                        family: name.clone(),
-                    });
-                }
-                let metric_type = parse_type(&family.metric_type, &context)?;
+                let metric_type = checked_type(name, family, &context)?;
                 if name == PUSH_TIME_FAMILY {
                     push_time_seconds = family
                         .metrics
@@ -239,13 +233,7 @@ fn group_from_api(group: ApiGroup, render_body: bool) -> Result<Group, ApiMetric
             group: &group_name,
             family: name,
         };
-        if !is_valid_metric_name(name) {
-            return Err(ApiMetricsError::InvalidFamilyName {
-                group: group_name.clone(),
-                family: name.clone(),
-            });
-        }
-        let metric_type = parse_type(&family.metric_type, &context)?;
+        let metric_type = checked_type(name, family, &context)?;
         if name == PUSH_TIME_FAMILY || name == PUSH_FAILURE_TIME_FAMILY {
             let first_value = family.metrics.first().and_then(|m| m.value.as_deref());
             let seconds = first_value
@@ -275,6 +263,21 @@ fn group_from_api(group: ApiGroup, render_body: bool) -> Result<Group, ApiMetric
         body: render_body.then_some(body),
         moved,
     })
+}
+
+/// A family's type, once its name is known to be a valid metric name.
+fn checked_type(
+    name: &str,
+    family: &ApiFamily,
+    context: &Context,
+) -> Result<MetricType, ApiMetricsError> {
+    if !is_valid_metric_name(name) {
+        return Err(ApiMetricsError::InvalidFamilyName {
+            group: context.group.to_owned(),
+            family: name.to_owned(),
+        });
+    }
+    parse_type(&family.metric_type, context)
 }
 
 fn moved_marker(family: &ApiFamily) -> Option<MovedMarker> {
