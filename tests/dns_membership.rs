@@ -245,13 +245,19 @@ async fn a_failing_dns_server_keeps_the_last_set_says_so_once_and_counts() {
         ),
         0.0
     );
-    // Three outages, each logged once however many look-ups failed.
+    // Three outages, each logged once when it starts and once when it ends, however many look-ups failed. A
+    // look-up may also time out on its own (the query timeout is the 300 ms refresh interval, short on a loaded
+    // machine): that is one more outage, announced and ended once too, so starts are counted against ends.
     let log = gateway.log_text();
+    let started = log
+        .matches("membership discovery failed; keeping the last known addresses")
+        .count();
+    let ended = log.matches("membership discovery succeeds again").count();
+    assert!(started >= 3, "{started} outages logged:\n{log}");
     assert_eq!(
-        log.matches("membership discovery failed; keeping the last known addresses")
-            .count(),
-        3,
-        "{log}"
+        started,
+        ended + 1,
+        "each outage announced once (the last one goes on), not once per failed look-up:\n{log}"
     );
     // Pushes still go through.
     let groups = push_groups(&gateway, 4).await;
