@@ -27,7 +27,9 @@
 //!   `addr()`, `url()`, `pid()`, `signal("HUP")`, `config_path()` (rewrite it, then signal to reload), `kill()`,
 //!   `log_text()`.
 //! - [`dnsmasq`]: a real DNS server on a free loopback port: A records from a hosts file (`set_hosts` rewrites it
-//!   and SIGHUPs), SRV records from `--srv-host`, names under `.test` answered NXDOMAIN when unknown.
+//!   and SIGHUPs), SRV records from `--srv-host`, names under `.test` answered NXDOMAIN when unknown;
+//!   `start_validating_forwarder` puts a DNSSEC-validating dnsmasq in front that answers SERVFAIL for the names
+//!   missing from its own hosts file.
 //!   `Pushgateway::start_on(host, port)` with [`free_port_on`] puts Pushgateways on 127.0.0.2, 127.0.0.3, ...
 //! - [`tls`]: test-time certificates and bcrypt hashes, and Pushgateways with `--web.config.file` (TLS + basic auth).
 //! - [`python_push`]`(gateway, job, grouping, op)`: pushes with Debian's `/usr/bin/python3` and `prometheus_client`;
