@@ -352,6 +352,21 @@ async fn servfail_keeps_the_last_set_says_so_once_counts_and_shows_the_server_fa
         0.0,
         "{metrics}"
     );
+    // The status page shows it too: the failing name with the server failure, and the last success.
+    let section = gateway.status_page_section("membership").await;
+    assert!(section.contains("data-state=\"failing\""), "{section}");
+    assert!(
+        section.contains(&format!(
+            "<td class=\"mono\">dns_sd.names[0] &quot;pg.test&quot; (A)</td><td class=\"err\">nameserver {} \
+             answered SERVFAIL (server failure",
+            resolver.addr()
+        )),
+        "{section}"
+    );
+    assert!(
+        section.contains("<dd id=\"discovery-last-success\">20"),
+        "{section}"
+    );
     // Pushes are still routed to the nodes the name last resolved to.
     let groups = push_groups(&gateway, 6).await;
     let placed = owners(&gateway, &groups).await;
@@ -393,6 +408,11 @@ async fn servfail_keeps_the_last_set_says_so_once_counts_and_shows_the_server_fa
         "{metrics}"
     );
     assert_eq!(ring_nodes(&gateway.ring().await), vec![a.addr(), b.addr()]);
+    let section = gateway.status_page_section("membership").await;
+    assert!(
+        section.contains("data-state=\"ok\"") && section.contains("answered SERVFAIL"),
+        "ok again, the last error still shown: {section}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,8 @@
 //!   `restart()`, `push(path, body)` (PUT), `push_add` (POST), `delete(path)`, `groups()`, `metrics_text()`,
 //!   `wipe()`.
 //!   `start_many(n)`.
-//! - [`Gateway`] helpers beyond the process: `ring()` (`/-/ring` JSON), `owner_of(push_path)` (owner lookup).
+//! - [`Gateway`] helpers beyond the process: `ring()` (`/-/ring` JSON), `owner_of(push_path)` (owner lookup),
+//!   `status_page_section(id)` (one `<section>` of `GET /`).
 //! - [`Consul`]: `start()` a `-dev` agent, `addr()`, `url()`, `kill()`, `restart()` (fresh and empty, same HTTP
 //!   port). Binary: `$DS_CONSUL_BIN`, else `<repo>/tools/bin/consul`, else `consul` on `PATH`.
 //! - [`Prometheus`]: `start(scrape_configs)` with 1 s scrape and evaluation intervals, `query(promql)` (the
@@ -1101,6 +1102,20 @@ impl Gateway {
         assert_eq!(reply.status, StatusCode::OK, "/-/ring: {}", reply.body);
         serde_json::from_str(&reply.body)
             .unwrap_or_else(|e| panic!("/-/ring is not JSON ({e}): {}", reply.body))
+    }
+
+    /// The status page's (`GET /`, as served) `<section id="{id}"`, from after the id to its `</section>`:
+    /// `" data-source=\"dns_sd\" ...>...`. Panics when the page has no such section.
+    pub async fn status_page_section(&self, id: &str) -> String {
+        let reply = self.request(Method::GET, "/", "").await;
+        assert_eq!(reply.status, StatusCode::OK, "GET /: {}", reply.body);
+        reply
+            .body
+            .split(&format!("<section id=\"{id}\""))
+            .nth(1)
+            .and_then(|rest| rest.split("</section>").next())
+            .unwrap_or_else(|| panic!("no {id} section on the status page:\n{}", reply.body))
+            .to_owned()
     }
 
     /// Waits until the ring holds `count` nodes: the gateway answers `/-/healthy` before its first probes have
