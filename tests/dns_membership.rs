@@ -36,6 +36,21 @@ async fn failed_lookups(gateway: &Gateway) -> u64 {
         .unwrap_or(0)
 }
 
+/// The dns_sd discovery metrics of `/-/metrics`: failed look-ups so far, `up`, and the whole exposition (for
+/// assertion messages).
+async fn discovery_metrics(gateway: &Gateway) -> (f64, f64, String) {
+    let metrics = gateway.request(Method::GET, "/-/metrics", "").await.body;
+    let failures = metric_sum(
+        &metrics,
+        "dynamic_sharding_membership_discovery_failures_total{source=\"dns_sd\"",
+    );
+    let up = metric_sum(
+        &metrics,
+        "dynamic_sharding_membership_discovery_up{source=\"dns_sd\"",
+    );
+    (failures, up, metrics)
+}
+
 /// Pushes `count` groups and returns their owners as the gateway names them.
 async fn push_groups(gateway: &Gateway, count: usize) -> Vec<(String, Labels)> {
     let pushes: Vec<(String, String)> = (0..count)
@@ -231,21 +246,9 @@ async fn a_failing_dns_server_keeps_the_last_set_says_so_once_and_counts() {
         vec![a.addr(), b.addr()],
         "a dead DNS server keeps the last set"
     );
-    let metrics = gateway.request(Method::GET, "/-/metrics", "").await.body;
-    assert!(
-        metric_sum(
-            &metrics,
-            "dynamic_sharding_membership_discovery_failures_total{source=\"dns_sd\""
-        ) >= 6.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric_sum(
-            &metrics,
-            "dynamic_sharding_membership_discovery_up{source=\"dns_sd\""
-        ),
-        0.0
-    );
+    let (failures, up, metrics) = discovery_metrics(&gateway).await;
+    assert!(failures >= 6.0, "{metrics}");
+    assert_eq!(up, 0.0, "{metrics}");
     // Three outages, each logged once however many look-ups failed.
     let log = gateway.log_text();
     assert_eq!(
@@ -336,22 +339,9 @@ async fn servfail_keeps_the_last_set_says_so_once_counts_and_shows_the_server_fa
         vec![a.addr(), b.addr()],
         "SERVFAIL keeps the last set"
     );
-    let metrics = gateway.request(Method::GET, "/-/metrics", "").await.body;
-    assert!(
-        metric_sum(
-            &metrics,
-            "dynamic_sharding_membership_discovery_failures_total{source=\"dns_sd\""
-        ) >= 5.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric_sum(
-            &metrics,
-            "dynamic_sharding_membership_discovery_up{source=\"dns_sd\""
-        ),
-        0.0,
-        "{metrics}"
-    );
+    let (failures, up, metrics) = discovery_metrics(&gateway).await;
+    assert!(failures >= 5.0, "{metrics}");
+    assert_eq!(up, 0.0, "{metrics}");
     // The status page shows it too: the failing name with the server failure, and the last success.
     let section = gateway.status_page_section("membership").await;
     assert!(section.contains("data-state=\"failing\""), "{section}");
@@ -398,15 +388,8 @@ async fn servfail_keeps_the_last_set_says_so_once_counts_and_shows_the_server_fa
         1,
         "{log}"
     );
-    let metrics = gateway.request(Method::GET, "/-/metrics", "").await.body;
-    assert_eq!(
-        metric_sum(
-            &metrics,
-            "dynamic_sharding_membership_discovery_up{source=\"dns_sd\""
-        ),
-        1.0,
-        "{metrics}"
-    );
+    let (_, up, metrics) = discovery_metrics(&gateway).await;
+    assert_eq!(up, 1.0, "{metrics}");
     assert_eq!(ring_nodes(&gateway.ring().await), vec![a.addr(), b.addr()]);
     let section = gateway.status_page_section("membership").await;
     assert!(
