@@ -290,6 +290,15 @@ async fn consul_down_keeps_the_last_ring_and_a_fresh_agent_gets_the_registration
         "{ring}"
     );
     assert_eq!(ring_nodes(&gateway).await, all, "the last ring stays");
+    // The status page says so, with the agent's address and the last error.
+    let section = gateway.status_page_section("membership").await;
+    assert!(
+        section.starts_with(" data-source=\"consul\" data-state=\"failing\">")
+            && section.contains("Consul unreachable")
+            && section.contains(&consul.addr())
+            && section.contains("<dt>last error</dt>"),
+        "{section}"
+    );
     let metrics = gateway.request(Method::GET, "/-/metrics", "").await.body;
     assert_eq!(
         metric_value(&metrics, "dynamic_sharding_consul_up"),

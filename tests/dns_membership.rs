@@ -1,6 +1,7 @@
 //! `dns_sd` against a real DNS server (dnsmasq on a loopback port): the ring follows A records (and AAAA) as they are added
 //! and removed (groups move with the rebalancer, a removed address is drained), SRV records give targets with
-//! their ports, and a failing DNS server (NXDOMAIN, hung, dead) keeps the last set, says so once and counts it.
+//! their ports, and a failing DNS server (NXDOMAIN, SERVFAIL, hung, dead) keeps the last set, says so once and
+//! counts it.
 
 mod common;
 
@@ -33,6 +34,21 @@ async fn failed_lookups(gateway: &Gateway) -> u64 {
     gateway.ring().await["membership"]["detail"]["discovery"]["failed_lookups"]
         .as_u64()
         .unwrap_or(0)
+}
+
+/// The dns_sd discovery metrics of `/-/metrics`: failed look-ups so far, `up`, and the whole exposition (for
+/// assertion messages).
+async fn discovery_metrics(gateway: &Gateway) -> (f64, f64, String) {
+    let metrics = gateway.request(Method::GET, "/-/metrics", "").await.body;
+    let failures = metric_sum(
+        &metrics,
+        "dynamic_sharding_membership_discovery_failures_total{source=\"dns_sd\"",
+    );
+    let up = metric_sum(
+        &metrics,
+        "dynamic_sharding_membership_discovery_up{source=\"dns_sd\"",
+    );
+    (failures, up, metrics)
 }
 
 /// Pushes `count` groups and returns their owners as the gateway names them.
@@ -230,21 +246,9 @@ async fn a_failing_dns_server_keeps_the_last_set_says_so_once_and_counts() {
         vec![a.addr(), b.addr()],
         "a dead DNS server keeps the last set"
     );
-    let metrics = gateway.request(Method::GET, "/-/metrics", "").await.body;
-    assert!(
-        metric_sum(
-            &metrics,
-            "dynamic_sharding_membership_discovery_failures_total{source=\"dns_sd\""
-        ) >= 6.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric_sum(
-            &metrics,
-            "dynamic_sharding_membership_discovery_up{source=\"dns_sd\""
-        ),
-        0.0
-    );
+    let (failures, up, metrics) = discovery_metrics(&gateway).await;
+    assert!(failures >= 6.0, "{metrics}");
+    assert_eq!(up, 0.0, "{metrics}");
     // Three outages, each logged once when it starts and once when it ends, however many look-ups failed. A
     // look-up may also time out on its own (the query timeout is the 300 ms refresh interval, short on a loaded
     // machine): that is one more outage, announced and ended once too, so starts are counted against ends.
@@ -263,6 +267,157 @@ async fn a_failing_dns_server_keeps_the_last_set_says_so_once_and_counts() {
     let groups = push_groups(&gateway, 4).await;
     let owners = owners(&gateway, &groups).await;
     wait_until_every_group_is_once_on_its_owner(&[&a, &b], &owners).await;
+}
+
+/// `membership.detail.discovery` of `/-/ring`.
+async fn discovery(gateway: &Gateway) -> serde_json::Value {
+    gateway.ring().await["membership"]["detail"]["discovery"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servfail_keeps_the_last_set_says_so_once_counts_and_shows_the_server_failure() {
+    let port = free_port_on(&HOSTS[..2]);
+    let a = Pushgateway::start_on(HOSTS[0], port).await;
+    let b = Pushgateway::start_on(HOSTS[1], port).await;
+    let hosts = hosts_file(&HOSTS[..2]);
+    // The upstream knows the name as well: what fails is the resolver the gateway asks, not the data.
+    let upstream = Dnsmasq::start(&hosts, &[]).await;
+    let resolver = Dnsmasq::start_validating_forwarder(&hosts, &upstream).await;
+    let gateway = Gateway::start(&config(
+        &resolver,
+        &format!("  names: [pg.test]\n  type: A\n  port: {port}\n"),
+    ))
+    .await;
+    wait_for_ring(&gateway, &[&a, &b]).await;
+    let before = discovery(&gateway).await;
+    let success_before = before["last_success"].as_str().map(str::to_owned);
+    assert!(success_before.is_some(), "{before}");
+    assert!(before["failing_since"].is_null(), "{before}");
+
+    // The resolver stops answering the name itself: it forwards it, cannot validate the answer, says SERVFAIL.
+    resolver.set_hosts("").await;
+    wait_until(secs(30), Duration::from_millis(100), || async {
+        discovery(&gateway).await["failed_lookups"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 5
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "five SERVFAIL look-ups counted: {e}\n{}",
+            gateway.log_text()
+        )
+    });
+    assert!(
+        resolver.log_text().contains("validation pg.test is BOGUS"),
+        "the SERVFAIL comes from the resolver's validation:\n{}",
+        resolver.log_text()
+    );
+    let ring = gateway.ring().await;
+    let during = &ring["membership"]["detail"]["discovery"];
+    let last_error = during["last_error"].as_str().unwrap_or_default();
+    for expected in [
+        "dns_sd.names[0] \"pg.test\" (A)",
+        &format!(
+            "nameserver {} answered SERVFAIL (server failure",
+            resolver.addr()
+        ),
+    ] {
+        assert!(last_error.contains(expected), "{expected:?} in {during}");
+    }
+    assert_eq!(
+        during["failing"],
+        serde_json::json!([{
+            "part": "dns_sd.names[0] \"pg.test\" (A)",
+            "error": last_error.split_once(": ").map(|(_, error)| error).unwrap_or_default(),
+        }]),
+        "{during}"
+    );
+    // The last success is the last look-up before the outage (RFC 3339 in UTC: text order is time order).
+    let last_success = during["last_success"].as_str().map(str::to_owned);
+    let failing_since = during["failing_since"].as_str().map(str::to_owned);
+    assert!(
+        failing_since.is_some() && last_success >= success_before && last_success < failing_since,
+        "{during}"
+    );
+    let failed_so_far = during["failed_lookups"].as_u64().unwrap_or(0);
+    assert_eq!(
+        ring_nodes(&ring),
+        vec![a.addr(), b.addr()],
+        "SERVFAIL keeps the last set"
+    );
+    let (failures, up, metrics) = discovery_metrics(&gateway).await;
+    assert!(failures >= 5.0, "{metrics}");
+    assert_eq!(up, 0.0, "{metrics}");
+    // The status page shows it too: the failing name with the server failure, and the last success.
+    let section = gateway.status_page_section("membership").await;
+    assert!(section.contains("data-state=\"failing\""), "{section}");
+    assert!(
+        section.contains(&format!(
+            "<td class=\"mono\">dns_sd.names[0] &quot;pg.test&quot; (A)</td><td class=\"err\">nameserver {} \
+             answered SERVFAIL (server failure",
+            resolver.addr()
+        )),
+        "{section}"
+    );
+    assert!(
+        section.contains("<dd id=\"discovery-last-success\">20"),
+        "{section}"
+    );
+    // Pushes are still routed to the nodes the name last resolved to.
+    let groups = push_groups(&gateway, 6).await;
+    let placed = owners(&gateway, &groups).await;
+    wait_until_every_group_is_once_on_its_owner(&[&a, &b], &placed).await;
+    wait_until(secs(30), Duration::from_millis(100), || async {
+        discovery(&gateway).await["failed_lookups"]
+            .as_u64()
+            .unwrap_or(0)
+            > failed_so_far
+    })
+    .await
+    .expect("the look-ups go on failing");
+    let still = discovery(&gateway).await;
+    assert_eq!(
+        still["last_success"].as_str().map(str::to_owned),
+        last_success,
+        "failed look-ups leave the last success as it was: {still}"
+    );
+
+    // The name resolves again: the outage ends, and each end of it was logged once.
+    resolver.set_hosts(&hosts).await;
+    wait_until(secs(30), Duration::from_millis(100), || async {
+        discovery(&gateway).await["failing_since"].is_null()
+    })
+    .await
+    .expect("the look-ups succeed again");
+    let after = discovery(&gateway).await;
+    assert!(
+        after["last_success"].as_str().map(str::to_owned) > last_success,
+        "a new last success: {after}"
+    );
+    assert_eq!(after["failing"], serde_json::json!([]), "{after}");
+    let log = gateway.log_text();
+    assert_eq!(
+        log.matches("membership discovery failed; keeping the last known addresses")
+            .count(),
+        1,
+        "one warning for the whole outage, however many look-ups failed:\n{log}"
+    );
+    assert!(log.contains("SERVFAIL"), "the warning says why:\n{log}");
+    assert_eq!(
+        log.matches("membership discovery succeeds again").count(),
+        1,
+        "{log}"
+    );
+    let (_, up, metrics) = discovery_metrics(&gateway).await;
+    assert_eq!(up, 1.0, "{metrics}");
+    assert_eq!(ring_nodes(&gateway.ring().await), vec![a.addr(), b.addr()]);
+    let section = gateway.status_page_section("membership").await;
+    assert!(
+        section.contains("data-state=\"ok\"") && section.contains("answered SERVFAIL"),
+        "ok again, the last error still shown: {section}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

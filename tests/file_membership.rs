@@ -1,6 +1,6 @@
 //! `file_sd` with real files: the ring follows a target file as it is rewritten (noticed by inotify well before
 //! the refresh interval), and a broken file keeps its last targets, says why (log, `/-/ring`, metric) and is
-//! picked up again once fixed.
+//! picked up again once fixed; the status page shows the broken file and its error.
 
 mod common;
 
@@ -41,7 +41,11 @@ fn config(dir: &Path) -> String {
 async fn the_ring_follows_a_rewritten_file_and_a_broken_one_keeps_its_last_targets() {
     let nodes = Pushgateway::start_many(3).await;
     let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]];
-    let dir = tempfile::tempdir().expect("temp dir");
+    // A directory name with markup in it: the status page shows file names, escaped.
+    let dir = tempfile::Builder::new()
+        .prefix("ds-test-file-sd-<i>&")
+        .tempdir()
+        .expect("temp dir");
     let main_file = dir.path().join("pushgateways.json");
     std::fs::write(&main_file, targets_json(&[a, b])).expect("write targets");
     let gateway = Gateway::start(&config(dir.path())).await;
@@ -99,6 +103,41 @@ async fn the_ring_follows_a_rewritten_file_and_a_broken_one_keeps_its_last_targe
     assert!(
         gateway.log_text().contains("invalid JSON"),
         "logged with the reason"
+    );
+    // The status page says the same: the source, that it is failing, since when, the last success, and the
+    // broken file with its own error.
+    let section = gateway.status_page_section("membership").await;
+    assert!(
+        section.starts_with(" data-source=\"file_sd\" data-state=\"failing\">"),
+        "{section}"
+    );
+    assert!(
+        section.contains("last look-up failed</span> since 20"),
+        "{section}"
+    );
+    assert!(
+        section.contains("<dd id=\"discovery-last-success\">20"),
+        "{section}"
+    );
+    let shown_file = main_file
+        .display()
+        .to_string()
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let failing_row = section
+        .split("<tr class=\"failing-part\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no failing part:\n{section}"));
+    assert!(
+        failing_row.starts_with(&format!(
+            "<td class=\"mono\">{shown_file}</td><td class=\"err\">invalid JSON"
+        )),
+        "{failing_row}"
+    );
+    assert!(
+        !section.contains("<i>"),
+        "a file name became markup:\n{section}"
     );
 
     // Fixed: read again at once; the failure is over.

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{Method, StatusCode};
+use http::Method;
 
 use super::{Journal, PendingRepair};
 use crate::config::Config;
 use crate::move_guard::MoveCoordinator;
-use crate::pushgateway::{api, HttpClient, NodeError};
+use crate::pushgateway::{api, HttpClient, NodeError, RequestError};
 use crate::routing::RingHandle;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
@@ -34,20 +34,8 @@ pub struct Dependencies {
 /// Why one repair attempt did not finish.
 #[derive(Debug, thiserror::Error)]
 enum RepairError {
-    #[error("{method} {node}{path}: {source}")]
-    Unreachable {
-        method: Method,
-        node: String,
-        path: String,
-        source: NodeError,
-    },
-    #[error("{method} {node}{path} answered {status}")]
-    Refused {
-        method: Method,
-        node: String,
-        path: String,
-        status: StatusCode,
-    },
+    #[error(transparent)]
+    Request(#[from] RequestError),
     #[error("the ring is empty")]
     NoOwner,
 }
@@ -123,8 +111,12 @@ async fn run(mut deps: Dependencies) {
                     );
                 }
                 Ok(None) => {}
-                Err(RepairError::Refused { status, .. }) if status.is_client_error() => {
-                    tracing::warn!(grouping_key = %repair.key, %status, "the owner refused the repaired value; forgetting the ambiguous write");
+                Err(RepairError::Request(error))
+                    if error
+                        .status()
+                        .is_some_and(|status| status.is_client_error()) =>
+                {
+                    tracing::warn!(grouping_key = %repair.key, %error, "the owner refused the repaired value; forgetting the ambiguous write");
                     deps.journal.forget(&repair.ring_key, "rejected");
                 }
                 Err(error) => {
@@ -192,18 +184,5 @@ fn refused_or_unreachable(
     node: &str,
     path: &str,
 ) -> Result<(), RepairError> {
-    result.map_err(|error| match error {
-        NodeError::Status { status, .. } => RepairError::Refused {
-            method: method.clone(),
-            node: node.to_string(),
-            path: path.to_string(),
-            status,
-        },
-        source => RepairError::Unreachable {
-            method: method.clone(),
-            node: node.to_string(),
-            path: path.to_string(),
-            source,
-        },
-    })
+    result.map_err(|error| RequestError::new(method.clone(), node, path, error).into())
 }

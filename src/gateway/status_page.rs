@@ -3,7 +3,9 @@
 //!
 //! It shows the nodes (health, last probe, share of the ring, outlier ejection, failing reads), the groups the
 //! ring's nodes hold (labels, node(s), last push and age; `?job=` keeps one job, `?page=` pages through them
-//! [`GROUPS_PER_PAGE`] at a time), the rebalancer's last pass, pending ambiguous-write repairs and group expiry.
+//! [`GROUPS_PER_PAGE`] at a time), the membership source's state (its last success, last error and every part
+//! failing now; Consul's last contact), the rebalancer's last pass, pending ambiguous-write repairs and group
+//! expiry.
 //!
 //! The group list is every ring node's `GET /api/v1/metrics`, fanned out like the read side (failures are
 //! recorded the same way). Those answers carry every metric of every group, so one page view holds them all
@@ -526,6 +528,7 @@ fn render(view: &PageView<'_>) -> String {
     );
     render_cards(&mut out, view);
     render_nodes(&mut out, view);
+    render_membership(&mut out, view);
     // The operational state above the (long) group list.
     out.push_str("<div class=\"row\">");
     render_rebalancer(&mut out, view);
@@ -552,6 +555,18 @@ fn render_cards(out: &mut String, view: &PageView<'_>) {
         out,
         "<div class=\"card\"><b>{}</b><span>nodes in the ring</span></div>",
         view.ring_nodes.len()
+    );
+    let (state, what) = match MembershipState::of(view.membership) {
+        MembershipState::Ok => ("ok", "look-ups"),
+        MembershipState::Failing => ("failing", "look-ups"),
+        MembershipState::Pending => ("pending", "look-ups"),
+        MembershipState::ConsulReachable => ("ok", "agent"),
+        MembershipState::ConsulUnreachable => ("unreachable", "agent"),
+    };
+    w!(
+        out,
+        "<div class=\"card\" id=\"card-membership\"><b>{state}</b><span>{} {what}</span></div>",
+        view.membership.source
     );
     w!(
         out,
@@ -666,6 +681,173 @@ fn render_nodes(out: &mut String, view: &PageView<'_>) {
         out.push_str("</td></tr>");
     }
     out.push_str("</tbody></table></section>");
+}
+
+/// Whether the membership source's last look-up (or contact with Consul) worked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MembershipState {
+    Ok,
+    Failing,
+    /// No look-up finished yet.
+    Pending,
+    ConsulReachable,
+    ConsulUnreachable,
+}
+
+impl MembershipState {
+    fn of(membership: &Membership) -> MembershipState {
+        let detail = &membership.detail;
+        if detail.is_null() {
+            return MembershipState::Pending;
+        }
+        if membership.source == "consul" {
+            return if detail.get("reachable").and_then(Value::as_bool) == Some(true) {
+                MembershipState::ConsulReachable
+            } else {
+                MembershipState::ConsulUnreachable
+            };
+        }
+        let discovery = &detail["discovery"];
+        if discovery.get("failing_since").is_some_and(Value::is_string) {
+            MembershipState::Failing
+        } else if discovery.get("last_success").is_some_and(Value::is_string) {
+            MembershipState::Ok
+        } else {
+            MembershipState::Pending
+        }
+    }
+}
+
+/// The membership source and whether it can look: for the discovered sources (static, `dns_sd`, `file_sd`) the
+/// last success, the last error and every part (name, file) failing now with its own error; for Consul the
+/// agent, the last contact and the last error. Everything from a source is escaped: errors quote names, paths
+/// and server answers.
+fn render_membership(out: &mut String, view: &PageView<'_>) {
+    let membership = view.membership;
+    let state = MembershipState::of(membership);
+    w!(
+        out,
+        "<section id=\"membership\" data-source=\"{0}\" data-state=\"{1}\"><h2>Membership<small>{0}</small></h2>",
+        membership.source,
+        match state {
+            MembershipState::Ok | MembershipState::ConsulReachable => "ok",
+            MembershipState::Failing | MembershipState::ConsulUnreachable => "failing",
+            MembershipState::Pending => "pending",
+        }
+    );
+    let detail = &membership.detail;
+    let text = |value: &Value, key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+    let when = |time: Option<String>| match time {
+        Some(time) => time_and_age(view.now, &time),
+        None => "never".to_owned(),
+    };
+    if membership.source == "consul" && state != MembershipState::Pending {
+        w!(
+            out,
+            "<p>{}</p><dl class=\"kv\">",
+            if state == MembershipState::ConsulReachable {
+                "<span class=\"badge up\">Consul reachable</span>"
+            } else {
+                "<span class=\"badge down\">Consul unreachable: keeping the last node set</span>"
+            }
+        );
+        for (label, key) in [("agent", "consul"), ("service", "service")] {
+            w!(
+                out,
+                "<dt>{label}</dt><dd class=\"mono\">{}</dd>",
+                Escaped(&text(detail, key).unwrap_or_default())
+            );
+        }
+        w!(
+            out,
+            "<dt>last contact</dt><dd>{}</dd><dt>last index</dt><dd>{}</dd>",
+            Escaped(&when(text(detail, "last_contact"))),
+            Escaped(
+                &detail
+                    .get("last_index")
+                    .map_or_else(String::new, Value::to_string)
+            )
+        );
+        render_last_error(out, view, detail);
+        if let Some(error) = text(detail, "last_registration_error") {
+            w!(
+                out,
+                "<dt>last registration error</dt><dd class=\"err\">{}</dd>",
+                Escaped(&error)
+            );
+        }
+        out.push_str("</dl></section>");
+        return;
+    }
+    let discovery = &detail["discovery"];
+    match state {
+        MembershipState::Failing => {
+            w!(
+                out,
+                "<p><span class=\"badge down\">last look-up failed</span> since {}; keeping the last known \
+                 addresses</p>",
+                Escaped(&when(text(discovery, "failing_since")))
+            );
+        }
+        MembershipState::Pending => out.push_str("<p class=\"muted\">No look-up yet.</p>"),
+        _ => out.push_str("<p><span class=\"badge up\">last look-up succeeded</span></p>"),
+    }
+    w!(
+        out,
+        "<dl class=\"kv\"><dt>last success</dt><dd id=\"discovery-last-success\">{}</dd>\
+         <dt>failed look-ups</dt><dd>{}</dd>",
+        Escaped(&when(text(discovery, "last_success"))),
+        discovery
+            .get("failed_lookups")
+            .and_then(Value::as_u64)
+            .unwrap_or_default()
+    );
+    render_last_error(out, view, discovery);
+    out.push_str("</dl>");
+    let failing = discovery
+        .get("failing")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    if !failing.is_empty() {
+        out.push_str("<table id=\"discovery-failing\"><thead><tr><th>failing now</th><th>error</th></tr></thead><tbody>");
+        for failure in failing {
+            w!(
+                out,
+                "<tr class=\"failing-part\"><td class=\"mono\">{}</td><td class=\"err\">{}</td></tr>",
+                Escaped(&text(failure, "part").unwrap_or_default()),
+                Escaped(&text(failure, "error").unwrap_or_default())
+            );
+        }
+        out.push_str("</tbody></table>");
+    }
+    out.push_str("</section>");
+}
+
+/// `last_error` and `last_error_at` of a membership detail, as `<dt>`/`<dd>` rows; nothing when there is none.
+fn render_last_error(out: &mut String, view: &PageView<'_>, detail: &Value) {
+    let Some(error) = detail.get("last_error").and_then(Value::as_str) else {
+        return;
+    };
+    w!(
+        out,
+        "<dt>last error</dt><dd class=\"err\" id=\"membership-last-error\">{}</dd>",
+        Escaped(error)
+    );
+    if let Some(at) = detail.get("last_error_at").and_then(Value::as_str) {
+        w!(
+            out,
+            "<dt>last error at</dt><dd>{}</dd>",
+            Escaped(&time_and_age(view.now, at))
+        );
+    }
+}
+
+/// An RFC 3339 time as [`readable_time`] shows it, with how long ago it was.
+fn time_and_age(now: SystemTime, text: &str) -> String {
+    match humantime::parse_rfc3339_weak(text) {
+        Ok(time) => format!("{} ({} ago)", readable_time(text), age(now, time)),
+        Err(_) => text.to_owned(),
+    }
 }
 
 fn failing_read_count(failures: &Value, node: &str) -> usize {
@@ -1131,6 +1313,164 @@ mod tests {
         }
     }
 
+    /// A page seen at 62 s after the epoch, of `membership` and `groups`.
+    fn page_view(membership: &Membership, groups: GroupPage) -> PageView<'_> {
+        PageView {
+            now: UNIX_EPOCH + Duration::from_secs(62),
+            mode: "proxy".to_owned(),
+            node_scheme: NodeScheme::Https,
+            algorithm: Algorithm::Rendezvous,
+            generation: 1,
+            built_at: UNIX_EPOCH,
+            membership,
+            ring_nodes: &[],
+            shares: vec![],
+            outliers: BTreeMap::new(),
+            read_failures: Value::Array(vec![]),
+            rebalance: serde_json::json!({"enabled": true, "leader": true, "last_pass": null}),
+            pending_repairs: 0,
+            expiry: Expiry {
+                state: "off".to_owned(),
+                rows: vec![("groups.expire_after".to_owned(), "off".to_owned())],
+            },
+            groups,
+        }
+    }
+
+    /// The `<section id="membership">` of the page rendered for `membership`.
+    fn membership_section(membership: &Membership) -> String {
+        let no_groups = GroupPage::build(vec![], vec![], None, 1, GROUPS_PER_PAGE, |_| None);
+        let html = render(&page_view(membership, no_groups));
+        html.split("<section id=\"membership\"")
+            .nth(1)
+            .and_then(|rest| rest.split("</section>").next())
+            .unwrap_or_else(|| panic!("no membership section:\n{html}"))
+            .to_owned()
+    }
+
+    fn discovered(source: &'static str, discovery: Value) -> Membership {
+        Membership {
+            source,
+            nodes: vec![],
+            detail: serde_json::json!({ "discovery": discovery }),
+        }
+    }
+
+    #[test]
+    fn a_failing_discovery_shows_its_last_success_and_each_failing_part_escaped() {
+        let failing = discovered(
+            "file_sd",
+            serde_json::json!({
+                "last_success": "1970-01-01T00:00:02.000Z",
+                "last_error": "/sd/<b>.json: invalid JSON; /sd/b.yml: cannot read: denied",
+                "last_error_at": "1970-01-01T00:01:00.000Z",
+                "failing_since": "1970-01-01T00:00:30.000Z",
+                "failing": [
+                    {"part": "/sd/<b>.json", "error": "invalid JSON <script>alert(1)</script>"},
+                    {"part": "/sd/b.yml", "error": "cannot read: denied"},
+                ],
+                "failed_lookups": 4,
+            }),
+        );
+        let section = membership_section(&failing);
+        assert!(
+            section.starts_with(" data-source=\"file_sd\" data-state=\"failing\">"),
+            "{section}"
+        );
+        assert!(
+            section.contains("last look-up failed</span> since 1970-01-01 00:00:30 UTC (32s ago)"),
+            "{section}"
+        );
+        assert!(
+            section.contains(
+                "<dd id=\"discovery-last-success\">1970-01-01 00:00:02 UTC (1m ago)</dd>"
+            ),
+            "{section}"
+        );
+        assert!(
+            section.contains("<dt>failed look-ups</dt><dd>4</dd>"),
+            "{section}"
+        );
+        assert!(
+            section.contains(
+                "<tr class=\"failing-part\"><td class=\"mono\">/sd/&lt;b&gt;.json</td>\
+                 <td class=\"err\">invalid JSON &lt;script&gt;alert(1)&lt;/script&gt;</td></tr>"
+            ),
+            "{section}"
+        );
+        assert!(section.contains(
+            "<td class=\"mono\">/sd/b.yml</td><td class=\"err\">cannot read: denied</td>"
+        ));
+        assert!(
+            !section.contains("<script") && !section.contains("<b>"),
+            "{section}"
+        );
+
+        let recovered = discovered(
+            "dns_sd",
+            serde_json::json!({
+                "last_success": "1970-01-01T00:01:01.000Z",
+                "last_error": "dns_sd.names[0] \"pg\" (A): nameserver 10.0.0.1:53 answered SERVFAIL",
+                "last_error_at": "1970-01-01T00:01:00.000Z",
+                "failing_since": null,
+                "failing": [],
+                "failed_lookups": 4,
+            }),
+        );
+        let section = membership_section(&recovered);
+        assert!(section.contains("data-state=\"ok\""), "{section}");
+        assert!(section.contains("last look-up succeeded"), "{section}");
+        assert!(
+            section.contains("&quot;pg&quot; (A): nameserver 10.0.0.1:53 answered SERVFAIL"),
+            "the last error stays visible: {section}"
+        );
+        assert!(
+            !section.contains("discovery-failing"),
+            "nothing fails now: {section}"
+        );
+
+        let pending = Membership::empty("dns_sd");
+        assert!(membership_section(&pending).contains("No look-up yet."));
+    }
+
+    #[test]
+    fn consul_membership_shows_whether_the_agent_answers() {
+        let consul = Membership {
+            source: "consul",
+            nodes: vec![],
+            detail: serde_json::json!({
+                "consul": "http://127.0.0.1:8500",
+                "service": "pushgateway",
+                "reachable": false,
+                "last_index": 42,
+                "last_contact": "1970-01-01T00:00:50.000Z",
+                "last_error": "connection refused <&>",
+                "last_error_at": "1970-01-01T00:01:00.000Z",
+                "last_registration_error": null,
+            }),
+        };
+        let section = membership_section(&consul);
+        assert!(section.contains("data-state=\"failing\""), "{section}");
+        assert!(section.contains("Consul unreachable"), "{section}");
+        assert!(
+            section.contains("<dd class=\"mono\">http://127.0.0.1:8500</dd>"),
+            "{section}"
+        );
+        assert!(
+            section.contains("1970-01-01 00:00:50 UTC (12s ago)"),
+            "{section}"
+        );
+        assert!(
+            section.contains("connection refused &lt;&amp;&gt;"),
+            "{section}"
+        );
+        assert!(!section.contains("registration"), "{section}");
+        assert!(
+            membership_section(&Membership::empty("consul")).contains("No look-up yet."),
+            "before the first answer"
+        );
+    }
+
     #[test]
     fn the_rendered_page_escapes_labels_and_node_errors() {
         let membership = Membership {
@@ -1157,27 +1497,7 @@ mod tests {
             500,
             |_| None,
         );
-        let view = PageView {
-            now: UNIX_EPOCH + Duration::from_secs(62),
-            mode: "proxy".to_owned(),
-            node_scheme: NodeScheme::Https,
-            algorithm: Algorithm::Rendezvous,
-            generation: 1,
-            built_at: UNIX_EPOCH,
-            membership: &membership,
-            ring_nodes: &[],
-            shares: vec![],
-            outliers: BTreeMap::new(),
-            read_failures: Value::Array(vec![]),
-            rebalance: serde_json::json!({"enabled": true, "leader": true, "last_pass": null}),
-            pending_repairs: 0,
-            expiry: Expiry {
-                state: "off".to_owned(),
-                rows: vec![("groups.expire_after".to_owned(), "off".to_owned())],
-            },
-            groups,
-        };
-        let html = render(&view);
+        let html = render(&page_view(&membership, groups));
         assert!(!html.contains("<script>"), "{html}");
         assert!(!html.contains("<b>refused"), "{html}");
         assert!(html.contains("x=\"&lt;script&gt;alert(1)&lt;/script&gt;\""));

@@ -18,7 +18,7 @@ pub trait Discovery: Send + 'static {
     fn name(&self) -> &'static str;
 
     /// One look-up. Each part that fails (a name, a file) keeps its last good answer in `addresses`, and its
-    /// error is in `errors`; the source never drops what it knew because it could not look.
+    /// failure is in `failures`; the source never drops what it knew because it could not look.
     fn discover(&mut self) -> impl Future<Output = Round> + Send;
 
     /// Resolves when the next look-up is due: the refresh interval passed, a watched file changed, or the
@@ -31,8 +31,43 @@ pub trait Discovery: Send + 'static {
 pub struct Round {
     /// `host:port` candidates.
     pub addresses: BTreeSet<String>,
-    /// What failed this time, each naming the part (`dns_sd.names[0] "pg.svc": NXDOMAIN`); empty on success.
-    pub errors: Vec<String>,
+    /// What failed this time, one entry per failing part; empty on success.
+    pub failures: Vec<PartFailure>,
+}
+
+/// One part of a source (a name, a file, the file watch) whose look-up failed, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PartFailure {
+    /// Which part, as the user configured it: `dns_sd.names[0] "pg.svc" (A)`, a file's path.
+    pub part: String,
+    /// What went wrong, naming whom it asked: `nameserver 10.0.0.10:53 answered SERVFAIL (server failure)`.
+    pub error: String,
+}
+
+impl PartFailure {
+    pub fn new(part: impl Into<String>, error: impl Into<String>) -> PartFailure {
+        PartFailure {
+            part: part.into(),
+            error: error.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for PartFailure {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}: {}", self.part, self.error)
+    }
+}
+
+impl Round {
+    /// Every failure on one line, for logs and `last_error`.
+    pub fn failure_text(&self) -> String {
+        self.failures
+            .iter()
+            .map(PartFailure::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// What the health layer probes.
@@ -52,6 +87,8 @@ pub struct Status {
     pub last_error_at: Option<SystemTime>,
     /// While the current look-ups fail: since when.
     pub failing_since: Option<SystemTime>,
+    /// The parts that failed in the latest look-up (empty once one succeeds).
+    pub failing: Vec<PartFailure>,
     pub failed_rounds: u64,
 }
 
@@ -66,7 +103,8 @@ pub enum Transition {
 
 impl Status {
     pub fn record(&mut self, round: &Round, now: SystemTime) -> Transition {
-        if round.errors.is_empty() {
+        self.failing.clone_from(&round.failures);
+        if round.failures.is_empty() {
             self.last_success = Some(now);
             if self.failing_since.take().is_some() {
                 Transition::Recovered
@@ -75,7 +113,7 @@ impl Status {
             }
         } else {
             self.failed_rounds += 1;
-            self.last_error = Some(round.errors.join("; "));
+            self.last_error = Some(round.failure_text());
             self.last_error_at = Some(now);
             if self.failing_since.is_none() {
                 self.failing_since = Some(now);
@@ -94,6 +132,7 @@ impl Status {
             "last_error": self.last_error,
             "last_error_at": time(self.last_error_at),
             "failing_since": time(self.failing_since),
+            "failing": self.failing,
             "failed_lookups": self.failed_rounds,
         })
     }
@@ -131,13 +170,13 @@ async fn run<D: Discovery>(
         match status.record(&round, SystemTime::now()) {
             Transition::OutageStarted => tracing::warn!(
                 source = name,
-                error = %round.errors.join("; "),
+                error = %round.failure_text(),
                 kept = round.addresses.len(),
                 "membership discovery failed; keeping the last known addresses until it succeeds again"
             ),
             Transition::StillFailing => tracing::debug!(
                 source = name,
-                error = %round.errors.join("; "),
+                error = %round.failure_text(),
                 "membership discovery still failing"
             ),
             Transition::Recovered => tracing::info!(
@@ -147,7 +186,7 @@ async fn run<D: Discovery>(
             ),
             Transition::Healthy => {}
         }
-        if round.errors.is_empty() {
+        if round.failures.is_empty() {
             metrics.discovery_up.get_or_create(&labels).set(1);
             metrics
                 .discovery_last_success
@@ -193,7 +232,10 @@ mod tests {
     fn round(errors: &[&str]) -> Round {
         Round {
             addresses: BTreeSet::new(),
-            errors: errors.iter().map(|e| e.to_string()).collect(),
+            failures: errors
+                .iter()
+                .map(|e| PartFailure::new("dns_sd.names[0] \"pg.svc\" (A)", *e))
+                .collect(),
         }
     }
 
@@ -211,12 +253,17 @@ mod tests {
             Transition::StillFailing
         );
         assert_eq!(status.failed_rounds, 2);
-        assert_eq!(status.last_error.as_deref(), Some("timeout"));
-        assert_eq!(status.record(&round(&[]), t0), Transition::Recovered);
-        assert_eq!(status.failing_since, None);
         assert_eq!(
             status.last_error.as_deref(),
-            Some("timeout"),
+            Some("dns_sd.names[0] \"pg.svc\" (A): timeout")
+        );
+        assert_eq!(status.failing, round(&["timeout"]).failures);
+        assert_eq!(status.record(&round(&[]), t0), Transition::Recovered);
+        assert_eq!(status.failing_since, None);
+        assert!(status.failing.is_empty(), "nothing fails any more");
+        assert_eq!(
+            status.last_error.as_deref(),
+            Some("dns_sd.names[0] \"pg.svc\" (A): timeout"),
             "the last error stays visible"
         );
     }

@@ -3,7 +3,7 @@
 //! SRV records give `target:port` (the target's name, not its address: a StatefulSet pod's name is stable across
 //! restarts, its IP is not); A and AAAA records give `address:port` with `dns_sd.port`. Each name is queried every
 //! `refresh_interval`; a name whose query fails (NXDOMAIN, no records, SERVFAIL, timeout) keeps its last answer,
-//! so a DNS outage never empties the ring.
+//! so a DNS outage never empties the ring. Its failure names the nameserver asked and the response code.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -18,7 +18,7 @@ use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use tokio::sync::watch;
 
-use super::discovery::{Discovery, Round};
+use super::discovery::{Discovery, PartFailure, Round};
 use crate::config::{Config, DnsRecordType, DnsSdConfig, MembershipConfig};
 
 /// A query never takes longer than this (hickory's default), nor longer than the refresh interval.
@@ -107,19 +107,23 @@ impl Discovery for DnsDiscovery {
     async fn discover(&mut self) -> Round {
         self.follow_reload();
         let settings = self.settings.clone();
-        let mut errors = Vec::new();
+        let mut failures = Vec::new();
         match self.resolver() {
-            Err(error) => errors.push(format!("dns_sd: {error}")),
+            Err(error) => failures.push(PartFailure::new("dns_sd", error)),
             Ok(resolver) => {
                 let resolver = resolver.clone();
+                let asked = nameservers(&settings);
                 for (index, name) in settings.names.iter().enumerate() {
                     match lookup(&resolver, name, &settings).await {
                         Ok(addresses) => {
                             self.last_answers.insert(name.clone(), addresses);
                         }
-                        Err(error) => errors.push(format!(
-                            "dns_sd.names[{index}] {name:?} ({}): {error}",
-                            settings.record_type.as_str()
+                        Err(failure) => failures.push(PartFailure::new(
+                            format!(
+                                "dns_sd.names[{index}] {name:?} ({})",
+                                settings.record_type.as_str()
+                            ),
+                            failure.describe(&asked),
                         )),
                     }
                 }
@@ -127,7 +131,7 @@ impl Discovery for DnsDiscovery {
         }
         Round {
             addresses: self.last_answers.values().flatten().cloned().collect(),
-            errors,
+            failures,
         }
     }
 
@@ -142,18 +146,79 @@ impl Discovery for DnsDiscovery {
     }
 }
 
+/// Why a name gave no candidates.
+#[derive(Debug, PartialEq)]
+enum LookupFailure {
+    /// The nameserver answered with this response code (NXDOMAIN, SERVFAIL, REFUSED, ...).
+    Answered(ResponseCode),
+    /// It answered NOERROR, without a record of the type asked for (or none usable: an SRV with port 0).
+    NoUsableRecords,
+    /// No answer: a timeout, a refused connection, a malformed reply.
+    NoAnswer(String),
+}
+
+impl LookupFailure {
+    fn from_error(error: &NetError) -> LookupFailure {
+        match error {
+            NetError::Dns(DnsError::NoRecordsFound(no_records)) => match no_records.response_code {
+                ResponseCode::NoError => LookupFailure::NoUsableRecords,
+                code => LookupFailure::Answered(code),
+            },
+            NetError::Dns(DnsError::ResponseCode(code)) => LookupFailure::Answered(*code),
+            other => LookupFailure::NoAnswer(other.to_string()),
+        }
+    }
+
+    /// What went wrong, naming whom the resolver asked (`asked`: [`nameservers`]).
+    fn describe(&self, asked: &str) -> String {
+        match self {
+            LookupFailure::Answered(code) => format!("{asked} answered {}", response_code(*code)),
+            LookupFailure::NoUsableRecords => {
+                format!("{asked} answered without usable records of this type")
+            }
+            LookupFailure::NoAnswer(why) => format!("no answer from {asked}: {why}"),
+        }
+    }
+}
+
+/// A response code as dig shows it, with what it means for the user.
+fn response_code(code: ResponseCode) -> String {
+    match code {
+        ResponseCode::NXDomain => "NXDOMAIN (the name does not exist)".to_owned(),
+        ResponseCode::ServFail => {
+            "SERVFAIL (server failure: it could not resolve the name, e.g. its upstream failed or the \
+             answer did not validate)"
+                .to_owned()
+        }
+        ResponseCode::Refused => "REFUSED (the nameserver does not answer queries for this name)".to_owned(),
+        other => format!("response code {} ({other})", u16::from(other)),
+    }
+}
+
+/// Whom the resolver asks, for error messages.
+fn nameservers(settings: &DnsSdConfig) -> String {
+    match settings.nameservers.as_slice() {
+        [] => "the system resolver's nameservers (/etc/resolv.conf)".to_owned(),
+        [one] => format!("nameserver {one}"),
+        many => {
+            let many: Vec<String> = many.iter().map(ToString::to_string).collect();
+            format!("nameservers {}", many.join(", "))
+        }
+    }
+}
+
 /// The candidates one name answers with.
 async fn lookup(
     resolver: &TokioResolver,
     name: &str,
     settings: &DnsSdConfig,
-) -> Result<BTreeSet<String>, String> {
+) -> Result<BTreeSet<String>, LookupFailure> {
     let answer = match settings.record_type {
         DnsRecordType::Srv => resolver.srv_lookup(name).await,
         DnsRecordType::A => resolver.ipv4_lookup(name).await,
         DnsRecordType::Aaaa => resolver.ipv6_lookup(name).await,
     }
-    .map_err(|e| describe(&e))?;
+    .map_err(|e| LookupFailure::from_error(&e))?;
     let port = settings.port.unwrap_or_default();
     let addresses: BTreeSet<String> = answer
         .answers()
@@ -174,7 +239,7 @@ async fn lookup(
         })
         .collect();
     if addresses.is_empty() {
-        return Err("the answer has no usable records".to_string());
+        return Err(LookupFailure::NoUsableRecords);
     }
     Ok(addresses)
 }
@@ -184,19 +249,6 @@ fn node_address(host: &str, port: u16) -> String {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
-    }
-}
-
-/// A short reason: the response code when the server gave one, hickory's message otherwise.
-fn describe(error: &NetError) -> String {
-    match error {
-        NetError::Dns(DnsError::NoRecordsFound(no_records)) => match no_records.response_code {
-            ResponseCode::NXDomain => "NXDOMAIN (the name does not exist)".to_string(),
-            ResponseCode::NoError => "no records of this type".to_string(),
-            code => format!("{code} (no records)"),
-        },
-        NetError::Dns(DnsError::ResponseCode(code)) => code.to_string(),
-        other => other.to_string(),
     }
 }
 
@@ -211,5 +263,50 @@ mod tests {
             "pg-0.pg.monitoring.svc:9091"
         );
         assert_eq!(node_address("fd00::1", 9091), "[fd00::1]:9091");
+    }
+
+    #[test]
+    fn a_failure_names_the_nameserver_and_the_response_code() {
+        let one = "nameserver 127.0.0.1:5353";
+        let servfail = LookupFailure::Answered(ResponseCode::ServFail).describe(one);
+        assert!(
+            servfail.starts_with("nameserver 127.0.0.1:5353 answered SERVFAIL (server failure"),
+            "{servfail}"
+        );
+        assert_eq!(
+            LookupFailure::Answered(ResponseCode::NXDomain).describe(one),
+            "nameserver 127.0.0.1:5353 answered NXDOMAIN (the name does not exist)"
+        );
+        assert_eq!(
+            LookupFailure::NoAnswer("request timed out".to_owned()).describe(one),
+            "no answer from nameserver 127.0.0.1:5353: request timed out"
+        );
+        assert_eq!(
+            LookupFailure::Answered(ResponseCode::NotImp).describe(one),
+            "nameserver 127.0.0.1:5353 answered response code 4 (Not Implemented)"
+        );
+    }
+
+    #[test]
+    fn the_nameservers_asked_are_named_as_configured() {
+        let mut settings = DnsSdConfig {
+            names: vec!["pg.test".to_owned()],
+            record_type: DnsRecordType::A,
+            port: Some(9091),
+            refresh_interval: Duration::from_secs(30),
+            nameservers: vec![],
+        };
+        assert_eq!(
+            nameservers(&settings),
+            "the system resolver's nameservers (/etc/resolv.conf)"
+        );
+        settings.nameservers = vec![
+            "10.0.0.10:53".parse().unwrap(),
+            "[fd00::a]:5353".parse().unwrap(),
+        ];
+        assert_eq!(
+            nameservers(&settings),
+            "nameservers 10.0.0.10:53, [fd00::a]:5353"
+        );
     }
 }

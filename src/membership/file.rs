@@ -14,7 +14,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
-use super::discovery::{Discovery, Round};
+use super::discovery::{Discovery, PartFailure, Round};
 use crate::config::{
     node_address, Config, FileSdConfig, MembershipConfig, DEFAULT_PUSHGATEWAY_PORT,
 };
@@ -68,7 +68,7 @@ impl FileDiscovery {
     }
 
     /// Watches the directories of the patterns (again, if one could not be watched before).
-    fn watch_directories(&mut self) -> Vec<String> {
+    fn watch_directories(&mut self) -> Vec<PartFailure> {
         let mut errors = Vec::new();
         if self.watcher.is_none() {
             let tx = self.changes_tx.clone();
@@ -78,8 +78,9 @@ impl FileDiscovery {
             }) {
                 Ok(watcher) => self.watcher = Some(watcher),
                 Err(error) => {
-                    errors.push(format!(
-                        "file_sd: cannot watch files ({error}); they are read every file_sd.refresh_interval"
+                    errors.push(PartFailure::new(
+                        "file_sd",
+                        format!("cannot watch files ({error}); they are read every file_sd.refresh_interval"),
                     ));
                     return errors;
                 }
@@ -111,9 +112,9 @@ impl FileDiscovery {
                 Ok(()) => {
                     self.watched.insert(directory);
                 }
-                Err(error) => errors.push(format!(
-                    "file_sd: cannot watch directory {}: {error}",
-                    directory.display()
+                Err(error) => errors.push(PartFailure::new(
+                    directory.display().to_string(),
+                    format!("cannot watch this directory: {error}"),
                 )),
             }
         }
@@ -141,7 +142,10 @@ impl Discovery for FileDiscovery {
             let paths = match glob::glob(pattern) {
                 Ok(paths) => paths,
                 Err(error) => {
-                    errors.push(format!("file_sd.files[{index}] {pattern:?}: {error}"));
+                    errors.push(PartFailure::new(
+                        format!("file_sd.files[{index}] {pattern:?}"),
+                        error.to_string(),
+                    ));
                     continue;
                 }
             };
@@ -151,7 +155,10 @@ impl Discovery for FileDiscovery {
                     Err(error) => {
                         // Unreadable while listing: keep what that file gave last time.
                         present.insert(error.path().to_path_buf());
-                        errors.push(format!("file_sd: {error}"));
+                        errors.push(PartFailure::new(
+                            error.path().display().to_string(),
+                            format!("cannot list it: {}", error.error()),
+                        ));
                         continue;
                     }
                 };
@@ -160,14 +167,16 @@ impl Discovery for FileDiscovery {
                     Ok(targets) => {
                         self.last_targets.insert(path, targets);
                     }
-                    Err(error) => errors.push(format!("file_sd: {}: {error}", path.display())),
+                    Err(error) => {
+                        errors.push(PartFailure::new(path.display().to_string(), error));
+                    }
                 }
             }
         }
         self.last_targets.retain(|path, _| present.contains(path));
         Round {
             addresses: self.last_targets.values().flatten().cloned().collect(),
-            errors,
+            failures: errors,
         }
     }
 

@@ -26,7 +26,7 @@ impl Discovery for StaticList {
         let config = self.config.borrow_and_update().clone();
         Round {
             addresses: config.servers.iter().cloned().collect(),
-            errors: Vec::new(),
+            failures: Vec::new(),
         }
     }
 

@@ -1,8 +1,9 @@
-//! [`NodeError`]: why a conversation with a Pushgateway did not give the caller what it asked for.
+//! [`NodeError`]: why a conversation with a Pushgateway did not give the caller what it asked for;
+//! [`RequestError`]: the same, with the request it was about.
 
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Method, StatusCode};
 
 /// Why a request to a node got no usable response: it could not be sent, its answer did not come (or broke
 /// off), or the answer was one the caller cannot use.
@@ -23,6 +24,36 @@ pub enum NodeError {
     /// A successful answer whose body is not what the endpoint returns.
     #[error("unusable answer: {0}")]
     Decode(String),
+}
+
+/// A [`NodeError`] with the request it answered, for callers that make many requests to many nodes (the
+/// rebalancer, the repair of ambiguous writes) and log which one failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {node}{path}: {source}")]
+pub struct RequestError {
+    pub method: Method,
+    pub node: String,
+    pub path: String,
+    pub source: NodeError,
+}
+
+impl RequestError {
+    pub fn new(method: Method, node: &str, path: &str, source: NodeError) -> RequestError {
+        RequestError {
+            method,
+            node: node.to_string(),
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    /// The node's non-success status, when it answered with one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match &self.source {
+            NodeError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
 }
 
 impl NodeError {

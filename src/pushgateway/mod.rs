@@ -21,4 +21,4 @@ pub mod pool;
 
 pub use address::NodeAddress;
 pub use client::{ClientConfigError, HttpClient, Transport};
-pub use error::NodeError;
+pub use error::{NodeError, RequestError};

@@ -13,14 +13,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{self, StreamExt};
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderValue, Method};
 
 use super::planner::{last_client_push, Action, ListedGroup, NodeListing};
 use crate::exposition::pushgateway_json::parse_api_metrics_with;
 use crate::exposition::pushgateway_json::MovedMarker;
 use crate::grouping::GroupingKey;
 use crate::move_guard::MoveCoordinator;
-use crate::pushgateway::{api, HttpClient, NodeError};
+use crate::pushgateway::{api, HttpClient, NodeError, RequestError};
 use crate::ring::Ring;
 use crate::routing::RoutingTable;
 
@@ -31,21 +31,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Why a request to a node did not do what the rebalancer wanted.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeRequestError {
-    #[error("{method} {node}{path}: {source}")]
-    Unreachable {
-        method: Method,
-        node: String,
-        path: String,
-        source: NodeError,
-    },
-    #[error("{method} {node}{path} answered {status}: {body}")]
-    Status {
-        method: Method,
-        node: String,
-        path: String,
-        status: StatusCode,
-        body: String,
-    },
+    #[error(transparent)]
+    Request(#[from] RequestError),
     #[error("GET {node}/api/v1/metrics: {message}")]
     Listing { node: String, message: String },
 }
@@ -53,28 +40,15 @@ pub enum NodeRequestError {
 impl NodeRequestError {
     /// `method path` on `node` failed with `error`.
     fn new(method: Method, node: &str, path: &str, error: NodeError) -> NodeRequestError {
-        match error {
-            NodeError::Status { status, body } => NodeRequestError::Status {
-                method,
-                node: node.to_string(),
-                path: path.to_string(),
-                status,
-                body,
-            },
-            source => NodeRequestError::Unreachable {
-                method,
-                node: node.to_string(),
-                path: path.to_string(),
-                source,
-            },
-        }
+        RequestError::new(method, node, path, error).into()
     }
 
     /// Network errors and 5xx may pass; a 4xx (e.g. a copy inconsistent with the owner's other metrics) won't.
     fn is_transient(&self) -> bool {
         match self {
-            NodeRequestError::Unreachable { .. } => true,
-            NodeRequestError::Status { status, .. } => status.is_server_error(),
+            NodeRequestError::Request(error) => {
+                error.status().is_none_or(|status| status.is_server_error())
+            }
             NodeRequestError::Listing { .. } => false,
         }
     }

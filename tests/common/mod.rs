@@ -20,7 +20,8 @@
 //!   `restart()`, `push(path, body)` (PUT), `push_add` (POST), `delete(path)`, `groups()`, `metrics_text()`,
 //!   `wipe()`.
 //!   `start_many(n)`.
-//! - [`Gateway`] helpers beyond the process: `ring()` (`/-/ring` JSON), `owner_of(push_path)` (owner lookup).
+//! - [`Gateway`] helpers beyond the process: `ring()` (`/-/ring` JSON), `owner_of(push_path)` (owner lookup),
+//!   `status_page_section(id)` (one `<section>` of `GET /`).
 //! - [`Consul`]: `start()` a `-dev` agent, `addr()`, `url()`, `kill()`, `restart()` (fresh and empty, same HTTP
 //!   port). Binary: `$DS_CONSUL_BIN`, else `<repo>/tools/bin/consul`, else `consul` on `PATH`.
 //! - [`Prometheus`]: `start(scrape_configs)` with 1 s scrape and evaluation intervals, `query(promql)` (the
@@ -29,7 +30,9 @@
 //!   `addr()`, `url()`, `pid()`, `signal("HUP")`, `config_path()` (rewrite it, then signal to reload), `kill()`,
 //!   `log_text()`.
 //! - [`dnsmasq`]: a real DNS server on a free loopback port: A records from a hosts file (`set_hosts` rewrites it
-//!   and SIGHUPs), SRV records from `--srv-host`, names under `.test` answered NXDOMAIN when unknown.
+//!   and SIGHUPs), SRV records from `--srv-host`, names under `.test` answered NXDOMAIN when unknown;
+//!   `start_validating_forwarder` puts a DNSSEC-validating dnsmasq in front that answers SERVFAIL for the names
+//!   missing from its own hosts file.
 //!   `Pushgateway::start_on(host, port)` with [`free_port_on`] puts Pushgateways on 127.0.0.2, 127.0.0.3, ...
 //! - [`tls`]: test-time certificates and bcrypt hashes, and Pushgateways with `--web.config.file` (TLS + basic auth).
 //! - [`python_push`]`(gateway, job, grouping, op)`: pushes with Debian's `/usr/bin/python3` and `prometheus_client`;
@@ -1137,6 +1140,20 @@ impl Gateway {
         assert_eq!(reply.status, StatusCode::OK, "/-/ring: {}", reply.body);
         serde_json::from_str(&reply.body)
             .unwrap_or_else(|e| panic!("/-/ring is not JSON ({e}): {}", reply.body))
+    }
+
+    /// The status page's (`GET /`, as served) `<section id="{id}"`, from after the id to its `</section>`:
+    /// `" data-source=\"dns_sd\" ...>...`. Panics when the page has no such section.
+    pub async fn status_page_section(&self, id: &str) -> String {
+        let reply = self.request(Method::GET, "/", "").await;
+        assert_eq!(reply.status, StatusCode::OK, "GET /: {}", reply.body);
+        reply
+            .body
+            .split(&format!("<section id=\"{id}\""))
+            .nth(1)
+            .and_then(|rest| rest.split("</section>").next())
+            .unwrap_or_else(|| panic!("no {id} section on the status page:\n{}", reply.body))
+            .to_owned()
     }
 
     /// Waits until the ring holds `count` nodes: the gateway answers `/-/healthy` before its first probes have
