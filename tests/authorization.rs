@@ -172,7 +172,14 @@ async fn each_user_pushes_and_deletes_only_its_own_jobs_through_prometheus_clien
     )
     .await
     .expect("team-a may delete team_a_app");
-    assert_eq!(jobs(&node.groups().await), ["team_b_app"]);
+    // The Pushgateway applies a DELETE after its 202.
+    common::assert_eventually_eq(
+        common::SETTLE,
+        || async { jobs(&node.groups().await) },
+        vec!["team_b_app".to_string()],
+        "team-a's delete removed team_a_app",
+    )
+    .await;
 
     // Raw HTTP: the message names the rule, for every spelling of a push path and every writing method.
     let rule = r#"user "team-a" may not push job "team_b_x": authorization.users.team-a.push_jobs is "team_a_.*""#;
@@ -321,10 +328,14 @@ async fn admin_endpoints_are_refused_to_a_non_admin_and_allowed_to_an_admin() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _, body) = request(&gateway, &pki, OPS, Method::PUT, "/api/v1/admin/wipe").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert!(
-        node.groups().await.is_empty(),
-        "the admin's wipe wiped the node"
-    );
+    // The Pushgateway deletes the groups of a wipe after its 202.
+    common::assert_eventually_eq(
+        common::SETTLE,
+        || node.groups(),
+        Vec::new(),
+        "the admin's wipe wiped the node",
+    )
+    .await;
     let (_, _, metrics) = request(&gateway, &pki, USERNAME, Method::GET, "/-/metrics").await;
     assert_eq!(
         metric_sum(

@@ -179,6 +179,8 @@ async fn connections_beyond_web_max_connections_wait_until_one_closes() {
         .write_all(b"GET /-/healthy HTTP/1.1\r\nHost: gateway\r\n\r\n")
         .await
         .unwrap();
+    // A negative check with a bounded window: while both slots are held the third cannot be served at all, so a
+    // slow machine cannot fail it; a gateway ignoring the cap would answer within the second.
     let early = tokio::time::timeout(Duration::from_secs(1), read_response(&mut third)).await;
     assert!(
         early.is_err(),
@@ -200,6 +202,8 @@ async fn bodies_beyond_the_memory_budget_get_503_with_retry_after_and_memory_sta
         "proxy: {max_body_size: 8MiB, max_body_memory: 20MiB, client_body_timeout: 5m}\n",
     ))
     .await;
+    // The push that fits (below) needs its node in the ring; the first probe fills it after `/-/healthy` answers.
+    gateway.wait_for_ring_size(1).await;
     let head = |job: &str| {
         format!(
             "PUT /metrics/job/{job} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {BODY}\r\n\r\n"
@@ -389,6 +393,9 @@ async fn out_of_file_descriptors_is_logged_counted_and_recovers_when_connections
     })
     .await
     .expect("the gateway serves again and counted the accept errors");
+    // Probes that needed a new socket failed while descriptors were out, and may have taken the node out of the
+    // ring; recovered, the next probe puts it back.
+    gateway.wait_for_ring_size(1).await;
     let push = gateway
         .request(Method::PUT, "/metrics/job/after_emfile", "after_gauge 1\n")
         .await;
@@ -400,6 +407,7 @@ async fn sigterm_lets_an_in_flight_push_finish_then_exits_zero() {
     const BODY: &str = "inflight_gauge 7\n";
     let node = Pushgateway::start().await;
     let mut gateway = Gateway::start(&config(&node, "")).await;
+    gateway.wait_for_ring_size(1).await;
     let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
     let head = format!(
         "PUT /metrics/job/inflight HTTP/1.1\r\nHost: gateway\r\nContent-Length: {}\r\n\r\n",

@@ -249,13 +249,19 @@ async fn a_failing_dns_server_keeps_the_last_set_says_so_once_and_counts() {
     let (failures, up, metrics) = discovery_metrics(&gateway).await;
     assert!(failures >= 6.0, "{metrics}");
     assert_eq!(up, 0.0, "{metrics}");
-    // Three outages, each logged once however many look-ups failed.
+    // Three outages, each logged once when it starts and once when it ends, however many look-ups failed. A
+    // look-up may also time out on its own (the query timeout is the 300 ms refresh interval, short on a loaded
+    // machine): that is one more outage, announced and ended once too, so starts are counted against ends.
     let log = gateway.log_text();
+    let started = log
+        .matches("membership discovery failed; keeping the last known addresses")
+        .count();
+    let ended = log.matches("membership discovery succeeds again").count();
+    assert!(started >= 3, "{started} outages logged:\n{log}");
     assert_eq!(
-        log.matches("membership discovery failed; keeping the last known addresses")
-            .count(),
-        3,
-        "{log}"
+        started,
+        ended + 1,
+        "each outage announced once (the last one goes on), not once per failed look-up:\n{log}"
     );
     // Pushes still go through.
     let groups = push_groups(&gateway, 4).await;
@@ -391,18 +397,24 @@ async fn servfail_keeps_the_last_set_says_so_once_counts_and_shows_the_server_fa
         "a new last success: {after}"
     );
     assert_eq!(after["failing"], serde_json::json!([]), "{after}");
+    // One warning when the outage began and one line when it ended, however many look-ups failed. A look-up may
+    // also time out on its own (the query timeout is the 300 ms refresh interval, short on a loaded machine):
+    // that is one more outage, begun and ended once too, so starts are counted against ends.
     let log = gateway.log_text();
+    let started = log
+        .matches("membership discovery failed; keeping the last known addresses")
+        .count();
+    let ended = log.matches("membership discovery succeeds again").count();
+    assert!(started >= 1, "{log}");
     assert_eq!(
-        log.matches("membership discovery failed; keeping the last known addresses")
-            .count(),
-        1,
-        "one warning for the whole outage, however many look-ups failed:\n{log}"
+        started, ended,
+        "one warning for each outage and one line for its end, however many look-ups failed:\n{log}"
     );
-    assert!(log.contains("SERVFAIL"), "the warning says why:\n{log}");
-    assert_eq!(
-        log.matches("membership discovery succeeds again").count(),
-        1,
-        "{log}"
+    assert!(
+        log.lines().any(|line| line
+            .contains("membership discovery failed; keeping the last known addresses")
+            && line.contains("SERVFAIL")),
+        "the warning says why:\n{log}"
     );
     let (_, up, metrics) = discovery_metrics(&gateway).await;
     assert_eq!(up, 1.0, "{metrics}");

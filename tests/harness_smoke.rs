@@ -6,8 +6,8 @@ mod common;
 use std::net::TcpStream;
 
 use common::{
-    free_port, labels, python_push, secs, wait_until, ChildGuard, Consul, Prometheus, Pushgateway,
-    PythonPushOp, POLL_INTERVAL, PYTHON_GAUGE,
+    assert_eventually_eq, free_port, labels, python_push, secs, wait_until, ChildGuard, Consul,
+    Prometheus, Pushgateway, PythonPushOp, POLL_INTERVAL, PYTHON_GAUGE, SETTLE,
 };
 use reqwest::{Method, StatusCode};
 
@@ -103,7 +103,14 @@ async fn pushgateway_accepts_a_push_lists_its_group_and_dies_on_kill() {
         pushgateway.delete("/metrics/job/smoke/instance/a").await,
         StatusCode::ACCEPTED
     );
-    assert!(pushgateway.groups().await.is_empty());
+    // The Pushgateway queues the delete and answers 202 before applying it.
+    assert_eventually_eq(
+        SETTLE,
+        || pushgateway.groups(),
+        Vec::new(),
+        "the deleted group is gone",
+    )
+    .await;
 
     assert_eq!(
         pushgateway.push("/metrics/job/lost", "lost 1\n").await,
@@ -170,6 +177,16 @@ async fn consul_registers_a_service_and_restarts_empty_on_the_same_port() {
         reply.body
     );
 
+    // The agent syncs a registration into its catalog in the background, after answering.
+    wait_until(secs(30), POLL_INTERVAL, || async {
+        consul
+            .get_json("/v1/health/service/pushgateway?passing=true")
+            .await
+            .as_array()
+            .is_some_and(|instances| !instances.is_empty())
+    })
+    .await
+    .expect("the registered service shows in the catalog");
     let instances = consul
         .get_json("/v1/health/service/pushgateway?passing=true")
         .await;
@@ -267,7 +284,13 @@ async fn python_client_pushes_and_deletes_on_a_pushgateway() {
     python_push(&pushgateway.url(), "pyjob", &grouping, PythonPushOp::Delete)
         .await
         .expect("delete_from_gateway");
-    assert!(pushgateway.groups().await.is_empty());
+    assert_eventually_eq(
+        SETTLE,
+        || pushgateway.groups(),
+        Vec::new(),
+        "the deleted group is gone (applied after the 202)",
+    )
+    .await;
 
     pushgateway.kill();
     let error = python_push(

@@ -49,6 +49,24 @@ async fn start_gateway(
     .await
 }
 
+/// Waits until the gateway's one node is in its ring (`/-/ready`): the gateway answers `/-/healthy` before its
+/// first probe has filled the ring, and a push in between gets 503.
+async fn wait_for_the_node(gateway: &SecureGateway, client: &reqwest::Client, password: &str) {
+    let url = format!("{}/-/ready", gateway.url());
+    wait_until(secs(30), POLL_INTERVAL, || async {
+        get(client, &url, Some(password))
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "the node never joined the ring: {e}\n{}",
+            gateway.log_text()
+        )
+    });
+}
+
 /// `POST /-/reload` as the test user with `password`.
 async fn post_reload(
     gateway: &SecureGateway,
@@ -88,6 +106,7 @@ async fn python_pushes_over_https_with_basic_auth_and_wrong_credentials_get_401_
     let node = Pushgateway::start().await;
     let gateway = start_gateway(&pki, &node.addr(), "", false).await;
     let client = pki.client_with(&pki.ca_file(), None);
+    wait_for_the_node(&gateway, &client, &pki.password).await;
 
     python_push_https(&pki, &gateway.url(), "secure_job", 7.0, &pki.password)
         .await
@@ -173,6 +192,7 @@ async fn the_clients_credentials_are_not_forwarded_to_the_pushgateways() {
     let relay = FaultProxy::start(&node.addr()).await;
     let gateway = start_gateway(&pki, &relay.addr(), "", false).await;
     let client = pki.client_with(&pki.ca_file(), None);
+    wait_for_the_node(&gateway, &client, &pki.password).await;
     let response = client
         .put(format!("{}/metrics/job/forwarded", gateway.url()))
         .basic_auth(USERNAME, Some(&pki.password))
@@ -832,8 +852,9 @@ async fn configured_headers_are_on_a_push_answered_by_the_pushgateway() {
         pki.hash,
     );
     let gateway = SecureGateway::start(&pki, &proxy_config(&[node.addr()], ""), &web, false).await;
-    let response = pki
-        .client_with(&pki.ca_file(), None)
+    let client = pki.client_with(&pki.ca_file(), None);
+    wait_for_the_node(&gateway, &client, &pki.password).await;
+    let response = client
         .put(format!("{}/metrics/job/headers_job", gateway.url()))
         .basic_auth(USERNAME, Some(&pki.password))
         .body("headers_metric 1\n")

@@ -291,6 +291,8 @@ async fn server_name_and_insecure_skip_verify() {
             );
         }
         if reachable {
+            // Healthy in the membership snapshot comes a moment before the ring builder puts it in the ring.
+            wait_ring(&gateway, 1).await;
             let status = gateway
                 .request(Method::PUT, "/metrics/job/named", "named 1\n")
                 .await

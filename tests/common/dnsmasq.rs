@@ -12,6 +12,7 @@ use tempfile::TempDir;
 
 use super::{
     free_port, new_temp_dir, signal_pid, wait_until, write_file, ChildGuard, POLL_INTERVAL,
+    START_ATTEMPTS,
 };
 
 /// How long dnsmasq may take to start or to re-read its hosts file.
@@ -64,41 +65,56 @@ impl Dnsmasq {
         let dir = new_temp_dir("ds-test-dnsmasq-");
         let hosts_file = dir.path().join("hosts");
         write_file(&hosts_file, hosts);
-        let port = free_port();
-        let mut command =
-            Command::new(std::env::var_os("DS_DNSMASQ_BIN").unwrap_or_else(|| "dnsmasq".into()));
-        command
-            .arg("--no-daemon")
-            .arg(format!("--port={port}"))
-            .arg("--listen-address=127.0.0.1")
-            .arg("--bind-interfaces")
-            .arg("--no-resolv")
-            .arg("--no-hosts")
-            .arg(format!("--addn-hosts={}", hosts_file.display()))
-            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            // The temp dir is the test user's; dnsmasq must still read it after a SIGHUP.
-            .arg(format!("--user={}", current_user()))
-            .arg("--log-facility=-")
-            // What it answers and forwards: the tests read it when one fails.
-            .arg("--log-queries")
-            .args(flags);
-        let mut guard = ChildGuard::spawn(&format!("dnsmasq-{port}"), command);
-        let started = wait_until(READY_TIMEOUT, POLL_INTERVAL, || {
-            let ready = guard
-                .log_text()
-                .contains(&format!("read {}", hosts_file.display()));
-            async move { ready }
-        })
-        .await;
-        if started.is_err() || guard.exit_status().is_some() {
-            panic!("{}", guard.describe_failure("dnsmasq did not start"));
+        let marker = format!("read {}", hosts_file.display());
+        // A free port is not reserved: another process may take it before dnsmasq binds it; then start again on
+        // another one, as the other programs' starts do.
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let mut command = Command::new(
+                std::env::var_os("DS_DNSMASQ_BIN").unwrap_or_else(|| "dnsmasq".into()),
+            );
+            command
+                .arg("--no-daemon")
+                .arg(format!("--port={port}"))
+                .arg("--listen-address=127.0.0.1")
+                .arg("--bind-interfaces")
+                .arg("--no-resolv")
+                .arg("--no-hosts")
+                .arg(format!("--addn-hosts={}", hosts_file.display()))
+                .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+                // The temp dir is the test user's; dnsmasq must still read it after a SIGHUP.
+                .arg(format!("--user={}", current_user()))
+                .arg("--log-facility=-")
+                // What it answers and forwards: the tests read it when one fails.
+                .arg("--log-queries")
+                .args(flags);
+            let mut guard = ChildGuard::spawn(&format!("dnsmasq-{port}"), command);
+            let started = wait_until(READY_TIMEOUT, POLL_INTERVAL, || {
+                let done = guard.exit_status().is_some() || guard.log_text().contains(&marker);
+                async move { done }
+            })
+            .await;
+            if guard.exit_status().is_some() {
+                if guard
+                    .log_text()
+                    .to_ascii_lowercase()
+                    .contains("address already in use")
+                {
+                    continue;
+                }
+                panic!("{}", guard.describe_failure("dnsmasq did not start"));
+            }
+            if started.is_err() {
+                panic!("{}", guard.describe_failure("dnsmasq did not start"));
+            }
+            return Dnsmasq {
+                guard,
+                port,
+                hosts_file,
+                dir,
+            };
         }
-        Dnsmasq {
-            guard,
-            port,
-            hosts_file,
-            dir,
-        }
+        panic!("dnsmasq lost its port {START_ATTEMPTS} times");
     }
 
     /// `127.0.0.1:<port>`, for `dns_sd.nameservers`.

@@ -13,6 +13,8 @@
 //!   [`ChildGuard::kill`] (SIGKILL + reap) runs on drop; if the test panicked, the log is kept and its tail printed.
 //! - [`wait_until`]`(timeout, poll_interval, || async { bool })`: polls until true, or
 //!   `Err(`[`TimedOut`]`)`; use `.expect("what we waited for")`.
+//! - [`assert_eventually_eq`]`(timeout, || async { value }, expected, what)`: polls, then asserts equality; for
+//!   state updated after the answer a test got (a Pushgateway's DELETE and wipe, the gateway's pass counters).
 //! - [`http_client`] (no proxy, no redirect following, so a 307 is visible) and [`send`] -> [`Reply`].
 //! - [`Pushgateway`]: `start()` (in memory), `start_with_persistence(path)`, `addr()`, `url()`, `kill()`,
 //!   `restart()`, `push(path, body)` (PUT), `push_add` (POST), `delete(path)`, `groups()`, `metrics_text()`,
@@ -300,6 +302,42 @@ where
             });
         }
         tokio::time::sleep(poll_interval.min(timeout - elapsed)).await;
+    }
+}
+
+/// How long [`assert_eventually_eq`] callers usually wait: generous, CI may be a slow 2-core machine under load.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// Polls `read` until it returns `expected` (or `timeout` has passed), then asserts that it does, showing the last
+/// value. For state that changes only after the answer that caused it: a Pushgateway applies a DELETE or a wipe
+/// after answering 202, the gateway records a rebalance pass (its counters, its log line) when the pass ends,
+/// after the moves a test can already see on the nodes.
+pub async fn assert_eventually_eq<T, F, Fut>(
+    timeout: Duration,
+    mut read: F,
+    expected: T,
+    what: &str,
+) where
+    T: PartialEq + fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let started = Instant::now();
+    loop {
+        let value = read().await;
+        if value == expected {
+            return;
+        }
+        if started.elapsed() >= timeout {
+            assert_eq!(
+                value,
+                expected,
+                "{what} (still so after {:?})",
+                started.elapsed()
+            );
+            return;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 
