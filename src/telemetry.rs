@@ -220,6 +220,8 @@ pub struct Metrics {
     pub rebalance_groups_moved: Counter,
     pub rebalance_copies_deleted: Family<RebalanceDeleteLabels, Counter>,
     pub rebalance_failures: Family<RebalanceFailureLabels, Counter>,
+    /// Groups whose planned delete was left for the next pass because the copy changed after the pass listed it.
+    pub rebalance_deletes_skipped_changed: Counter,
     pub rebalance_last_pass_seconds: Gauge<f64, AtomicU64>,
     pub rebalance_last_pass_timestamp: Gauge<f64, AtomicU64>,
     pub groups_expired: Counter,
@@ -514,6 +516,13 @@ impl Metrics {
             "Rebalancer requests that failed after their retries, by operation (list, copy, delete)",
             rebalance_failures.clone(),
         );
+        let rebalance_deletes_skipped_changed = Counter::default();
+        registry.register(
+            "rebalance_deletes_skipped_changed",
+            "Groups whose copy the rebalancer did not delete because it changed after the pass listed it (pushed \
+             through another replica or straight to the node); the next pass re-plans them",
+            rebalance_deletes_skipped_changed.clone(),
+        );
         let rebalance_last_pass_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "rebalance_last_pass_duration_seconds",
@@ -607,6 +616,7 @@ impl Metrics {
             rebalance_groups_moved,
             rebalance_copies_deleted,
             rebalance_failures,
+            rebalance_deletes_skipped_changed,
             rebalance_last_pass_seconds,
             rebalance_last_pass_timestamp,
             server,

@@ -4,9 +4,11 @@
 //! Before every request the executor re-checks that the ring is still the one the plan was made for and that
 //! the node may be touched (healthy, or draining and listed this pass); a group pushed through this replica
 //! during the pass is skipped (see [`move_guard`](crate::move_guard)). A delete only follows a copy that succeeded, so a
-//! failure anywhere leaves the group where it was.
+//! failure anywhere leaves the group where it was. Between the copies and the deletes, every node that is to lose
+//! a copy is listed once more, and a copy whose `push_time_seconds` changed since the pass listed it (a push
+//! through another gateway replica, or straight to the node) is left for the next pass instead of deleted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +17,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{self, StreamExt};
 use http::{HeaderValue, Method};
 
-use super::planner::{last_client_push, Action, ListedGroup, NodeListing};
+use super::planner::{last_client_push, Action, ListedGroup, ListedPushTimes, NodeListing};
 use crate::exposition::pushgateway_json::parse_api_metrics_with;
 use crate::exposition::pushgateway_json::MovedMarker;
 use crate::grouping::GroupingKey;
@@ -77,8 +79,15 @@ pub struct Outcome {
     pub dropped_expired: u64,
     /// Groups deleted from every node because they expired (`groups.expire_after`).
     pub expired: u64,
-    /// Groups left for a later pass: pushed through this replica during the pass, or a node became unusable.
+    /// Groups left for a later pass: pushed through this replica during the pass, a node became unusable or
+    /// could not be listed again before the deletes, or a copy to delete changed since the pass listed it (also
+    /// counted in `changed_since_listing`).
     pub skipped: u64,
+    /// Groups with a copy not deleted because its node's second listing showed it pushed since the first (or
+    /// gone).
+    pub changed_since_listing: u64,
+    /// Nodes that could not be listed again before their deletes (their deletes were left for the next pass).
+    pub relist_failures: u64,
     pub copy_failures: u64,
     pub delete_failures: u64,
     /// The ring changed mid-pass; the remaining actions were not attempted.
@@ -90,10 +99,20 @@ pub struct Executor<'a> {
     pub client: &'a HttpClient,
     pub coordinator: &'a MoveCoordinator,
     pub preconditions: &'a dyn Preconditions,
+    /// The push times the plan's listing saw on each copy it deletes.
+    pub listed: &'a ListedPushTimes,
+    /// Timeout of the second listing of the nodes that lose copies.
+    pub list_timeout: Duration,
     pub concurrency: usize,
     pub retries: u32,
     pub request_timeout: Duration,
 }
+
+/// A group's push time on one node, by ring key, from a listing.
+type PushTimes = HashMap<Vec<u8>, f64>;
+
+/// One action's deletes: the action, whether every copy it deletes was still as listed, and the deletes' result.
+type DeleteResult<'a> = (&'a Action, bool, (u64, Step));
 
 enum Step {
     Done,
@@ -141,19 +160,67 @@ impl Executor<'_> {
         if outcome.aborted {
             return outcome;
         }
-        let deletes: Vec<BoxFuture<'_, (&Action, (u64, Step))>> = actions
+        if !self.preconditions.ring_unchanged() {
+            outcome.aborted = true;
+            return outcome;
+        }
+        let deletable: Vec<&Action> = actions
             .iter()
             .zip(deletable)
-            .filter(|(_, ok)| *ok)
-            .map(|(action, _)| {
-                async move { (action, self.delete_wrong_copies(action).await) }.boxed()
+            .filter_map(|(action, ok)| ok.then_some(action))
+            .collect();
+        let losing_copies: BTreeSet<&str> = deletable
+            .iter()
+            .flat_map(|action| action.delete_from().iter().map(String::as_str))
+            .collect();
+        let relisted = self.relist(losing_copies, &mut outcome).await;
+        let mut planned_deletes: Vec<(&Action, Vec<&str>)> = Vec::new();
+        for action in deletable {
+            let ring_key = action.key().ring_key();
+            let mut still_as_listed = Vec::new();
+            let mut changed = Vec::new();
+            let mut not_relisted = false;
+            for node in action.delete_from() {
+                match relisted.get(node.as_str()) {
+                    Some(Some(times)) => {
+                        let now = times.get(&ring_key).copied();
+                        if self.listed.unchanged(node, &ring_key, now) {
+                            still_as_listed.push(node.as_str());
+                        } else {
+                            changed.push(node.as_str());
+                        }
+                    }
+                    _ => not_relisted = true,
+                }
+            }
+            if !changed.is_empty() {
+                tracing::debug!(grouping_key = %action.key(), nodes = ?changed, "copy changed since the pass listed it (pushed through another replica or straight to the node); not deleting it this pass");
+                outcome.changed_since_listing += 1;
+            }
+            if !changed.is_empty() || not_relisted {
+                outcome.skipped += 1;
+            }
+            planned_deletes.push((action, still_as_listed));
+        }
+        let deletes: Vec<BoxFuture<'_, DeleteResult<'_>>> = planned_deletes
+            .into_iter()
+            .map(|(action, nodes)| {
+                async move {
+                    let whole = nodes.len() == action.delete_from().len();
+                    (
+                        action,
+                        whole,
+                        self.delete_wrong_copies(action, &nodes).await,
+                    )
+                }
+                .boxed()
             })
             .collect();
         let deletes = stream::iter(deletes)
             .buffer_unordered(self.concurrency.max(1))
             .collect::<Vec<_>>()
             .await;
-        for (action, (deleted, step)) in deletes {
+        for (action, whole, (deleted, step)) in deletes {
             match action {
                 Action::Move { .. } => outcome.deleted_after_copy += deleted,
                 Action::DeleteStale { .. } => outcome.deleted_stale += deleted,
@@ -163,7 +230,7 @@ impl Executor<'_> {
                     last_client_push,
                     ..
                 } => {
-                    if matches!(step, Step::Done) {
+                    if whole && matches!(step, Step::Done) {
                         outcome.expired += 1;
                         tracing::debug!(grouping_key = %key, last_client_push, "group expired: deleted from every node");
                     }
@@ -223,12 +290,49 @@ impl Executor<'_> {
         (copied, Step::Done)
     }
 
-    /// Deletes the group from every wrong node, in order; returns how many copies were deleted.
-    async fn delete_wrong_copies(&self, action: &Action) -> (u64, Step) {
+    /// Lists `nodes` (those about to lose copies) once more (`relist_failures` counts those that fail): node ->
+    /// ring key -> `push_time_seconds`, `None` for a node that could not be listed.
+    async fn relist<'n>(
+        &self,
+        nodes: BTreeSet<&'n str>,
+        outcome: &mut Outcome,
+    ) -> HashMap<&'n str, Option<PushTimes>> {
+        let listings: Vec<BoxFuture<'_, (&'n str, Result<_, NodeRequestError>)>> = nodes
+            .into_iter()
+            .map(|node| {
+                async move {
+                    let times = list_push_times(self.client, node, self.list_timeout).await;
+                    (node, times)
+                }
+                .boxed()
+            })
+            .collect();
+        let listings = stream::iter(listings)
+            .buffer_unordered(self.concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        let mut relisted = HashMap::new();
+        for (node, result) in listings {
+            match result {
+                Ok(times) => {
+                    relisted.insert(node, Some(times));
+                }
+                Err(error) => {
+                    tracing::warn!(%node, %error, "cannot list a node again before deleting from it; its deletes wait for the next pass");
+                    outcome.relist_failures += 1;
+                    relisted.insert(node, None);
+                }
+            }
+        }
+        relisted
+    }
+
+    /// Deletes the group from `nodes` (wrong nodes of `action`), in order; returns how many copies were deleted.
+    async fn delete_wrong_copies(&self, action: &Action, nodes: &[&str]) -> (u64, Step) {
         let key = action.key();
         let path = key.to_push_path();
         let mut deleted = 0;
-        for node in action.delete_from() {
+        for &node in nodes {
             let step = self
                 .with_retries(key, node, || self.request(node, &path, None))
                 .await;
@@ -319,8 +423,7 @@ impl Executor<'_> {
     }
 }
 
-/// `GET /api/v1/metrics` on `node`, turned into the planner's input.
-/// Lists `node`'s groups. Without replication (`factor` 1) bodies are rendered only for groups that `ring` does
+/// Lists `node`'s groups (`GET /api/v1/metrics`), turned into the planner's input. Without replication (`factor` 1) bodies are rendered only for groups that `ring` does
 /// not place on `node` (the only ones a pass may copy from it), so a pass does not hold a second copy of every
 /// group it listed; with replication an owner's copy may be the source for another owner, and the bodies tell
 /// two copies of one push apart from a stale one.
@@ -344,6 +447,39 @@ pub async fn list_node(
             node: node.to_string(),
             message: format!("parser task failed: {e}"),
         })?
+}
+
+/// `node`'s groups' `push_time_seconds` by ring key (`GET /api/v1/metrics`, no bodies rendered).
+pub async fn list_push_times(
+    client: &HttpClient,
+    node: &str,
+    timeout: Duration,
+) -> Result<PushTimes, NodeRequestError> {
+    let body = api::list_groups(client, node, timeout)
+        .await
+        .map_err(|error| {
+            NodeRequestError::new(Method::GET, node, api::Read::Groups.path(), error)
+        })?;
+    let owned_node = node.to_string();
+    tokio::task::spawn_blocking(move || {
+        let groups =
+            parse_api_metrics_with(&body, |_| false).map_err(|e| NodeRequestError::Listing {
+                node: owned_node.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(groups
+            .into_iter()
+            .filter_map(|group| {
+                let key = GroupingKey::from_labels(group.labels).ok()?;
+                Some((key.ring_key(), group.push_time_seconds.unwrap_or(0.0)))
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| NodeRequestError::Listing {
+        node: node.to_string(),
+        message: format!("parser task failed: {e}"),
+    })?
 }
 
 fn listing_from_json(

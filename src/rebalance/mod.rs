@@ -37,7 +37,7 @@ use crate::routing::{RingHandle, RoutingTable};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Metrics, RebalanceDeleteLabels, RebalanceFailureLabels};
 use executor::{Executor, Outcome, Preconditions};
-use planner::NodeListing;
+use planner::{ListedPushTimes, NodeListing};
 
 /// Coalesces a burst of ring and membership changes (e.g. several nodes flipping at once) into one pass.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -119,6 +119,9 @@ pub struct PassReport {
     /// Groups past 90% of their expiry limit.
     pub expiring_soon: usize,
     pub skipped: u64,
+    /// Of `skipped`: groups with a copy not deleted because it changed after the pass listed it (a push through
+    /// another replica or straight to the node).
+    pub changed_since_listing: u64,
     pub failures: u64,
     pub outcome: String,
 }
@@ -282,7 +285,7 @@ impl Task {
         let list_timeout = config.proxy.upstream_timeout.max(MIN_LIST_TIMEOUT);
         let nodes = self.nodes_to_list(&table);
         let mut listed = self.list(&nodes, &table, list_timeout, &mut report).await;
-        let (mut plan, mut expiring_soon) =
+        let (mut plan, mut expiring_soon, _) =
             plan_pass(std::mem::take(&mut listed.listings), &table, &config);
         let mut awaiting_repair = self.leave_pending_repairs(&mut plan);
         let mut outcome = Outcome::default();
@@ -293,9 +296,11 @@ impl Task {
             match self.rebalancer.coordinator.begin_pass(max_wait).await {
                 Ok(()) => {
                     listed = self.list(&nodes, &table, list_timeout, &mut report).await;
-                    (plan, expiring_soon) =
+                    let mut listed_push_times;
+                    (plan, expiring_soon, listed_push_times) =
                         plan_pass(std::mem::take(&mut listed.listings), &table, &config);
                     awaiting_repair = self.leave_pending_repairs(&mut plan);
+                    listed_push_times.retain_deletes(&plan.actions);
                     let preconditions = PassPreconditions {
                         ring: &self.deps.ring,
                         generation: table.generation,
@@ -306,6 +311,8 @@ impl Task {
                         client: &self.deps.client,
                         coordinator: &self.rebalancer.coordinator,
                         preconditions: &preconditions,
+                        listed: &listed_push_times,
+                        list_timeout,
                         concurrency: config.rebalance.concurrency,
                         retries: config.rebalance.retries,
                         request_timeout: config.proxy.upstream_timeout,
@@ -327,7 +334,9 @@ impl Task {
         report.expired = outcome.expired;
         report.expiring_soon = expiring_soon;
         report.skipped = outcome.skipped + plan.owner_not_listed as u64 + awaiting_repair;
-        report.failures += outcome.copy_failures + outcome.delete_failures;
+        report.changed_since_listing = outcome.changed_since_listing;
+        report.failures +=
+            outcome.copy_failures + outcome.delete_failures + outcome.relist_failures;
         report.outcome = match (&drain_error, outcome.aborted) {
             (Some(error), _) => format!("not started: {error}"),
             (None, true) => "aborted: the ring changed during the pass".to_string(),
@@ -353,6 +362,7 @@ impl Task {
             dropped_expired = report.dropped_expired,
             expired = report.expired,
             skipped = report.skipped,
+            changed_since_listing = report.changed_since_listing,
             failures = report.failures,
             duration_ms = (report.duration_seconds * 1000.0) as u64,
             outcome = %report.outcome,
@@ -451,7 +461,11 @@ impl Task {
                 .get_or_create(&RebalanceDeleteLabels { reason })
                 .inc_by(count);
         }
+        metrics
+            .rebalance_deletes_skipped_changed
+            .inc_by(outcome.changed_since_listing);
         for (operation, count) in [
+            ("list", outcome.relist_failures),
             ("copy", outcome.copy_failures),
             ("delete", outcome.delete_failures),
         ] {
@@ -495,13 +509,15 @@ impl Task {
 }
 
 /// Expired groups first (taken out of the listings, so they are not moved), then the moves; the expiry deletes
-/// join the plan's actions.
+/// join the plan's actions. Also returns the push time of every listed copy, for the executor's check before it
+/// deletes.
 fn plan_pass(
     mut listings: Vec<NodeListing>,
     table: &RoutingTable,
     config: &Config,
-) -> (planner::Plan, usize) {
+) -> (planner::Plan, usize, ListedPushTimes) {
     let now = unix_seconds(SystemTime::now());
+    let push_times = ListedPushTimes::of_listings(&listings);
     let expiry = planner::expire(&mut listings, now, |key| {
         config.groups.expire_after(key.job())
     });
@@ -513,7 +529,7 @@ fn plan_pass(
         config.rebalance.max_age,
     );
     plan.actions.extend(expiry.actions);
-    (plan, expiry.expiring_soon)
+    (plan, expiry.expiring_soon, push_times)
 }
 
 /// The nodes one pass lists.

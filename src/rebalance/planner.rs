@@ -2,9 +2,12 @@
 //! their owners and which copies to delete. No I/O, no clock: the caller passes `now`.
 //!
 //! A group's *owner set* is its owner and the next `factor - 1` distinct nodes in ring order
-//! ([`Ring::owner_set`]); with `factor` 1 it is the owner alone. An owner's copy is *current* when it is at least
-//! as new (`push_time_seconds`) as the newest copy anywhere, or has the same metrics (every node stamps its own
-//! push time, so two copies of one push differ by milliseconds). For each group:
+//! ([`Ring::owner_set`]); with `factor` 1 it is the owner alone. Copies are compared by the client's last push
+//! ([`last_client_push`]), not by `push_time_seconds`: the Pushgateway stamps a copy the rebalancer made with the
+//! time of the copy, and that stamp must not beat a client's later push to another node (through a replica with
+//! an older ring, or straight to the node). An owner's copy is *current* when its client push is at least as new
+//! as the newest copy's anywhere, or it has the same metrics (every node stamps its own push time, so two copies
+//! of one push differ by milliseconds). For each group:
 //! - every owner current and no copy elsewhere: nothing to do;
 //! - every owner current, copies elsewhere: delete those ([`Action::DeleteStale`]);
 //! - the newest copy is on a non-owner and, with `max_age` set, older than that: delete the non-owners' copies
@@ -16,7 +19,7 @@
 //! Groups with an owner that was not listed (unreachable, or the ring is empty) are left alone: without that
 //! owner's copy there is nothing to compare with, and deleting could leave the group on zero nodes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::exposition::pushgateway_json::MovedMarker;
@@ -75,7 +78,7 @@ pub enum Action {
         body: String,
         delete_from: Vec<String>,
     },
-    /// Every owner already holds a copy at least as new: delete the others.
+    /// Every owner already holds a copy at least as new (by the client's last push): delete the others.
     DeleteStale {
         key: GroupingKey,
         owners: Vec<String>,
@@ -130,8 +133,8 @@ pub struct Plan {
 /// Plans the copies and deletes that put every listed group on exactly its owner set in `ring` (the owner and
 /// the next `factor - 1` nodes), each with the newest value among its copies.
 ///
-/// `now_seconds` is the current Unix time; `max_age` enables [`Action::DropExpired`]. Ties in push time keep an
-/// owner's copy. Actions come sorted by grouping key, so a plan is reproducible.
+/// `now_seconds` is the current Unix time; `max_age` enables [`Action::DropExpired`]. "Newest" is by the client's
+/// last push ([`ListedGroup::last_client_push`]); ties keep an owner's copy. Actions come sorted by grouping key, so a plan is reproducible.
 pub fn plan(
     listings: Vec<NodeListing>,
     ring: &Ring,
@@ -167,22 +170,22 @@ pub fn plan(
         on_owners.sort_by_key(|(node, _)| owners.iter().position(|owner| owner == node));
         // Newest wrong copy last; equal times fall back to the node name so the choice is deterministic.
         wrong.sort_by(|(node_a, a), (node_b, b)| {
-            a.push_time_seconds
-                .total_cmp(&b.push_time_seconds)
+            a.last_client_push
+                .total_cmp(&b.last_client_push)
                 .then_with(|| node_b.cmp(node_a))
         });
         let newest_on_owner = on_owners.iter().fold(
             None,
             |best: Option<&(String, ListedGroup)>, copy| match best {
-                Some(best) if best.1.push_time_seconds >= copy.1.push_time_seconds => Some(best),
+                Some(best) if best.1.last_client_push >= copy.1.last_client_push => Some(best),
                 _ => Some(copy),
             },
         );
         let newest_wrong = wrong.last();
-        // The source: an owner's copy unless a wrong copy is strictly newer.
+        // The source: an owner's copy unless a wrong copy's client push is strictly newer.
         let (source, source_is_owner) = match (newest_on_owner, newest_wrong) {
             (Some(owner_copy), Some(wrong_copy))
-                if wrong_copy.1.push_time_seconds > owner_copy.1.push_time_seconds =>
+                if wrong_copy.1.last_client_push > owner_copy.1.last_client_push =>
             {
                 (wrong_copy, false)
             }
@@ -191,7 +194,7 @@ pub fn plan(
             (None, None) => continue,
         };
         let is_current = |copy: &ListedGroup| {
-            copy.push_time_seconds >= source.1.push_time_seconds
+            copy.last_client_push >= source.1.last_client_push
                 || (copy.body.is_some() && copy.body == source.1.body)
         };
         let missing: Vec<String> = owners
@@ -255,6 +258,60 @@ pub fn plan(
     result
 }
 
+/// The `push_time_seconds` of each copy a pass is to delete, as the pass listed it. Before deleting, the executor
+/// lists those nodes again and deletes only copies still stamped as listed: a copy that changed was pushed since
+/// (through another gateway replica or straight to the node), and deleting it would lose an acknowledged push.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ListedPushTimes {
+    /// node -> ring key -> `push_time_seconds` when listed.
+    by_node: HashMap<String, HashMap<Vec<u8>, f64>>,
+}
+
+impl ListedPushTimes {
+    /// The push time of every copy in `listings`.
+    pub fn of_listings(listings: &[NodeListing]) -> ListedPushTimes {
+        let by_node = listings
+            .iter()
+            .map(|listing| {
+                let times = listing
+                    .groups
+                    .iter()
+                    .map(|group| (group.key.ring_key(), group.push_time_seconds))
+                    .collect();
+                (listing.node.clone(), times)
+            })
+            .collect();
+        ListedPushTimes { by_node }
+    }
+
+    /// Keeps only the copies `actions` delete.
+    pub fn retain_deletes(&mut self, actions: &[Action]) {
+        let mut wanted: HashMap<&str, HashSet<Vec<u8>>> = HashMap::new();
+        for action in actions {
+            for node in action.delete_from() {
+                wanted
+                    .entry(node.as_str())
+                    .or_default()
+                    .insert(action.key().ring_key());
+            }
+        }
+        self.by_node.retain(|node, times| {
+            let Some(keys) = wanted.get(node.as_str()) else {
+                return false;
+            };
+            times.retain(|ring_key, _| keys.contains(ring_key));
+            true
+        });
+    }
+
+    /// Whether the copy of `ring_key` on `node` may still be deleted: it is there and stamped with the push time
+    /// the pass listed (`relisted`: its push time now, `None` when the node no longer holds it).
+    pub fn unchanged(&self, node: &str, ring_key: &[u8], relisted: Option<f64>) -> bool {
+        let listed = self.by_node.get(node).and_then(|times| times.get(ring_key));
+        matches!((listed, relisted), (Some(listed), Some(now)) if listed.to_bits() == now.to_bits())
+    }
+}
+
 /// Groups a pass deletes because no client pushed them for longer than their limit.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Expiry {
@@ -283,7 +340,7 @@ pub fn expire(
         }
     }
     let mut expiry = Expiry::default();
-    let mut expired = std::collections::HashSet::new();
+    let mut expired = HashSet::new();
     for (ring_key, (key, last_push, holders)) in groups {
         let Some(limit) = limit(&key) else {
             continue;
@@ -585,6 +642,145 @@ mod tests {
         assert_eq!(delete_from, &nodes(&["c", "b"]));
     }
 
+    /// A copy the rebalancer made, stamped by its node at `moved_at`, carrying the client's push at `client_push`.
+    fn moved(key: &GroupingKey, moved_at: f64, client_push: f64, body: &str) -> ListedGroup {
+        ListedGroup {
+            last_client_push: client_push,
+            ..group(key, moved_at, body)
+        }
+    }
+
+    #[test]
+    fn a_later_direct_push_to_the_old_owner_beats_a_moved_copy_stamped_after_it() {
+        // The new owner "a" got v1 (pushed at 10) by a move at 50; meanwhile a replica with the old ring sent v2
+        // to "b" at 40. v2 is the client's last push: it goes to "a", and "b" loses its copy only then.
+        let ring = Ring::build(Algorithm::Rendezvous, &nodes(&["a", "b"]));
+        let k = key_owned_by(&ring, "a");
+        let listings = vec![
+            NodeListing {
+                node: "a".into(),
+                groups: vec![moved(&k, 50.0, 10.0, "x 1\n")],
+            },
+            NodeListing {
+                node: "b".into(),
+                groups: vec![group(&k, 40.0, "x 2\n")],
+            },
+        ];
+        let planned = plan(listings.clone(), &ring, 1, 100.0, None);
+        assert_eq!(
+            planned.actions,
+            vec![Action::Move {
+                key: k.clone(),
+                to: nodes(&["a"]),
+                source: "b".into(),
+                source_push_time: 40.0,
+                last_client_push: 40.0,
+                body: "x 2\n".into(),
+                delete_from: nodes(&["b"]),
+            }]
+        );
+        // The moved copy of the very push "b" holds (its delete failed last pass) is current: a tie keeps the owner's.
+        let same_push = vec![
+            NodeListing {
+                node: "a".into(),
+                groups: vec![moved(&k, 50.0, 40.0, "x 2\n")],
+            },
+            NodeListing {
+                node: "b".into(),
+                groups: vec![group(&k, 40.0, "x 2\n")],
+            },
+        ];
+        assert_eq!(
+            plan(same_push, &ring, 1, 100.0, None).actions,
+            vec![Action::DeleteStale {
+                key: k.clone(),
+                owners: nodes(&["a"]),
+                delete_from: nodes(&["b"]),
+            }]
+        );
+        // With max_age, the direct push's age counts, not the move's: v2 at 40 is 60 s old at 100.
+        let aged = plan(listings, &ring, 1, 100.0, Some(Duration::from_secs(30)));
+        assert!(
+            matches!(aged.actions.as_slice(), [Action::DropExpired { newest_push_time, .. }] if *newest_push_time == 40.0),
+            "{:?}",
+            aged.actions
+        );
+    }
+
+    #[test]
+    fn with_replication_an_owners_moved_copy_is_not_current_against_a_later_direct_push() {
+        let ring = Ring::build(Algorithm::Rendezvous, &nodes(&["a", "b", "c"]));
+        let k = key("j", "1");
+        let owners: Vec<String> = ring
+            .owner_set(&k.ring_key(), 2)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let outsider = ["a", "b", "c"]
+            .into_iter()
+            .find(|n| !owners.contains(&n.to_string()))
+            .unwrap();
+        // The first owner got v1 by a move at 50 (the client pushed it at 10); the second owner got v2 at 40
+        // straight from a client. v2 goes to the first owner; the outsider's v1 goes.
+        let listings = vec![
+            NodeListing {
+                node: owners[0].clone(),
+                groups: vec![moved(&k, 50.0, 10.0, "x 1\n")],
+            },
+            NodeListing {
+                node: owners[1].clone(),
+                groups: vec![group(&k, 40.0, "x 2\n")],
+            },
+            NodeListing {
+                node: outsider.into(),
+                groups: vec![group(&k, 10.0, "x 1\n")],
+            },
+        ];
+        let planned = plan(listings, &ring, 2, 100.0, None);
+        assert_eq!(
+            planned.actions,
+            vec![Action::Move {
+                key: k.clone(),
+                to: vec![owners[0].clone()],
+                source: owners[1].clone(),
+                source_push_time: 40.0,
+                last_client_push: 40.0,
+                body: "x 2\n".into(),
+                delete_from: vec![outsider.to_string()],
+            }]
+        );
+        assert_eq!(planned.under_replicated, 1);
+    }
+
+    #[test]
+    fn a_copy_may_be_deleted_only_while_its_push_time_is_the_one_listed() {
+        let ring = Ring::build(Algorithm::Rendezvous, &nodes(&["a", "b"]));
+        let k = key_owned_by(&ring, "a");
+        let kept = key_owned_by(&ring, "b");
+        let listings = vec![
+            NodeListing {
+                node: "a".into(),
+                groups: vec![group(&kept, 5.0, "y 1\n")],
+            },
+            NodeListing {
+                node: "b".into(),
+                groups: vec![group(&k, 10.0, "x 1\n"), group(&kept, 7.0, "y 1\n")],
+            },
+        ];
+        let mut times = ListedPushTimes::of_listings(&listings);
+        let planned = plan(listings, &ring, 1, 100.0, None);
+        times.retain_deletes(&planned.actions);
+        // "b" loses `k` (moved), "a" loses `kept` (stale): deletable while stamped as listed.
+        assert!(times.unchanged("b", &k.ring_key(), Some(10.0)));
+        assert!(times.unchanged("a", &kept.ring_key(), Some(5.0)));
+        // Pushed since the listing, or gone: not deleted.
+        assert!(!times.unchanged("b", &k.ring_key(), Some(10.5)));
+        assert!(!times.unchanged("b", &k.ring_key(), None));
+        // A copy the plan does not delete is never deletable.
+        assert!(!times.unchanged("b", &kept.ring_key(), Some(7.0)));
+        assert!(!times.unchanged("c", &k.ring_key(), Some(10.0)));
+    }
+
     #[test]
     fn a_draining_node_not_on_the_ring_has_all_its_groups_moved() {
         let ring = Ring::build(Algorithm::Rendezvous, &nodes(&["a", "b"]));
@@ -669,19 +865,78 @@ mod tests {
         plan(listings, ring, 1, 0.0, None).actions.len()
     }
 
-    /// A node's holdings in the simulation: ring key -> (push time, body).
-    type World = BTreeMap<String, BTreeMap<String, (f64, String)>>;
+    /// One copy in the simulation: the node's own stamp, the client's last push it carries, and its metrics.
+    #[derive(Clone, Debug, PartialEq)]
+    struct Held {
+        push_time: f64,
+        client_push: f64,
+        body: String,
+    }
 
-    /// Applies a plan the way the executor does: every copy first (the target stamps `now` as the push time),
-    /// then every delete.
+    impl Held {
+        /// A copy as the client's push at `client_push` left it; `moved_after` seconds later when the rebalancer
+        /// copied it here (the node then stamped the copy with the time of the copy).
+        fn pushed(client_push: u32, moved_after: Option<u32>, body: String) -> Held {
+            Held {
+                push_time: f64::from(client_push + moved_after.unwrap_or(0)),
+                client_push: f64::from(client_push),
+                body,
+            }
+        }
+    }
+
+    /// A node's holdings in the simulation: ring key -> copy.
+    type World = BTreeMap<String, BTreeMap<String, Held>>;
+
+    /// The copy a `Move`'s `PUT` leaves on an owner at `now`: the node stamps `now`, the marker keeps the client's
+    /// push.
+    fn copy_made_by(action: &Action, now: f64) -> Option<Held> {
+        match action {
+            Action::Move {
+                body,
+                last_client_push,
+                ..
+            } => Some(Held {
+                push_time: now,
+                client_push: *last_client_push,
+                body: body.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The copy the planner must keep: the newest client push (ties: the first owner holding it, then the first
+    /// node by name).
+    fn newest_by_client_push<'a>(
+        holders: impl Iterator<Item = (&'a String, &'a Held)>,
+        owners: &[&str],
+    ) -> Option<&'a Held> {
+        holders
+            .max_by(|(node_a, a), (node_b, b)| {
+                let rank = |node: &String| {
+                    owners
+                        .iter()
+                        .position(|owner| owner == node)
+                        .map_or(0, |p| usize::MAX - p)
+                };
+                a.client_push
+                    .total_cmp(&b.client_push)
+                    .then_with(|| rank(node_a).cmp(&rank(node_b)))
+                    .then_with(|| node_b.cmp(node_a))
+            })
+            .map(|(_, held)| held)
+    }
+
+    /// Applies a plan the way the executor does: every copy first, then every delete.
     fn apply(world: &mut World, plan: &Plan, now: f64) {
         for action in &plan.actions {
-            if let Action::Move { key, to, body, .. } = action {
+            if let (Action::Move { key, to, .. }, Some(copy)) = (action, copy_made_by(action, now))
+            {
                 for owner in to {
                     world
                         .entry(owner.clone())
                         .or_default()
-                        .insert(key.to_string(), (now, body.clone()));
+                        .insert(key.to_string(), copy.clone());
                 }
             }
         }
@@ -701,7 +956,12 @@ mod tests {
                 node: node.clone(),
                 groups: groups
                     .iter()
-                    .map(|(name, (time, body))| group(&keys[name], *time, body))
+                    .map(|(name, held)| ListedGroup {
+                        key: keys[name].clone(),
+                        push_time_seconds: held.push_time,
+                        last_client_push: held.client_push,
+                        body: Some(held.body.clone()),
+                    })
                     .collect(),
             })
             .collect()
@@ -710,14 +970,16 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
-        /// Whatever the holdings, after one pass every group is on exactly its owner with the newest value among
-        /// its copies (the owner's on a tie), except groups dropped because they were older than `max_age`; a
-        /// second pass has nothing to do.
+        /// Whatever the holdings (copies pushed by clients, and copies the rebalancer made, which the node stamped
+        /// later than the client's push they carry), after one pass every group is on exactly its owner with the
+        /// value of its newest *client* push among its copies (the owner's on a tie), except groups dropped because
+        /// that push is older than `max_age`; a second pass has nothing to do.
         #[test]
         fn one_pass_leaves_every_group_once_on_its_owner_with_its_newest_value(
             ring_size in 1usize..5,
             draining in 0usize..3,
-            copies in proptest::collection::vec((0usize..12, 0usize..7, 0u32..6), 0..60),
+            copies in proptest::collection::vec(
+                (0usize..12, 0usize..7, 0u32..6, proptest::option::of(1u32..6)), 0..60),
             max_age in proptest::option::of(1u32..6),
         ) {
             let ring_nodes: Vec<String> = (0..ring_size).map(|n| format!("n{n}")).collect();
@@ -725,34 +987,29 @@ mod tests {
             let all_nodes: Vec<String> = (0..ring_size + draining).map(|n| format!("n{n}")).collect();
             let mut keys = BTreeMap::new();
             let mut world: World = all_nodes.iter().map(|n| (n.clone(), BTreeMap::new())).collect();
-            for (group_index, node_index, time) in copies {
+            for (group_index, node_index, time, moved_after) in copies {
                 let k = key("j", &format!("g{group_index}"));
                 let node = &all_nodes[node_index % all_nodes.len()];
                 let name = k.to_string();
                 keys.insert(name.clone(), k);
-                world.get_mut(node).unwrap().insert(name, (f64::from(time), format!("{node}@{time}")));
+                let held = Held::pushed(time, moved_after, format!("{node}@{time}"));
+                world.get_mut(node).unwrap().insert(name, held);
             }
             let now = 10.0;
             let max_age = max_age.map(|s| Duration::from_secs(u64::from(s)));
-            // Expected: for each group, the owner's value if it is the newest (ties to the owner), else the
-            // newest wrong copy, or nothing if that copy is expired.
+            // Expected: the newest client push's value; if it is on a wrong node and expired, it is dropped and
+            // the owner keeps whatever (older) copy it has.
             let mut expected: BTreeMap<String, Option<String>> = BTreeMap::new();
             for (name, k) in &keys {
                 let owner = ring.owner(&k.ring_key()).unwrap().to_string();
-                let holders: Vec<(&String, &(f64, String))> = world.iter()
-                    .filter_map(|(node, groups)| groups.get(name).map(|v| (node, v))).collect();
-                let owner_copy = holders.iter().find(|(n, _)| **n == owner).map(|(_, v)| (*v).clone());
-                // Among equally new wrong copies the planner takes the first node by name.
-                let newest_wrong = holders.iter().filter(|(n, _)| **n != owner)
-                    .max_by(|(node_a, a), (node_b, b)| a.0.total_cmp(&b.0).then_with(|| node_b.cmp(node_a)))
-                    .map(|(_, v)| (*v).clone());
-                let value = match (owner_copy, newest_wrong) {
-                    (Some(o), None) => Some(o.1),
-                    (Some(o), Some(w)) if o.0 >= w.0 => Some(o.1),
-                    // An expired wrong copy is dropped; an (even older) owner copy is not the rebalancer's to delete.
-                    (o, Some(w)) if is_expired(w.0, now, max_age) => o.map(|o| o.1),
-                    (_, Some(w)) => Some(w.1),
-                    (None, None) => unreachable!(),
+                let holders = world.iter().filter_map(|(node, groups)| groups.get(name).map(|v| (node, v)));
+                let newest = newest_by_client_push(holders, &[owner.as_str()]).unwrap().clone();
+                let owner_copy = world[&owner].get(name);
+                let newest_is_owners = owner_copy == Some(&newest);
+                let value = if !newest_is_owners && is_expired(newest.client_push, now, max_age) {
+                    owner_copy.map(|o| o.body.clone())
+                } else {
+                    Some(newest.body)
                 };
                 expected.insert(name.clone(), value);
             }
@@ -765,7 +1022,7 @@ mod tests {
                 match &expected[name] {
                     Some(value) => {
                         prop_assert_eq!(holders.iter().map(|s| s.as_str()).collect::<Vec<_>>(), vec![owner]);
-                        prop_assert_eq!(&world[owner][name].1, value);
+                        prop_assert_eq!(&world[owner][name].body, value);
                     }
                     None => prop_assert!(holders.is_empty(), "{} expired but still on {:?}", name, holders),
                 }
@@ -782,7 +1039,8 @@ mod tests {
         let mut deletable = Vec::new();
         for action in &plan.actions {
             let mut copied_everywhere = true;
-            if let Action::Move { key, to, body, .. } = action {
+            if let (Action::Move { key, to, .. }, Some(copy)) = (action, copy_made_by(action, now))
+            {
                 for owner in to {
                     if fail.next().unwrap_or(false) {
                         copied_everywhere = false;
@@ -790,7 +1048,7 @@ mod tests {
                         world
                             .entry(owner.clone())
                             .or_default()
-                            .insert(key.to_string(), (now, body.clone()));
+                            .insert(key.to_string(), copy.clone());
                     }
                 }
             }
@@ -819,29 +1077,29 @@ mod tests {
             .collect()
     }
 
-    /// A replicated world: `copies` of groups on nodes; copies of one push (same time) have the same body.
+    /// A replicated world: `copies` of groups on nodes, some made by the rebalancer (`moved_after`); copies of one
+    /// client push have the same body.
     fn replicated_world(
         all_nodes: &[String],
-        copies: Vec<(usize, usize, u32)>,
+        copies: Vec<(usize, usize, u32, Option<u32>)>,
     ) -> (World, BTreeMap<String, GroupingKey>) {
         let mut keys = BTreeMap::new();
         let mut world: World = all_nodes
             .iter()
             .map(|n| (n.clone(), BTreeMap::new()))
             .collect();
-        for (group_index, node_index, time) in copies {
+        for (group_index, node_index, time, moved_after) in copies {
             let k = key("j", &format!("g{group_index}"));
             let node = &all_nodes[node_index % all_nodes.len()];
             let name = k.to_string();
             keys.insert(name.clone(), k);
-            world
-                .get_mut(node)
-                .unwrap()
-                .insert(name.clone(), (f64::from(time), format!("{name}@{time}")));
+            world.get_mut(node).unwrap().insert(
+                name.clone(),
+                Held::pushed(time, moved_after, format!("{name}@{time}")),
+            );
         }
         (world, keys)
     }
-
     #[test]
     fn a_group_is_copied_to_every_owner_without_a_current_copy_and_counted_under_replicated() {
         let ring = Ring::build(Algorithm::Rendezvous, &nodes(&["a", "b", "c", "d"]));
@@ -911,21 +1169,24 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
         /// With every request succeeding, one pass leaves every group on exactly its owner set (min(R, ring
-        /// nodes) nodes), each owner with the newest value among the group's copies; a second pass does nothing.
+        /// nodes) nodes), each owner with the value of the newest client push among the group's copies (a copy
+        /// the rebalancer made is as new as the push it carries, not as its own stamp); a second pass does
+        /// nothing.
         #[test]
         fn one_pass_leaves_every_group_on_exactly_its_owner_set_with_its_newest_value(
             ring_size in 1usize..6,
             draining in 0usize..3,
             factor in 1usize..4,
-            copies in proptest::collection::vec((0usize..10, 0usize..8, 0u32..6), 0..60),
+            copies in proptest::collection::vec(
+                (0usize..10, 0usize..8, 0u32..6, proptest::option::of(1u32..6)), 0..60),
         ) {
             let ring_nodes: Vec<String> = (0..ring_size).map(|n| format!("n{n}")).collect();
             let ring = Ring::build(Algorithm::Rendezvous, &ring_nodes);
             let all_nodes: Vec<String> = (0..ring_size + draining).map(|n| format!("n{n}")).collect();
             let (mut world, keys) = replicated_world(&all_nodes, copies);
-            let newest: BTreeMap<String, f64> = keys.keys().map(|name| {
-                let time = world.values().filter_map(|g| g.get(name)).map(|c| c.0).fold(f64::MIN, f64::max);
-                (name.clone(), time)
+            let newest: BTreeMap<String, String> = keys.keys().map(|name| {
+                let holders = world.iter().filter_map(|(node, groups)| groups.get(name).map(|v| (node, v)));
+                (name.clone(), newest_by_client_push(holders, &[]).unwrap().body.clone())
             }).collect();
             let now = 10.0;
             let first = plan(listings_of(&world, &keys), &ring, factor, now, None);
@@ -935,9 +1196,8 @@ mod tests {
                     ring.owner_set(&k.ring_key(), factor).iter().map(|n| n.to_string()).collect();
                 prop_assert_eq!(owners.len(), factor.min(ring_size));
                 prop_assert_eq!(&holders_of(&world, name), &owners);
-                let expected_body = format!("{name}@{}", newest[name]);
                 for owner in &owners {
-                    prop_assert_eq!(&world[owner][name].1, &expected_body);
+                    prop_assert_eq!(&world[owner][name].body, &newest[name]);
                 }
             }
             let second = plan(listings_of(&world, &keys), &ring, factor, now, None);
@@ -945,14 +1205,15 @@ mod tests {
             prop_assert_eq!(second.under_replicated, 0);
         }
 
-        /// Whatever fails (any copy, any delete), no group is ever left on zero nodes, and the newest value is
-        /// never lost: some node still holds it (or a copy made from it).
+        /// Whatever fails (any copy, any delete), no group is ever left on zero nodes, and the value of its newest
+        /// client push is never lost: some node still holds it (or a copy made from it).
         #[test]
         fn a_failure_never_leaves_a_group_on_zero_nodes(
             ring_size in 1usize..6,
             draining in 0usize..3,
             factor in 1usize..4,
-            copies in proptest::collection::vec((0usize..10, 0usize..8, 0u32..6), 0..60),
+            copies in proptest::collection::vec(
+                (0usize..10, 0usize..8, 0u32..6, proptest::option::of(1u32..6)), 0..60),
             fails in proptest::collection::vec(any::<bool>(), 1..16),
         ) {
             let ring_nodes: Vec<String> = (0..ring_size).map(|n| format!("n{n}")).collect();
@@ -965,11 +1226,10 @@ mod tests {
                 let planned = plan(listings_of(&world, &keys), &ring, factor, now + f64::from(pass), None);
                 apply_with_failures(&mut world, &planned, now + f64::from(pass), &fails);
                 for name in keys.keys() {
-                    let newest_body = before.values().filter_map(|g| g.get(name))
-                        .max_by(|a, b| a.0.total_cmp(&b.0)).map(|c| c.1.clone());
-                    let Some(newest_body) = newest_body else { continue };
-                    let still_held = world.values().filter_map(|g| g.get(name)).any(|c| c.1 == newest_body);
-                    prop_assert!(still_held, "{} lost its newest value {} in pass {}", name, newest_body, pass);
+                    let holders = before.iter().filter_map(|(node, groups)| groups.get(name).map(|v| (node, v)));
+                    let Some(newest) = newest_by_client_push(holders, &[]) else { continue };
+                    let still_held = world.values().filter_map(|g| g.get(name)).any(|c| c.body == newest.body);
+                    prop_assert!(still_held, "{} lost its newest value {} in pass {}", name, newest.body, pass);
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! A fault-injecting TCP relay in front of one real Pushgateway, for failures a healthy process cannot be made to
 //! show on demand: pushes that hang while `/-/healthy` answers (a gray failure), pushes that are applied late
-//! (a node slower than `proxy.upstream_timeout`), and connections reset after the request was written.
+//! (a node slower than `proxy.upstream_timeout`), pushes held until the test lets them through (to order a
+//! request after others deterministically), and connections reset after the request was written.
 //!
 //! Each request is read whole (head and `Content-Length` body), then relayed to the Pushgateway on a connection
 //! of its own with `Connection: close`, and the answer relayed back; the client connection closes after it.
@@ -24,6 +25,9 @@ pub enum Fault {
     HoldPushes,
     /// Relayed after this delay (the answer follows as usual).
     DelayPushes(Duration),
+    /// Held until the fault is changed (`set`) to anything else, then relayed and answered as usual; pushes
+    /// accepted after the change are not held.
+    HoldPushesUntilReleased,
     /// Relayed and applied, then the client's connection is reset instead of answered.
     ResetAfterPush,
 }
@@ -53,7 +57,13 @@ impl FaultProxy {
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let fault = *shared.lock().unwrap_or_else(|p| p.into_inner());
-                tokio::spawn(relay(client, upstream.clone(), fault, recorded.clone()));
+                tokio::spawn(relay(
+                    client,
+                    upstream.clone(),
+                    fault,
+                    shared.clone(),
+                    recorded.clone(),
+                ));
             }
         });
         FaultProxy {
@@ -147,6 +157,7 @@ async fn relay(
     mut client: TcpStream,
     upstream: String,
     fault: Fault,
+    current_fault: Arc<Mutex<Fault>>,
     heads: Arc<Mutex<Vec<String>>>,
 ) {
     let Some((head, body)) = read_request(&mut client).await else {
@@ -166,6 +177,13 @@ async fn relay(
             return;
         }
         (true, Fault::DelayPushes(delay)) => tokio::time::sleep(delay).await,
+        (true, Fault::HoldPushesUntilReleased) => {
+            while *current_fault.lock().unwrap_or_else(|p| p.into_inner())
+                == Fault::HoldPushesUntilReleased
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         _ => {}
     }
     let Some(answer) = exchange(&upstream, &head, &body).await else {
