@@ -5,14 +5,19 @@ four real Pushgateways (1.5.1), on one machine.
    ROUNDS rounds alternating the factors so that drift of the machine spreads over all of them. Reported: pushes
    per second (median over rounds), gateway CPU per push (utime+stime from /proc over the run), the four
    Pushgateways' RSS after the rounds.
-2. The de-duplicated view at 10,000 groups: the nodes are wiped, 10,000 groups pushed through each gateway once,
-   then the gateway's /metrics (what Prometheus scrapes through /-/sd with R >= 2) is read SCRAPES times: bytes,
-   gateway CPU and wall time per scrape, and the Pushgateways' RSS with 10,000 groups on them. At R=1 the bytes a
-   Prometheus reading the nodes directly (/-/sd at factor 1) gets are reported too.
+2. The de-duplicated view at 10,000 groups, for every factor: the nodes are wiped, then `ds-loadgen --fill-groups`
+   pushes each of the 10,000 groups exactly once through the gateway (a shared next-group counter over the
+   connections; the run reports how many the gateway acknowledged), bounded by FILL_BOUND seconds. Then the
+   gateway's /metrics (what Prometheus scrapes through /-/sd with R >= 2) is read SCRAPES times: bytes, groups
+   and series in it, gateway CPU and wall time per scrape, and the Pushgateways' RSS with the groups on them.
+   The bytes a Prometheus reading the nodes directly gets (what /-/sd lists at factor 1) are reported too.
 
-Usage: python3 -W ignore bench/replication_cost.py > bench/REPLICATION.md
+Every process is on 127.0.0.1; the run stops by itself: the write rounds are timed, each fill ends at FILL_BOUND
+at the latest, each scrape at 60 s.
+
+Usage: python3 -W ignore bench/replication_cost.py > bench/REPLICATION.md  (or `SCENARIOS=replication bench/run.sh`)
 Environment: DS_BIN, DS_LOADGEN (release binaries), ROUNDS [3], DURATION [6], CONCURRENCY [16], GROUPS [100],
-VIEW_GROUPS [10000], VIEW_SAMPLES [4], SCRAPES [5]."""
+VIEW_GROUPS [10000], VIEW_SAMPLES [4], VIEW_FACTORS ["1 2 3"], FILL_BOUND [2400], SCRAPES [5]."""
 import http.client, json, os, shutil, signal, socket, statistics, subprocess, tempfile, time
 
 BIN = os.path.abspath(os.environ.get("DS_BIN", "target/release/dynamic-sharding"))
@@ -27,8 +32,11 @@ SCRAPES = int(os.environ.get("SCRAPES", "5"))
 # groups are small (VIEW_SAMPLES gauges and counters, no histogram) to keep the run within minutes.
 VIEW_SAMPLES = int(os.environ.get("VIEW_SAMPLES", "4"))
 FACTORS = [1, 2, 3]
-# The view at VIEW_GROUPS groups is measured for these factors (filling the nodes is what takes the time).
-VIEW_FACTORS = [int(f) for f in os.environ.get("VIEW_FACTORS", "1 2").split()]
+# The view at VIEW_GROUPS groups is measured for these factors (filling the nodes is what takes the time: about
+# R^2 times the R=1 fill, as every node holds R/4 of the copies and checks all it holds on every push).
+VIEW_FACTORS = [int(f) for f in os.environ.get("VIEW_FACTORS", "1 2 3").split()]
+# Seconds one fill may take (ds-loadgen --duration); groups not pushed by then are reported, not waited for.
+FILL_BOUND = int(os.environ.get("FILL_BOUND", "2400"))
 work = tempfile.mkdtemp(prefix="ds-replication-bench-")
 processes = []
 
@@ -79,12 +87,17 @@ def start(args, name):
     return p
 
 
+def load_average():
+    return open("/proc/loadavg").read().split()[0]
+
+
 def print_header():
     print("# Replication: what R copies cost\n")
     print(f"`python3 -W ignore bench/replication_cost.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}): "
           f"three release gateways (`--runtime.worker-threads=1`), replication.factor 1, 2, 3, each in front of its "
           f"own four Pushgateways 1.5.1, on one 2-core machine shared with other builds, so absolute numbers are "
-          f"noisy; compare the rows of one run.\n", flush=True)
+          f"noisy; compare the rows of one run. Load average (1 min, 2 CPUs): {writes_load[0]} before the write rounds, "
+          f"{writes_load[1]} after them; per view row below.\n", flush=True)
 
 
 def print_writes():
@@ -98,18 +111,21 @@ def print_writes():
         failed = sum(r["requests"] - r["ok"] for r in runs)
         print(f"| {factor} | {statistics.median(r['ok_per_s'] for r in runs):,.0f} | "
               f"{statistics.median(r['cpu_us'] for r in runs):.0f} | {failed} | {s['rss_after_writes'] / 1024:.0f} |")
-    print(f"\n## The de-duplicated view at {VIEW_GROUPS:,} groups (each pushed once: {VIEW_SAMPLES} gauge/counter "
-          f"samples, no histogram)\n")
-    print("| factor | gateway `/metrics`: bytes | groups | series | gateway CPU per scrape (ms) | wall per scrape (ms) | "
-          "nodes' own `/metrics` summed (bytes) | Pushgateways' RSS (4 nodes, MiB) | gateway peak RSS (MiB) | time to push the groups (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    print(f"\n## The de-duplicated view at {VIEW_GROUPS:,} groups (`ds-loadgen --fill-groups {VIEW_GROUPS}`: each "
+          f"pushed exactly once, {CONCURRENCY} connections; {VIEW_SAMPLES} gauge/counter samples, no histogram)\n")
+    print("| factor | groups acknowledged by the fill | gateway `/metrics`: bytes | groups in it | series | "
+          "gateway CPU per scrape (ms) | wall per scrape (ms) | nodes' own `/metrics` summed (bytes) | "
+          "Pushgateways' RSS (4 nodes, MiB) | gateway peak RSS (MiB) | time to push the groups (s) | "
+          "load average (1 min) before the fill, at the scrapes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
 
 
 def print_view(factor):
     s = setups[factor]
-    print(f"| {factor} | {s['view_bytes']:,.0f} | {s['view_groups']:,} | {s['view_series']:,} | {s['view_cpu_ms']:.0f} | "
-          f"{s['view_wall_ms']:.0f} | {s['direct_bytes']:,} | {s['rss_view'] / 1024:.0f} | "
-          f"{s['gateway_rss_peak'] / 1024:.0f} | {s['fill_s']:.0f} |", flush=True)
+    print(f"| {factor} | {s['fill_acknowledged']} | {s['view_bytes']:,.0f} | {s['view_groups']:,} | "
+          f"{s['view_series']:,} | {s['view_cpu_ms']:.0f} | {s['view_wall_ms']:.0f} | {s['direct_bytes']:,} | "
+          f"{s['rss_view'] / 1024:.0f} | {s['gateway_rss_peak'] / 1024:.0f} | {s['fill_s']:.0f} | "
+          f"{s['fill_load']}, {s['scrape_load']} |", flush=True)
 
 
 def stop_on_term(*_):
@@ -142,6 +158,7 @@ try:
     time.sleep(2)
 
     # ---- 1. writes
+    writes_load = [load_average()]
     for round_index in range(ROUNDS + 1):
         for factor in FACTORS:
             setup = setups[factor]
@@ -157,6 +174,7 @@ try:
             result = json.load(open(out))
             setup["runs"].append({"ok_per_s": result["ok_per_s"], "ok": result["ok"],
                                   "requests": result["requests"], "cpu_us": used * 1e6 / max(result["ok"], 1)})
+    writes_load.append(load_average())
     for factor in FACTORS:
         setup = setups[factor]
         setup["rss_after_writes"] = sum(rss_kb(p.pid) for _, p in setup["nodes"])
@@ -170,12 +188,19 @@ try:
         for port, _ in setup["nodes"]:
             request(port, "PUT", "/api/v1/admin/wipe")
         out = os.path.join(work, f"view-r{factor}.json")
+        setup["fill_load"] = load_average()
         fill_started = time.time()
+        # Exits non-zero when a group was not acknowledged; the table says how many were, so no check here.
         subprocess.run([LOADGEN, "--target", f"http://127.0.0.1:{setup['port']}", "-c", str(CONCURRENCY),
-                        "-n", str(VIEW_GROUPS), "-k", str(VIEW_GROUPS), "--samples", str(VIEW_SAMPLES),
+                        "--fill-groups", str(VIEW_GROUPS), "-d", str(FILL_BOUND), "--samples", str(VIEW_SAMPLES),
                         "--no-histogram", "--timeout-ms", "10000", "--json", out],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=FILL_BOUND + 60)
         setup["fill_s"] = time.time() - fill_started
+        fill = json.load(open(out))["fill"]
+        setup["fill_acknowledged"] = f"{fill['acknowledged']:,} of {fill['groups']:,}" + (
+            f" ({fill['failed']} failed, {fill['not_pushed']} not pushed)" if fill["acknowledged"] < fill["groups"]
+            else "")
+        setup["scrape_load"] = load_average()
         request(setup["port"], "GET", "/metrics")  # warm-up
         sizes, walls = [], []
         before = cpu(setup["gateway"].pid)

@@ -6,7 +6,12 @@
 # drift of the machine spreads over all cases instead of favouring one.
 #
 # Environment (defaults in brackets):
-#   SCENARIOS       which to run, any of: overhead latency redirect pushgateway churn tls instructions  [all]
+#   SCENARIOS       which to run, any of: overhead latency redirect pushgateway churn tls instructions replication
+#                   [all but replication]
+#                   (replication: bench/replication_cost.py, replication.factor 1, 2, 3 side by side, each gateway in
+#                   front of its own four Pushgateways: writes, and the de-duplicated view at exactly 10,000 groups;
+#                   it writes REPLICATION_RESULTS, not RESULTS, and takes about 40 minutes, most of it filling the
+#                   Pushgateways; REPLICATION_ENV passes its knobs, e.g. REPLICATION_ENV='VIEW_GROUPS=2000')
 #                   (tls: the gateway and nginx terminating TLS with one throwaway certificate, with and without
 #                   basic auth, over the overhead scenario's four upstreams)
 #                   (instructions: user-space instructions per request of each proxy under callgrind, which
@@ -35,12 +40,17 @@
 #   GATEWAY         gateway binary                          [$CARGO_TARGET_DIR/release/dynamic-sharding]
 #   KEEP_WORKDIR=1  keep the temporary directory (configs, logs, per-run JSON) for inspection
 #   RESULTS         output file                                                       [bench/RESULTS.md]
+#   REPLICATION_RESULTS  the replication scenario's output file                       [bench/REPLICATION.md]
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND_LINE="$0${*:+ $*}"
 ALL_SCENARIOS="overhead latency redirect pushgateway churn tls instructions"
+# Accepted but not run by default: it takes longer than all the others together.
+OPTIONAL_SCENARIOS="replication"
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
+REPLICATION_RESULTS=${REPLICATION_RESULTS:-$REPO/bench/REPLICATION.md}
+REPLICATION_ENV=${REPLICATION_ENV:-}
 TLS_BCRYPT_COST=${TLS_BCRYPT_COST:-10}
 INSTRUCTION_REQUESTS=${INSTRUCTION_REQUESTS:-5000}
 DURATION=${DURATION:-10}
@@ -73,8 +83,8 @@ die() { log "error: $*"; exit 1; }
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 for scenario in $SCENARIOS; do
-  case $scenario in overhead | latency | redirect | pushgateway | churn | tls | instructions) ;;
-    *) die "unknown scenario '$scenario' in SCENARIOS; use: $ALL_SCENARIOS" ;;
+  case $scenario in overhead | latency | redirect | pushgateway | churn | tls | instructions | replication) ;;
+    *) die "unknown scenario '$scenario' in SCENARIOS; use: $ALL_SCENARIOS $OPTIONAL_SCENARIOS" ;;
   esac
 done
 for fault in $CHURN_FAULTS; do
@@ -793,8 +803,35 @@ run_instructions() {
   jq -s . "$WORK"/callgrind/*.json >"$WORK/instructions.json"
 }
 
+# ---------------------------------------------------------------- replication (bench/replication_cost.py)
+# The script starts and stops its own gateways and Pushgateways on free loopback ports and prints REPLICATION.md.
+# Its pid is kept like the others', so that cleanup() stops it (SIGTERM: it then stops its children) on exit.
+run_replication() {
+  log "replication: bench/replication_cost.py${REPLICATION_ENV:+ with $REPLICATION_ENV} (about 40 minutes at 10,000 groups)"
+  local pid status=0
+  # shellcheck disable=SC2086
+  env DS_BIN="$GATEWAY" DS_LOADGEN="$LOADGEN" $REPLICATION_ENV python3 -W ignore "$REPO/bench/replication_cost.py" \
+    >"$WORK/replication.md" 2>"$WORK/logs/replication.log" &
+  pid=$!
+  echo "$pid $(proc_field "$pid" 22 || echo 0)" >"$WORK/pids/replication.pid"
+  wait "$pid" || status=$?
+  rm -f "$WORK/pids/replication.pid"
+  if ((status != 0)); then
+    log "replication: the script failed (exit $status): $(tail -n 3 "$WORK/logs/replication.log")"
+    return 0
+  fi
+  cp "$WORK/replication.md" "$REPLICATION_RESULTS"
+  log "wrote $REPLICATION_RESULTS"
+}
+
 # ---------------------------------------------------------------- main
 log "work directory $WORK; scenarios: $SCENARIOS"
+if [[ " $SCENARIOS " == *" replication "* && ! -x $GATEWAY ]]; then die "the replication scenario needs $GATEWAY"; fi
+if [[ $SCENARIOS == replication ]]; then
+  # Nothing else to run: RESULTS stays as it is.
+  run_replication
+  exit 0
+fi
 if [[ $CRITERION == 1 ]]; then run_criterion; fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 if wants overhead || wants latency || wants redirect || wants instructions || wants tls; then
@@ -861,11 +898,13 @@ jq -n \
   --arg tls_bcrypt_cost "$TLS_BCRYPT_COST" \
   --arg instructions "$([[ -s $WORK/instructions.json ]] && echo "$WORK/instructions.json")" \
   --arg instruction_requests "$INSTRUCTION_REQUESTS" \
-  --arg scenarios "$SCENARIOS" \
+  --arg scenarios "$(echo ${SCENARIOS//replication/})" \
   --arg criterion "$([[ -s $WORK/criterion.json ]] && echo "$WORK/criterion.json")" \
   --arg criterion_command "cargo bench --bench ring --bench grouping -- $CRITERION_ARGS" \
   --argjson body_bytes "$(cat "$WORK"/results/*.json /dev/null 2>/dev/null | jq -s '.[0].body_bytes // 0')" \
   '$ARGS.named' >"$WORK/meta.json"
+# Last and alone: it loads the machine for long, and its processes are its own.
+if wants replication; then run_replication; fi
 rm -f "$WORK/results/warmup.json"
 shopt -s nullglob
 python3 "$REPO/bench/report.py" "$WORK/meta.json" "$WORK"/results/*.json >"$RESULTS"

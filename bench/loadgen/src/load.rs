@@ -1,4 +1,5 @@
-//! The load loop: C workers, each with its own keep-alive connection, pushing until the budget runs out.
+//! The load loop: C workers, each with its own keep-alive connection, pushing until the budget runs out, or
+//! until every group has been pushed once ([`Walk::EachGroupOnce`]).
 //!
 //! A worker owns one HTTP/1.1 connection to the target (plus one per redirect target it has been sent to) and
 //! issues one request at a time on it, so C workers means C concurrent connections. Requests share one body
@@ -7,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,19 @@ pub struct Limit {
     pub requests: Option<u64>,
 }
 
+/// Which group each request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// Worker `w` cycles through its own share of the groups (`w`, `w + C`, `w + 2C`, ...) until the [`Limit`]:
+    /// a steady load over a fixed set of groups. Groups are pushed unevenly when the limit is a request count (a
+    /// fast worker comes round to its own groups again while a slow one has not reached all of its own).
+    RoundRobin,
+    /// Every group exactly once, across all workers: each takes the next group from one shared counter, and the
+    /// run ends when the counter passes the last group (or at the limit's deadline, leaving the rest unpushed).
+    /// The limit's request count is not used. For filling a target with exactly the given groups.
+    EachGroupOnce,
+}
+
 /// Everything a run needs, shared read-only by the workers.
 #[derive(Debug)]
 pub struct LoadPlan {
@@ -41,6 +55,7 @@ pub struct LoadPlan {
     pub content_type: HeaderValue,
     pub concurrency: usize,
     pub limit: Limit,
+    pub walk: Walk,
     pub follow_redirects: bool,
     pub max_redirects: u32,
     /// Bounds one push, redirects included.
@@ -103,16 +118,62 @@ impl Budget {
     }
 }
 
+/// Hands each worker its next group, following the plan's [`Walk`].
+enum GroupCursor<'a> {
+    /// The worker's next group of its own share.
+    Own { next: usize, stride: usize },
+    /// The next group no worker has taken yet.
+    Shared(&'a AtomicUsize),
+}
+
+impl GroupCursor<'_> {
+    /// The next group's index, or `None` when the run is over for this worker.
+    fn next(&mut self, budget: &Budget, group_count: usize) -> Option<usize> {
+        if group_count == 0 || !budget.take() {
+            return None;
+        }
+        match self {
+            GroupCursor::Own { next, stride } => {
+                let group = *next;
+                *next = (*next + *stride) % group_count;
+                Some(group)
+            }
+            GroupCursor::Shared(next_untaken) => {
+                let group = next_untaken.fetch_add(1, Ordering::Relaxed);
+                (group < group_count).then_some(group)
+            }
+        }
+    }
+}
+
 /// Runs the plan to completion and returns the merged statistics and the wall time from the first request
 /// to the last response.
 pub async fn run(plan: Arc<LoadPlan>) -> (WorkerStats, Duration) {
     let start = Instant::now();
-    let budget = Arc::new(Budget::new(plan.limit, start));
+    let limit = match plan.walk {
+        Walk::RoundRobin => plan.limit,
+        Walk::EachGroupOnce => Limit {
+            requests: None,
+            ..plan.limit
+        },
+    };
+    let budget = Arc::new(Budget::new(limit, start));
+    let next_untaken = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..plan.concurrency)
         .map(|worker_index| {
             let plan = Arc::clone(&plan);
             let budget = Arc::clone(&budget);
-            tokio::spawn(async move { worker(&plan, &budget, worker_index).await })
+            let next_untaken = Arc::clone(&next_untaken);
+            tokio::spawn(async move {
+                let cursor = match plan.walk {
+                    Walk::RoundRobin => GroupCursor::Own {
+                        next: worker_index % plan.paths.len().max(1),
+                        stride: plan.concurrency,
+                    },
+                    Walk::EachGroupOnce => GroupCursor::Shared(&next_untaken),
+                };
+                worker(&plan, &budget, cursor).await
+            })
         })
         .collect();
     let mut total = WorkerStats::new();
@@ -126,16 +187,13 @@ pub async fn run(plan: Arc<LoadPlan>) -> (WorkerStats, Duration) {
     (total, start.elapsed())
 }
 
-async fn worker(plan: &LoadPlan, budget: &Budget, worker_index: usize) -> WorkerStats {
+async fn worker(plan: &LoadPlan, budget: &Budget, mut cursor: GroupCursor<'_>) -> WorkerStats {
     let mut stats = WorkerStats::new();
     let mut connections = Connections::default();
-    let group_count = plan.paths.len();
-    let mut group = worker_index % group_count.max(1);
-    while budget.take() {
+    while let Some(group) = cursor.next(budget, plan.paths.len()) {
         let Some(path) = plan.paths.get(group) else {
             break;
         };
-        group = (group + plan.concurrency) % group_count;
         let started = Instant::now();
         let outcome = tokio::time::timeout(
             plan.request_timeout,

@@ -11,7 +11,7 @@ use http::{HeaderValue, Method, StatusCode};
 
 use ds_loadgen::body::{exposition_body, BodySpec, TEXT_CONTENT_TYPE};
 use ds_loadgen::cpu::process_cpu_time;
-use ds_loadgen::load::{group_paths, run, Limit, LoadPlan};
+use ds_loadgen::load::{group_paths, run, Limit, LoadPlan, Walk};
 use ds_loadgen::stats::{Report, RunDescription};
 use ds_loadgen::target::LoopbackEndpoint;
 use ds_loadgen::tls::TlsClient;
@@ -42,7 +42,8 @@ struct Args {
     /// Concurrent keep-alive connections (one worker each).
     #[arg(short = 'c', long, default_value_t = 16)]
     concurrency: usize,
-    /// Run for this many seconds (default 10 when --requests is not given either).
+    /// Run for this many seconds (default 10 when neither --requests nor --fill-groups is given). With
+    /// --fill-groups, a bound: groups not pushed by then stay unpushed.
     #[arg(short = 'd', long)]
     duration: Option<f64>,
     /// Stop after this many requests in total.
@@ -51,6 +52,10 @@ struct Args {
     /// Number of distinct groups (grouping keys) pushed to, round-robin.
     #[arg(short = 'k', long, default_value_t = 1000)]
     groups: usize,
+    /// Fill mode: push each of N groups exactly once, shared out over all connections, then stop; reports how
+    /// many the target acknowledged and exits non-zero unless it acknowledged all of them.
+    #[arg(long, value_name = "N", conflicts_with_all = ["requests", "groups"])]
+    fill_groups: Option<usize>,
     /// Every N-th group gets an extra `zone` label (0: never).
     #[arg(long, default_value_t = 4)]
     extra_label_every: usize,
@@ -101,10 +106,15 @@ fn main() -> std::process::ExitCode {
 
 fn run_from_args(args: Args) -> anyhow::Result<()> {
     let target = LoopbackEndpoint::parse(&args.target)?;
-    if args.concurrency == 0 || args.groups == 0 || args.threads == 0 {
-        bail!("--concurrency, --groups and --threads must each be at least 1");
+    let (walk, groups) = match args.fill_groups {
+        Some(groups) => (Walk::EachGroupOnce, groups),
+        None => (Walk::RoundRobin, args.groups),
+    };
+    if args.concurrency == 0 || groups == 0 || args.threads == 0 {
+        bail!("--concurrency, --groups (or --fill-groups) and --threads must each be at least 1");
     }
     let duration = match (args.duration, args.requests) {
+        (None, None) if walk == Walk::EachGroupOnce => None,
         (None, None) => Some(Duration::from_secs(10)),
         (Some(seconds), _) => Some(
             Duration::try_from_secs_f64(seconds)
@@ -162,7 +172,7 @@ fn run_from_args(args: Args) -> anyhow::Result<()> {
         paths: group_paths(
             &target.path_prefix,
             &args.job,
-            args.groups,
+            groups,
             args.extra_label_every,
         ),
         target,
@@ -174,6 +184,7 @@ fn run_from_args(args: Args) -> anyhow::Result<()> {
             duration,
             requests: args.requests,
         },
+        walk,
         follow_redirects: args.follow_redirects,
         max_redirects: args.max_redirects,
         request_timeout: Duration::from_millis(args.timeout_ms.max(1)),
@@ -205,9 +216,10 @@ fn run_from_args(args: Args) -> anyhow::Result<()> {
             target: args.target,
             method: method.to_string(),
             concurrency: args.concurrency,
-            groups: args.groups,
+            groups,
             body_bytes,
             follow_redirects: args.follow_redirects,
+            fill: walk == Walk::EachGroupOnce,
         },
         &stats,
         elapsed,
@@ -222,6 +234,19 @@ fn run_from_args(args: Args) -> anyhow::Result<()> {
     }
     if report.ok == 0 {
         bail!("no push succeeded; check that the target is up and that --expect-status matches");
+    }
+    if let Some(fill) = report
+        .fill
+        .as_ref()
+        .filter(|fill| fill.acknowledged < fill.groups)
+    {
+        bail!(
+            "--fill-groups {}: {} groups were not acknowledged ({} failed, {} not pushed before --duration ran out)",
+            fill.groups,
+            fill.groups - fill.acknowledged,
+            fill.failed,
+            fill.not_pushed
+        );
     }
     Ok(())
 }

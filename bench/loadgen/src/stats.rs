@@ -158,6 +158,21 @@ pub struct Report {
     /// For an https target: protocol, cipher suite and key exchange of the run's first handshake.
     pub tls: Option<String>,
     pub latency_us: LatencySummary,
+    /// For a fill run (every group pushed once): how many groups the target acknowledged.
+    pub fill: Option<FillReport>,
+}
+
+/// The outcome of a fill run ([`crate::load::Walk::EachGroupOnce`]): each group was pushed at most once, so
+/// every count is of groups. `acknowledged + failed + not_pushed == groups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FillReport {
+    pub groups: u64,
+    /// Pushed, and answered with the expected status.
+    pub acknowledged: u64,
+    /// Pushed, and answered otherwise or not at all (a timed-out push may still have been stored).
+    pub failed: u64,
+    /// Never pushed: the run's deadline came first.
+    pub not_pushed: u64,
 }
 
 /// What the run was, for the report header.
@@ -170,6 +185,8 @@ pub struct RunDescription {
     pub groups: usize,
     pub body_bytes: usize,
     pub follow_redirects: bool,
+    /// Whether every group was to be pushed exactly once (a fill run) rather than round-robin.
+    pub fill: bool,
 }
 
 impl Report {
@@ -185,6 +202,14 @@ impl Report {
             mean: histogram.mean(),
         };
         let errors_total = stats.error_total();
+        let requests = stats.ok + errors_total;
+        let groups = u64::try_from(description.groups).unwrap_or(u64::MAX);
+        let fill = description.fill.then(|| FillReport {
+            groups,
+            acknowledged: stats.ok,
+            failed: errors_total,
+            not_pushed: groups.saturating_sub(requests),
+        });
         Report {
             label: description.label,
             target: description.target,
@@ -194,7 +219,7 @@ impl Report {
             body_bytes: description.body_bytes,
             follow_redirects: description.follow_redirects,
             elapsed_s,
-            requests: stats.ok + errors_total,
+            requests,
             ok: stats.ok,
             errors_total,
             errors: stats
@@ -211,6 +236,7 @@ impl Report {
             latency_us,
             client_cpu_s: None,
             tls: None,
+            fill,
         }
     }
 
@@ -282,7 +308,16 @@ impl Report {
             ),
             ("errors", errors),
         ];
-        for (key, value) in rows {
+        let fill = self.fill.as_ref().map(|fill| {
+            (
+                "fill",
+                format!(
+                    "{} of {} groups acknowledged, {} failed, {} not pushed",
+                    fill.acknowledged, fill.groups, fill.failed, fill.not_pushed
+                ),
+            )
+        });
+        for (key, value) in rows.into_iter().chain(fill) {
             let _ = writeln!(out, "{key:<11} {value}");
         }
         out
@@ -302,6 +337,7 @@ mod tests {
             groups: 3,
             body_bytes: 10,
             follow_redirects: false,
+            fill: false,
         }
     }
 
@@ -335,6 +371,40 @@ mod tests {
         );
         let table = report.table();
         assert!(table.contains("status_5xx=2"), "{table}");
+        assert_eq!(report.fill, None);
+        assert!(!table.contains("fill"), "{table}");
+    }
+
+    #[test]
+    fn a_fill_report_counts_groups_acknowledged_failed_and_not_pushed() {
+        let mut stats = WorkerStats::new();
+        for _ in 0..5 {
+            stats.record_ok(Duration::from_millis(1));
+        }
+        stats.record_error(ErrorKind::Timeout);
+        let report = Report::new(
+            RunDescription {
+                groups: 10,
+                fill: true,
+                ..description()
+            },
+            &stats,
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            report.fill,
+            Some(FillReport {
+                groups: 10,
+                acknowledged: 5,
+                failed: 1,
+                not_pushed: 4,
+            })
+        );
+        let table = report.table();
+        assert!(
+            table.contains("fill        5 of 10 groups acknowledged, 1 failed, 4 not pushed"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Runs the load loop against small in-process HTTP servers on 127.0.0.1 and checks what it counts.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,8 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use ds_loadgen::body::{exposition_body, BodySpec, TEXT_CONTENT_TYPE};
-use ds_loadgen::load::{group_paths, run, Limit, LoadPlan};
-use ds_loadgen::stats::{Report, RunDescription};
+use ds_loadgen::load::{group_paths, run, Limit, LoadPlan, Walk};
+use ds_loadgen::stats::{FillReport, Report, RunDescription};
 use ds_loadgen::target::LoopbackEndpoint;
 
 /// What the test server does with each request.
@@ -26,6 +27,14 @@ enum Behaviour {
     Accept { expected_body: Bytes },
     /// 307 to `base` + the request path.
     RedirectTo { base: String },
+    /// Counts each path it is sent in `seen`. Group `i-<n>` is answered after `slow` when `n % 4 == 0`, and with
+    /// 503 when `n % 10 == 7` and `refuse_some` is set; others get 200 when the push arrived whole, as `Accept`.
+    Record {
+        expected_body: Bytes,
+        seen: Arc<Mutex<BTreeMap<String, u64>>>,
+        slow: Duration,
+        refuse_some: bool,
+    },
 }
 
 struct Server {
@@ -131,6 +140,28 @@ async fn respond(behaviour: Behaviour, request: Request<Incoming>) -> Response<F
                 *response.status_mut() = StatusCode::BAD_REQUEST;
             }
         }
+        Behaviour::Record {
+            expected_body,
+            seen,
+            slow,
+            refuse_some,
+        } => {
+            *seen
+                .lock()
+                .expect("no test thread panicked holding it")
+                .entry(path.clone())
+                .or_insert(0) += 1;
+            let n = group_number(&path);
+            if n % 4 == 0 {
+                tokio::time::sleep(slow).await;
+            }
+            let whole = body.map(|b| b == expected_body).unwrap_or(false);
+            if refuse_some && n % 10 == 7 {
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            } else if !(whole && content_type_ok && is_put) {
+                *response.status_mut() = StatusCode::BAD_REQUEST;
+            }
+        }
         Behaviour::RedirectTo { base } => {
             *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
             let location = HeaderValue::from_str(&format!("{base}{path}")).expect("ascii location");
@@ -140,6 +171,15 @@ async fn respond(behaviour: Behaviour, request: Request<Incoming>) -> Response<F
         }
     }
     response
+}
+
+/// `n` of a path `.../instance/i-<n>[/zone/...]`.
+fn group_number(path: &str) -> usize {
+    path.split("/instance/i-")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{path} is not a loadgen group path"))
 }
 
 fn plan(
@@ -160,6 +200,7 @@ fn plan(
             duration: Some(Duration::from_secs(60)),
             requests: Some(requests),
         },
+        walk: Walk::RoundRobin,
         follow_redirects,
         max_redirects: 3,
         request_timeout: Duration::from_secs(10),
@@ -170,6 +211,7 @@ fn plan(
 }
 
 async fn report_of(plan: Arc<LoadPlan>) -> Report {
+    let (groups, fill) = (plan.paths.len(), plan.walk == Walk::EachGroupOnce);
     let (stats, elapsed) = run(plan).await;
     Report::new(
         RunDescription {
@@ -177,9 +219,10 @@ async fn report_of(plan: Arc<LoadPlan>) -> Report {
             target: String::new(),
             method: "PUT".into(),
             concurrency: 4,
-            groups: 10,
+            groups,
             body_bytes: 0,
             follow_redirects: false,
+            fill,
         },
         &stats,
         elapsed,
@@ -428,4 +471,169 @@ async fn pushes_over_https_with_basic_auth_trusting_only_the_given_ca() {
         "a certificate from a CA not given is refused: {report:?}"
     );
     assert_eq!(server.connections.load(Ordering::Relaxed), 8);
+}
+
+/// A server that records every path it is sent (see `Behaviour::Record`).
+async fn start_recorder(
+    slow: Duration,
+    refuse_some: bool,
+) -> (Server, Arc<Mutex<BTreeMap<String, u64>>>) {
+    let seen = Arc::new(Mutex::new(BTreeMap::new()));
+    let server = start_server(Behaviour::Record {
+        expected_body: body(),
+        seen: Arc::clone(&seen),
+        slow,
+        refuse_some,
+    })
+    .await;
+    (server, seen)
+}
+
+/// A fill plan: `groups` groups each pushed once over `concurrency` connections, within `bound`.
+fn fill_plan(server: &Server, groups: usize, concurrency: usize, bound: Duration) -> Arc<LoadPlan> {
+    let mut plan = plan(&format!("http://{}", server.addr), 1, false, None);
+    let plan_mut = Arc::get_mut(&mut plan).expect("not shared yet");
+    plan_mut.paths = group_paths("", "bench", groups, 3);
+    plan_mut.concurrency = concurrency;
+    plan_mut.walk = Walk::EachGroupOnce;
+    plan_mut.limit = Limit {
+        duration: Some(bound),
+        // Ignored by a fill: it must not end the run early nor let it go on.
+        requests: Some(3),
+    };
+    plan
+}
+
+fn seen_counts(seen: &Mutex<BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
+    seen.lock()
+        .expect("no test thread panicked holding it")
+        .clone()
+}
+
+/// Every group's path once, and nothing else. The slow groups (every 4th, at 4 workers) are exactly the share
+/// one worker gets when the workers walk their own groups: with a shared request budget instead of a shared
+/// group counter, the fast workers push their own groups again while the slow one never reaches all of its own.
+#[tokio::test]
+async fn fill_pushes_every_group_exactly_once_even_when_one_workers_share_is_slow() {
+    let (server, seen) = start_recorder(Duration::from_millis(20), false).await;
+    let report = report_of(fill_plan(&server, 400, 4, Duration::from_secs(120))).await;
+    let seen = seen_counts(&seen);
+    let expected: BTreeMap<String, u64> = group_paths("", "bench", 400, 3)
+        .into_iter()
+        .map(|path| (path, 1))
+        .collect();
+    let pushed_twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    let never_pushed: Vec<_> = expected.keys().filter(|p| !seen.contains_key(*p)).collect();
+    assert!(
+        pushed_twice.is_empty(),
+        "pushed more than once: {pushed_twice:?}"
+    );
+    assert!(never_pushed.is_empty(), "never pushed: {never_pushed:?}");
+    assert_eq!(seen, expected);
+    assert_eq!(
+        report.fill,
+        Some(FillReport {
+            groups: 400,
+            acknowledged: 400,
+            failed: 0,
+            not_pushed: 0,
+        }),
+        "{report:?}"
+    );
+    assert_eq!(report.requests, 400);
+    assert_eq!(server.requests.load(Ordering::Relaxed), 400);
+    assert_eq!(server.connections.load(Ordering::Relaxed), 4);
+}
+
+/// A refused group counts as failed and is not pushed again.
+#[tokio::test]
+async fn fill_counts_refused_groups_as_failed_without_pushing_them_again() {
+    let (server, seen) = start_recorder(Duration::ZERO, true).await;
+    let report = report_of(fill_plan(&server, 100, 8, Duration::from_secs(120))).await;
+    let seen = seen_counts(&seen);
+    assert_eq!(seen.len(), 100);
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    assert_eq!(
+        report.fill,
+        Some(FillReport {
+            groups: 100,
+            acknowledged: 90,
+            failed: 10,
+            not_pushed: 0,
+        }),
+        "{report:?}"
+    );
+    assert_eq!(report.errors.get("status_5xx"), Some(&10), "{report:?}");
+}
+
+/// The bound ends a fill early; what was not pushed by then is counted, and nothing is pushed twice.
+#[tokio::test]
+async fn fill_stops_at_its_bound_and_counts_the_groups_not_pushed() {
+    let (server, seen) = start_recorder(Duration::from_millis(100), false).await;
+    // Every 4th group takes 100 ms; 2 workers, 0.3 s: far fewer than 1,000 groups get pushed.
+    let report = report_of(fill_plan(&server, 1000, 2, Duration::from_millis(300))).await;
+    let seen = seen_counts(&seen);
+    let fill = report.fill.clone().expect("a fill report");
+    assert!(fill.not_pushed > 0, "{fill:?}");
+    assert_eq!(
+        fill.acknowledged + fill.failed + fill.not_pushed,
+        1000,
+        "{fill:?}"
+    );
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    assert_eq!(seen.len() as u64, fill.acknowledged + fill.failed);
+}
+
+/// The command line: `--fill-groups N` pushes each group once, writes the fill counts to the JSON report, and
+/// exits non-zero when the target did not acknowledge every group.
+#[tokio::test]
+async fn the_fill_groups_flag_reports_acknowledged_groups_and_fails_when_some_were_not() {
+    for (refuse_some, expected_ok) in [(false, true), (true, false)] {
+        let (server, seen) = start_recorder(Duration::ZERO, refuse_some).await;
+        let dir = std::env::temp_dir().join(format!(
+            "ds-loadgen-fill-{}-{refuse_some}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let json = dir.join("fill.json");
+        let args = [
+            "--target".to_string(),
+            format!("http://{}", server.addr),
+            "-c".into(),
+            "3".into(),
+            "--fill-groups".into(),
+            "250".into(),
+            "--json".into(),
+            json.display().to_string(),
+        ];
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_ds-loadgen"))
+                .args(args)
+                .output()
+                .expect("run ds-loadgen")
+        })
+        .await
+        .expect("the blocking task");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.success(), expected_ok, "{stderr}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
+        let acknowledged = if refuse_some { 225 } else { 250 };
+        assert_eq!(report["fill"]["groups"], 250, "{report}");
+        assert_eq!(report["fill"]["acknowledged"], acknowledged, "{report}");
+        assert_eq!(report["fill"]["not_pushed"], 0, "{report}");
+        assert_eq!(report["groups"], 250, "{report}");
+        let seen = seen_counts(&seen);
+        assert_eq!(seen.len(), 250);
+        assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+        if refuse_some {
+            assert!(
+                stderr.contains(
+                    "--fill-groups 250: 25 groups were not acknowledged (25 failed, 0 not pushed"
+                ),
+                "{stderr}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
