@@ -1123,6 +1123,11 @@ impl Gateway {
         self.guard.log_text()
     }
 
+    /// The last `lines` lines the gateway logged.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.guard.log_tail(lines)
+    }
+
     /// Any request to the gateway; `path` starts with `/`. Redirects are not followed.
     pub async fn request(&self, method: Method, path: &str, body: &str) -> Reply {
         send_or_panic(

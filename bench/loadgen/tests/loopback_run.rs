@@ -152,7 +152,7 @@ async fn respond(behaviour: Behaviour, request: Request<Incoming>) -> Response<F
                 .entry(path.clone())
                 .or_insert(0) += 1;
             let n = group_number(&path);
-            if n % 4 == 0 {
+            if n.is_multiple_of(4) {
                 tokio::time::sleep(slow).await;
             }
             let whole = body.map(|b| b == expected_body).unwrap_or(false);
