@@ -5,7 +5,9 @@
 //! `load()` the current table from an `ArcSwap`; the rebalancer subscribes to the same changes on a watch channel.
 //!
 //! The ring holds the healthy nodes minus those passive failure detection ejected ([`crate::outlier`]); should
-//! ejections ever leave no node, they are ignored rather than answer every push with 503.
+//! ejections ever leave no node, they are ignored rather than answer every push with 503. Ejection is about
+//! pushes only: reads and discovery use every healthy node ([`RoutingTable::readable`]), so the groups an
+//! ejected node holds stay visible while its health check passes.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -29,6 +31,9 @@ pub struct RoutingTable {
     pub routes: Vec<Arc<NodeRoute>>,
     /// Request counters for answers no node served (rejected input, redirects, no healthy node).
     pub unserved: RequestCounters,
+    /// The nodes reads and `/-/sd` use: every healthy node, ejected ones included (an ejected node's pushes
+    /// fail or hang, but it still holds its groups), sorted. The ring's nodes are a subset.
+    pub readable: Vec<String>,
     /// Incremented on every rebuild.
     pub generation: u64,
     pub built_at: SystemTime,
@@ -41,6 +46,7 @@ impl RoutingTable {
     fn new(
         algorithm: Algorithm,
         nodes: &[String],
+        readable: Vec<String>,
         generation: u64,
         previous: Option<&RoutingTable>,
         detector: &OutlierDetector,
@@ -69,6 +75,7 @@ impl RoutingTable {
                 .collect(),
             unserved: RequestCounters::new(Arc::from("")),
             ring,
+            readable,
             generation,
             built_at: SystemTime::now(),
         }
@@ -99,9 +106,11 @@ pub fn spawn(
 ) -> (RingHandle, watch::Receiver<Arc<RoutingTable>>) {
     let mut ejected = detector.subscribe();
     let algorithm = config.borrow_and_update().ring_algorithm;
+    let healthy = membership.borrow_and_update().healthy_nodes();
     let initial = Arc::new(RoutingTable::new(
         algorithm,
-        &membership.borrow_and_update().healthy_nodes(),
+        &healthy,
+        healthy.clone(),
         0,
         None,
         &detector,
@@ -120,18 +129,20 @@ pub fn spawn(
                 _ = shutdown.recv() => return,
             }
             let algorithm = config.borrow_and_update().ring_algorithm;
-            let healthy = ring_nodes(
-                membership.borrow_and_update().healthy_nodes(),
-                &ejected.borrow_and_update(),
-            );
+            let readable = membership.borrow_and_update().healthy_nodes();
+            let healthy = ring_nodes(readable.clone(), &ejected.borrow_and_update());
             let current = task_handle.load_full();
-            if current.ring.algorithm() == algorithm && current.ring.nodes() == healthy.as_slice() {
+            if current.ring.algorithm() == algorithm
+                && current.ring.nodes() == healthy.as_slice()
+                && current.readable == readable
+            {
                 continue;
             }
             let started = Instant::now();
             let table = Arc::new(RoutingTable::new(
                 algorithm,
                 &healthy,
+                readable,
                 current.generation + 1,
                 Some(&current),
                 &detector,

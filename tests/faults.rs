@@ -370,6 +370,68 @@ async fn a_node_whose_pushes_hang_while_its_probes_pass_is_ejected_and_returns_a
     assert_eq!(reply.header("x-dynamic-sharding-node"), Some(gray.addr()));
 }
 
+/// Passive failure detection takes a node out of the push path only: while it is ejected, the groups it holds are
+/// still in the merged reads and Prometheus still discovers it (a replication bench saw a third of the groups
+/// vanish from the gateway's view while two nodes were ejected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_node_still_serves_its_groups_to_reads_and_discovery() {
+    let nodes = Pushgateway::start_many(3).await;
+    let gray = FaultProxy::start(&nodes[0].addr()).await;
+    let addrs = vec![gray.addr(), nodes[1].addr(), nodes[2].addr()];
+    let gateway = Gateway::start(&config(
+        &addrs,
+        "outlier_detection: {consecutive_failures: 2, base_ejection_time: 60s, max_ejection_time: 60s}",
+    ))
+    .await;
+    let held = job_owned_by(&gateway, &gray.addr(), "held").await;
+    let reply = push(&gateway, &held, 7).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(copies(&[&nodes[0]], &held).await.len(), 1);
+    gray.set(Fault::HoldPushes);
+    for prefix in ["eject_a", "eject_b"] {
+        let job = job_owned_by(&gateway, &gray.addr(), prefix).await;
+        assert_eq!(push(&gateway, &job, 1).await.status, StatusCode::OK);
+    }
+    wait_until(secs(30), POLL_INTERVAL, || async {
+        !in_ring(&gateway.ring().await, &gray.addr())
+    })
+    .await
+    .expect("the node whose pushes hang is ejected");
+
+    let group_line = format!("fault_value{{instance=\"\",job=\"{held}\"}} 7");
+    let merged = gateway.request(Method::GET, "/metrics", "").await;
+    assert_eq!(merged.status, StatusCode::OK, "{}", merged.body);
+    assert!(
+        merged.body.contains(&group_line),
+        "the ejected node's group is missing from the merged /metrics (want {group_line}):\n{}",
+        merged.body
+    );
+    let api = gateway.request(Method::GET, "/api/v1/metrics", "").await;
+    let api: serde_json::Value = serde_json::from_str(&api.body).expect("/api/v1/metrics is JSON");
+    let groups: Vec<&serde_json::Value> = api["data"]
+        .as_array()
+        .map(|groups| {
+            groups
+                .iter()
+                .filter(|g| g["labels"]["job"] == held.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(groups.len(), 1, "{api:#}");
+    let sd = gateway.request(Method::GET, "/-/sd", "").await;
+    let sd: serde_json::Value = serde_json::from_str(&sd.body).expect("/-/sd is JSON");
+    let targets: Vec<&str> = sd
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|group| group["targets"].as_array().into_iter().flatten())
+        .filter_map(|target| target.as_str())
+        .collect();
+    assert!(targets.contains(&gray.addr().as_str()), "{sd:#}");
+    // Still out of the push path.
+    assert!(!in_ring(&gateway.ring().await, &gray.addr()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hung_node_holds_at_most_its_in_flight_limit_and_the_rest_go_to_the_next_node() {
     let nodes = Pushgateway::start_many(3).await;

@@ -290,8 +290,9 @@ fn failure_list(answers: &[NodeAnswer]) -> Vec<String> {
         .collect()
 }
 
+/// Every healthy node, ejected ones included: ejection stops pushes to a node, not reads of the groups it holds.
 fn healthy_nodes(state: &AppState) -> Vec<String> {
-    state.ring.load().ring.nodes().to_vec()
+    state.ring.load().readable.clone()
 }
 
 const NO_HEALTHY_NODE: &str =
@@ -676,7 +677,7 @@ pub async fn status(State(state): State<AppState>) -> Response<Body> {
     let config = state.config.load_full();
     let answers = fan_out(
         &state,
-        table.ring.nodes(),
+        &table.readable,
         api::Read::Status,
         config.read.timeout,
     )
@@ -689,7 +690,7 @@ pub async fn status(State(state): State<AppState>) -> Response<Body> {
             let mut entry = json!({"node": known.node, "healthy": known.healthy});
             match answers.iter().find(|a| a.node == known.node) {
                 None => {
-                    entry["error"] = json!("not in the ring (unhealthy); not asked");
+                    entry["error"] = json!("failing its health check; not asked");
                 }
                 Some(NodeAnswer {
                     result: Ok(body), ..

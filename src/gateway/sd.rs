@@ -1,8 +1,9 @@
 //! `GET /-/sd`: Prometheus HTTP service discovery (`http_sd_configs`) of the healthy nodes.
 //!
 //! Prometheus polls this every `refresh_interval`, so a scrape config pointed at the gateway follows the ring
-//! without anyone editing a target list. The answer lists exactly the nodes of the current ring: a node that
-//! fails its health checks drops out of discovery when it drops out of routing.
+//! without anyone editing a target list. The answer lists every healthy node: a node that fails its health checks
+//! drops out of discovery when it drops out of routing. A node ejected by passive failure detection stays listed
+//! (its pushes go elsewhere, but it still holds its groups).
 //!
 //! With `replication.factor` above 1 every group is on several nodes, and scraping the nodes would show each
 //! group several times. The answer is then one target instead: the gateway itself (as Prometheus addressed it,
@@ -51,7 +52,7 @@ pub async fn targets(State(state): State<AppState>, headers: HeaderMap) -> Respo
     }
     json(
         StatusCode::OK,
-        &target_groups(table.ring.nodes(), source, config.upstream.scheme),
+        &target_groups(&table.readable, source, config.upstream.scheme),
     )
 }
 

@@ -115,7 +115,7 @@ pub async fn page(
     // Never closed, so acquiring only waits.
     let _permit = PAGE_VIEWS.acquire().await.ok();
     let table = state.ring.load_full();
-    let nodes = table.ring.nodes().to_vec();
+    let nodes = table.readable.clone();
     let timeout = state.config.load().read.timeout;
     let answers = read::fan_out(&state, &nodes, api::Read::Groups, timeout).await;
     let filter = job.clone();
